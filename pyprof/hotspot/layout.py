@@ -1,0 +1,315 @@
+"""The one place where HotSpot versions differ.
+
+Every structure pyprof reads is described here by the *names* HotSpot publishes in VMStructs, with the
+aliases later JDKs renamed them to. Offsets and sizes always come from the running JVM. Where the
+*meaning* of a field changed (absolute pointer on one JDK, offset from the blob on another), the
+decoding lives here too, so the rest of pyprof sees one shape.
+
+Version notes (x86_64), see docs/hotspot-versions.md:
+- JDK 17/21: CodeBlob::_code_begin/_code_end are absolute pointers; nmethod's superclass is
+  CompiledMethod (_method lives there); HeapBlock is 16 bytes (size_t length, bool used).
+- JDK 21: nmethod::_comp_level shrinks from int to CompLevel (1 byte); ConstMethod::_flags becomes
+  `_flags._flags` (u4).
+- JDK 23+/25: CodeBlob holds int offsets (_code_offset, _data_offset) from the blob start; CodeBlob::_kind
+  (CodeBlobKind::* constants) replaces name-based kinds; CompiledMethod is gone; nmethod's verified entry
+  is a u2 offset (_verified_entry_offset) from code begin; HeapBlock is 8 bytes (u4 length, bool used,
+  published as HeapBlock::Header); _frame_complete_offset is int16; Thread::_osthread moved up.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Optional
+
+from pyprof.errors import UnsupportedJvm
+from pyprof.hotspot.vmstructs import VMStructs
+
+
+@dataclass(frozen=True)
+class Field:
+    """An instance field (offset/size in its object) or a static field (absolute address)."""
+
+    name: str
+    offset: int
+    size: int
+    address: int = 0
+    signed: bool = False
+
+    def get(self, buf: bytes, base: int = 0) -> int:
+        """Decode this field from `buf`, where the object starts at `base` inside `buf`."""
+        start = base + self.offset
+        return int.from_bytes(buf[start : start + self.size], "little", signed=self.signed)
+
+
+# (type, field names to try in order). The first name present in the JVM wins.
+FIELD_SPECS: dict[str, tuple[str, tuple[str, ...]]] = {
+    # CodeCache and its heaps
+    "CodeCache._heaps": ("CodeCache", ("_heaps",)),
+    "CodeCache._low_bound": ("CodeCache", ("_low_bound",)),
+    "CodeCache._high_bound": ("CodeCache", ("_high_bound",)),
+    "GrowableArray._len": ("GrowableArrayBase", ("_len",)),
+    "GrowableArray._data": ("GrowableArray<int>", ("_data",)),  # same layout for every element type
+    "CodeHeap._memory": ("CodeHeap", ("_memory",)),
+    "CodeHeap._segmap": ("CodeHeap", ("_segmap",)),
+    "CodeHeap._log2_segment_size": ("CodeHeap", ("_log2_segment_size",)),
+    "VirtualSpace._low_boundary": ("VirtualSpace", ("_low_boundary",)),
+    "VirtualSpace._high_boundary": ("VirtualSpace", ("_high_boundary",)),
+    "VirtualSpace._low": ("VirtualSpace", ("_low",)),
+    "VirtualSpace._high": ("VirtualSpace", ("_high",)),
+    "HeapBlock._length": ("HeapBlock::Header", ("_length",)),   # published on 23+ only
+    "HeapBlock._used": ("HeapBlock::Header", ("_used",)),
+    # CodeBlob
+    "CodeBlob._name": ("CodeBlob", ("_name",)),
+    "CodeBlob._size": ("CodeBlob", ("_size",)),
+    "CodeBlob._header_size": ("CodeBlob", ("_header_size",)),
+    "CodeBlob._frame_size": ("CodeBlob", ("_frame_size",)),
+    "CodeBlob._frame_complete_offset": ("CodeBlob", ("_frame_complete_offset",)),
+    "CodeBlob._code_begin": ("CodeBlob", ("_code_begin",)),     # absolute, JDK <= 22
+    "CodeBlob._code_end": ("CodeBlob", ("_code_end",)),         # absolute, JDK <= 22
+    "CodeBlob._code_offset": ("CodeBlob", ("_code_offset",)),   # relative, JDK 23+
+    "CodeBlob._data_offset": ("CodeBlob", ("_data_offset",)),
+    "CodeBlob._kind": ("CodeBlob", ("_kind",)),                 # JDK 23+
+    "CodeBlob._mutable_data": ("CodeBlob", ("_mutable_data",)),  # JDK 25
+    "CodeBlob._relocation_size": ("CodeBlob", ("_relocation_size",)),
+    # nmethod (fields of CompiledMethod on 17/21 are found through the superclass chain)
+    "nmethod._method": ("nmethod", ("_method",)),
+    "nmethod._compile_id": ("nmethod", ("_compile_id",)),
+    "nmethod._comp_level": ("nmethod", ("_comp_level",)),
+    "nmethod._state": ("nmethod", ("_state",)),
+    "nmethod._entry_bci": ("nmethod", ("_entry_bci",)),
+    "nmethod._verified_entry_point": ("nmethod", ("_verified_entry_point",)),    # absolute, <= 24
+    "nmethod._verified_entry_offset": ("nmethod", ("_verified_entry_offset",)),  # from code begin, 25
+    "nmethod._orig_pc_offset": ("nmethod", ("_orig_pc_offset",)),
+    "nmethod._deopt_handler_begin": ("nmethod", ("_deopt_handler_begin",)),      # absolute, <= 24
+    "nmethod._deopt_handler_offset": ("nmethod", ("_deopt_handler_offset",)),    # from code begin, 25
+    "nmethod._scopes_pcs_offset": ("nmethod", ("_scopes_pcs_offset",)),
+    "nmethod._scopes_data_offset": ("nmethod", ("_scopes_data_offset",)),
+    "nmethod._scopes_data_begin": ("nmethod", ("_scopes_data_begin",)),
+    "nmethod._metadata_offset": ("nmethod", ("_metadata_offset",)),
+    "nmethod._dependencies_offset": ("nmethod", ("_dependencies_offset",)),
+    "nmethod._immutable_data": ("nmethod", ("_immutable_data",)),
+    # Method metadata
+    "Method._constMethod": ("Method", ("_constMethod",)),
+    "Method._access_flags": ("Method", ("_access_flags",)),
+    "ConstMethod._constants": ("ConstMethod", ("_constants",)),
+    "ConstMethod._flags": ("ConstMethod", ("_flags._flags", "_flags")),
+    "ConstMethod._code_size": ("ConstMethod", ("_code_size",)),
+    "ConstMethod._name_index": ("ConstMethod", ("_name_index",)),
+    "ConstMethod._signature_index": ("ConstMethod", ("_signature_index",)),
+    "ConstantPool._pool_holder": ("ConstantPool", ("_pool_holder",)),
+    "ConstantPool._length": ("ConstantPool", ("_length",)),
+    "ConstantPool._source_file_name_index": ("ConstantPool", ("_source_file_name_index",)),
+    "Klass._name": ("Klass", ("_name",)),
+    "Symbol._length": ("Symbol", ("_length",)),
+    "Symbol._body": ("Symbol", ("_body",)),
+    # VM identity
+    "Abstract_VM_Version._s_vm_release": ("Abstract_VM_Version", ("_s_vm_release",)),
+    "Abstract_VM_Version._vm_major_version": ("Abstract_VM_Version", ("_vm_major_version",)),
+    "JVMFlag.flags": ("JVMFlag", ("flags",)),
+    "JVMFlag.numFlags": ("JVMFlag", ("numFlags",)),
+    "JVMFlag._name": ("JVMFlag", ("_name",)),
+    "JVMFlag._addr": ("JVMFlag", ("_addr",)),
+    # interpreter, stubs, threads (used by the unwinder)
+    "AbstractInterpreter._code": ("AbstractInterpreter", ("_code",)),
+    "StubQueue._stub_buffer": ("StubQueue", ("_stub_buffer",)),
+    "StubQueue._buffer_limit": ("StubQueue", ("_buffer_limit",)),
+    "StubRoutines._call_stub_return_address": ("StubRoutines", ("_call_stub_return_address",)),
+    "ThreadsSMRSupport._java_thread_list": ("ThreadsSMRSupport", ("_java_thread_list",)),
+    "ThreadsList._length": ("ThreadsList", ("_length",)),
+    "ThreadsList._threads": ("ThreadsList", ("_threads",)),
+    "JavaThread._osthread": ("JavaThread", ("_osthread",)),   # Thread::_osthread on 25 (superclass)
+    "JavaThread._anchor": ("JavaThread", ("_anchor",)),
+    "JavaThread._threadObj": ("JavaThread", ("_threadObj",)),
+    "JavaThread._thread_state": ("JavaThread", ("_thread_state",)),
+    "JavaThread._stack_base": ("JavaThread", ("_stack_base",)),
+    "JavaThread._stack_size": ("JavaThread", ("_stack_size",)),
+    "JavaFrameAnchor._last_Java_sp": ("JavaFrameAnchor", ("_last_Java_sp",)),
+    "JavaFrameAnchor._last_Java_pc": ("JavaFrameAnchor", ("_last_Java_pc",)),
+    "JavaFrameAnchor._last_Java_fp": ("JavaFrameAnchor", ("_last_Java_fp",)),
+    "OSThread._thread_id": ("OSThread", ("_thread_id",)),
+}
+
+# Fields without which the code-cache map cannot work at all.
+REQUIRED = (
+    "CodeCache._heaps", "GrowableArray._len", "GrowableArray._data", "CodeHeap._memory",
+    "CodeHeap._segmap", "CodeHeap._log2_segment_size", "VirtualSpace._low", "VirtualSpace._high",
+    "VirtualSpace._low_boundary", "VirtualSpace._high_boundary", "CodeBlob._name", "CodeBlob._size",
+    "CodeBlob._frame_size", "nmethod._method", "nmethod._compile_id", "nmethod._comp_level",
+    "nmethod._state", "nmethod._entry_bci", "Method._constMethod", "ConstMethod._constants",
+    "ConstMethod._name_index", "ConstMethod._signature_index", "ConstantPool._pool_holder",
+    "Klass._name", "Symbol._length",
+)
+
+SIGNED_TYPES = ("int", "jint", "int16_t", "int32_t", "int64_t", "intx", "signed char", "long", "short")
+
+
+def _is_signed(type_string: str) -> bool:
+    t = type_string.replace("volatile ", "").replace("const ", "").strip()
+    return t in SIGNED_TYPES
+
+
+@dataclass(frozen=True)
+class BlobHeader:
+    """The version-independent view of a CodeBlob header."""
+
+    name_ptr: int
+    size: int
+    header_size: int
+    frame_size: int              # words
+    frame_complete_offset: int   # bytes from code_begin
+    code_begin: int
+    code_end: int
+    kind_id: Optional[int]       # CodeBlobKind on 23+, None before
+
+
+@dataclass(frozen=True)
+class NMethodHeader:
+    method: int
+    compile_id: int
+    comp_level: int
+    state: int
+    entry_bci: int
+    verified_entry: int
+    orig_pc_offset: int
+    deopt_handler: int
+
+
+class Layout:
+    """Resolved fields of one running JVM, plus decoders for the structures whose meaning moved."""
+
+    def __init__(self, vm: VMStructs) -> None:
+        self.vm = vm
+        self.fields: dict[str, Field] = {}
+        for key, (type_name, names) in FIELD_SPECS.items():
+            resolved = self._resolve(type_name, names)
+            if resolved is not None:
+                self.fields[key] = resolved
+        missing = [k for k in REQUIRED if k not in self.fields]
+        if missing:
+            raise UnsupportedJvm(f"JVM symbol(s) not found in VMStructs: {', '.join(missing)}")
+        self.heap_block_size = self.type_size("HeapBlock", 16)
+        self.blob_read_size = self._extent("CodeBlob.", "CodeBlob")
+        self.nmethod_read_size = self._extent("nmethod.", "nmethod")
+        self.codeblob_kinds = {
+            value: name.split("::", 1)[1]
+            for name, value in vm.int_constants.items()
+            if name.startswith("CodeBlobKind::")
+        }
+        self._blob_struct_cache: dict[str, struct.Struct] = {}
+
+    # ---- generic ---------------------------------------------------------------------------------
+    def _resolve(self, type_name: str, names: tuple[str, ...]) -> Optional[Field]:
+        for name in names:
+            entry = self.vm.find_field(type_name, name)
+            if entry is None:
+                continue
+            size = self.vm.type_size(entry.type_string) or 8
+            if entry.is_static:
+                return Field(name, 0, size, entry.address, _is_signed(entry.type_string))
+            return Field(name, entry.offset, size, 0, _is_signed(entry.type_string))
+        return None
+
+    def has(self, key: str) -> bool:
+        return key in self.fields
+
+    def __getitem__(self, key: str) -> Field:
+        try:
+            return self.fields[key]
+        except KeyError:
+            raise UnsupportedJvm(f"JVM symbol {key} not found in VMStructs") from None
+
+    def offset(self, key: str) -> int:
+        return self[key].offset
+
+    def type_size(self, type_name: str, default: int = 0) -> int:
+        return self.vm.type_size(type_name) or default
+
+    def _extent(self, prefix: str, type_name: str) -> int:
+        """Bytes to read to cover every field we decode of a type (at least its sizeof)."""
+        ends = [f.offset + f.size for k, f in self.fields.items() if k.startswith(prefix) and not f.address]
+        return max([self.type_size(type_name, 64)] + ends)
+
+    # ---- HeapBlock -------------------------------------------------------------------------------
+    def heap_block(self, buf: bytes, off: int) -> tuple[int, bool]:
+        """(length in segments, used) of the HeapBlock at buf[off:].
+
+        23+ publish HeapBlock::Header; before, the header is {size_t _length; bool _used} (16 bytes).
+        """
+        if self.has("HeapBlock._length"):
+            length = self.fields["HeapBlock._length"].get(buf, off)
+            used = self.fields["HeapBlock._used"].get(buf, off) if self.has("HeapBlock._used") else 1
+        else:
+            length = int.from_bytes(buf[off : off + 8], "little")
+            used = buf[off + 8]
+        return length, bool(used)
+
+    # ---- CodeBlob --------------------------------------------------------------------------------
+    def blob_header(self, buf: bytes, off: int, blob_address: int) -> BlobHeader:
+        """Decode a CodeBlob whose bytes start at buf[off:] and which lives at `blob_address`."""
+        f = self.fields
+        if "CodeBlob._code_offset" in f:  # 23+: offsets from the blob start
+            code_begin = blob_address + f["CodeBlob._code_offset"].get(buf, off)
+            code_end = blob_address + f["CodeBlob._data_offset"].get(buf, off)
+        else:
+            code_begin = f["CodeBlob._code_begin"].get(buf, off)
+            code_end = f["CodeBlob._code_end"].get(buf, off)
+        return BlobHeader(
+            name_ptr=f["CodeBlob._name"].get(buf, off),
+            size=f["CodeBlob._size"].get(buf, off),
+            header_size=f["CodeBlob._header_size"].get(buf, off) if "CodeBlob._header_size" in f else 0,
+            frame_size=f["CodeBlob._frame_size"].get(buf, off),
+            frame_complete_offset=f["CodeBlob._frame_complete_offset"].get(buf, off),
+            code_begin=code_begin,
+            code_end=code_end,
+            kind_id=f["CodeBlob._kind"].get(buf, off) if "CodeBlob._kind" in f else None,
+        )
+
+    def nmethod_header(self, buf: bytes, off: int, code_begin: int) -> NMethodHeader:
+        f = self.fields
+        if "nmethod._verified_entry_offset" in f:
+            verified = code_begin + f["nmethod._verified_entry_offset"].get(buf, off)
+        elif "nmethod._verified_entry_point" in f:
+            verified = f["nmethod._verified_entry_point"].get(buf, off)
+        else:
+            verified = 0
+        if "nmethod._deopt_handler_offset" in f:
+            deopt = code_begin + f["nmethod._deopt_handler_offset"].get(buf, off)
+        elif "nmethod._deopt_handler_begin" in f:
+            deopt = f["nmethod._deopt_handler_begin"].get(buf, off)
+        else:
+            deopt = 0
+        return NMethodHeader(
+            method=f["nmethod._method"].get(buf, off),
+            compile_id=f["nmethod._compile_id"].get(buf, off),
+            comp_level=f["nmethod._comp_level"].get(buf, off),
+            state=f["nmethod._state"].get(buf, off),
+            entry_bci=f["nmethod._entry_bci"].get(buf, off),
+            verified_entry=verified,
+            orig_pc_offset=self._optional(buf, off, "nmethod._orig_pc_offset"),
+            deopt_handler=deopt,
+        )
+
+    def _optional(self, buf: bytes, off: int, key: str, default: int = 0) -> int:
+        f = self.fields.get(key)
+        return f.get(buf, off) if f is not None else default
+
+    def is_nmethod_kind(self, kind_id: Optional[int], name: str) -> bool:
+        """nmethods are told apart by CodeBlobKind on 23+, by their _name before."""
+        if kind_id is not None and self.codeblob_kinds:
+            return self.codeblob_kinds.get(kind_id) == "Nmethod"
+        return name in ("nmethod", "native nmethod")
+
+    def blob_kind_name(self, kind_id: Optional[int]) -> Optional[str]:
+        if kind_id is None:
+            return None
+        return self.codeblob_kinds.get(kind_id)
+
+    # ---- ConstMethod flags -----------------------------------------------------------------------
+    def has_linenumber_table_bit(self) -> int:
+        """The ConstMethod flag bit that says a line-number table follows the bytecodes."""
+        for name in ("ConstMethodFlags::_misc_has_linenumber_table", "ConstMethod::_has_linenumber_table"):
+            value = self.vm.constant(name)
+            if value is not None:
+                return value
+        return 1
