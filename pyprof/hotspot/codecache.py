@@ -189,7 +189,8 @@ class CodeCacheSnapshot:
     usage: dict[int, HeapUsage]
     stats: WalkStats
     taken_at: float
-    _starts: list[int] = field(default_factory=list, repr=False)
+    source: str = "vmstructs"
+    _starts: list[int] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.blobs.sort(key=lambda b: b.address)

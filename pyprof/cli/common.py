@@ -1,0 +1,52 @@
+"""Shared CLI pieces: argument types, JSON output, formatting."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from pyprof.errors import UsageError
+
+
+class PidType(click.ParamType):
+    name = "PID"
+
+    def convert(self, value: Any, param, ctx) -> int:
+        try:
+            pid = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a process id", param, ctx)
+        if pid <= 0:
+            self.fail(f"{value!r} is not a process id", param, ctx)
+        return pid
+
+
+PID = PidType()
+
+
+def parse_address(text: str) -> int:
+    """An address as jcmd, perf and gdb print them: hex, with or without 0x."""
+    t = text.strip().lower()
+    try:
+        value = int(t, 16)
+        if value < 0:
+            raise ValueError
+        return value
+    except ValueError:
+        raise UsageError(f"invalid address {text!r}: expected hex, e.g. 0x7f3e348c9080") from None
+
+
+def emit_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=None, separators=(",", ":"))
+    sys.stdout.write("\n")
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)

@@ -1,0 +1,67 @@
+"""`pyprof`: the command-line entry point. The only place errors become stderr text and exit codes."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from pyprof import __version__
+from pyprof.errors import PyprofError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="pyprof")
+def cli() -> None:
+    """A CPU profiler for running HotSpot JVMs (17, 21, 25) that needs no agent, no flags, no restart.
+
+    \b
+    Start here:
+      pyprof doctor [PID]          what works on this machine and for this JVM
+      pyprof attach PID -d 30      profile a running JVM for 30 s, write a pprof file
+      pyprof codecache ls PID      what the JIT has compiled, read attach-free
+    """
+
+
+def _register_commands() -> None:
+    from pyprof.cli import attach, codecache
+
+    cli.add_command(codecache.codecache)
+    for command in attach.COMMANDS:
+        cli.add_command(command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _register_commands()
+    try:
+        cli.main(args=argv, prog_name="pyprof", standalone_mode=False)
+    except PyprofError as e:
+        click.echo(f"pyprof: error: {e}", err=True)
+        return e.exit_code
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.Abort:
+        click.echo("pyprof: interrupted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo("pyprof: interrupted", err=True)
+        return 130
+    except BrokenPipeError:
+        # `pyprof codecache ls PID | head`: not an error; keep Python from complaining at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as e:  # a bug: say so in one line, keep the traceback for PYPROF_DEBUG
+        if os.environ.get("PYPROF_DEBUG"):
+            raise
+        click.echo(f"pyprof: internal error: {type(e).__name__}: {e} (set PYPROF_DEBUG=1 for details)",
+                   err=True)
+        return 70
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

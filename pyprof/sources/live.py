@@ -1,0 +1,236 @@
+"""A code-cache map kept live by eBPF uprobes on libjvm (bpf/nmethod_events.c).
+
+Start-up order matters: the probes are attached *before* the first walk, so nothing compiled or freed
+during the walk is missed; queued events are then applied on top of the snapshot.
+
+Which symbols: `<GC>Heap::register_nmethod` / `unregister_nmethod` of the GC the JVM runs (local .symtab
+symbols, plus GCC's `.part.0` clones), `CodeCache::free(CodeBlob*)` (every JDK; static, so the blob is
+the first argument), `nmethod::make_not_entrant` (and 17's `make_not_entrant_or_zombie`). Every event
+re-reads the nmethod from memory; entries are keyed by address *and* compile_id so a reused address
+never maps to the wrong method. Freed blobs stay in a short graveyard so a sample taken just before the
+free still finds the code that was there.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from pyprof.errors import MemoryReadError, SourceUnavailable
+from pyprof.hotspot.codecache import CodeBlobInfo, CodeCache, CodeCacheSnapshot
+from pyprof.hotspot.jvm import HotSpotJvm
+from pyprof.sampling.bpf_loader import close_bpf
+
+EVENT_REGISTER, EVENT_UNREGISTER, EVENT_FREE, EVENT_NOT_ENTRANT, EVENT_NOT_ENTRANT_OR_ZOMBIE = 1, 2, 3, 4, 5
+GRAVEYARD_NS = 5_000_000_000      # keep freed blobs findable for samples up to 5 s old
+MAX_GRAVEYARD = 100_000
+
+GC_HEAP_CLASSES = ("G1CollectedHeap", "ParallelScavengeHeap", "GenCollectedHeap", "SerialHeap",
+                   "ShenandoahHeap", "ZCollectedHeap", "EpsilonHeap")
+
+
+class _Event(ctypes.Structure):
+    _fields_ = [("time_ns", ctypes.c_uint64), ("address", ctypes.c_uint64), ("arg", ctypes.c_uint64),
+                ("tid", ctypes.c_uint32), ("kind", ctypes.c_uint32)]
+
+
+@dataclass(frozen=True)
+class CodeCacheChange:
+    kind: str                  # "compile", "unload", "not_entrant", "zombie"
+    time_ns: int               # bpf ktime (CLOCK_MONOTONIC)
+    tid: int
+    address: int
+    blob: Optional[CodeBlobInfo]
+
+
+def _mangle(cls: str, method: str, args: str) -> str:
+    return f"_ZN{len(cls)}{cls}{len(method)}{method}E{args}"
+
+
+def probe_symbols(jvm: HotSpotJvm) -> dict[str, list[str]]:
+    """handler name -> libjvm symbols to attach it to (only those present in this libjvm)."""
+    gc_classes = [c for c in GC_HEAP_CLASSES if c.startswith(jvm.gc_name)] or list(GC_HEAP_CLASSES)
+    wanted = {
+        "on_register": [_mangle(c, "register_nmethod", "P7nmethod") for c in gc_classes],
+        "on_unregister": [_mangle(c, "unregister_nmethod", "P7nmethod") for c in gc_classes],
+        "on_free": ["_ZN9CodeCache4freeEP8CodeBlob"],
+        "on_not_entrant": ["_ZN7nmethod16make_not_entrantEv", "_ZN7nmethod16make_not_entrantENS_12ChangeReasonE"],
+        "on_not_entrant_or_zombie": ["_ZN7nmethod26make_not_entrant_or_zombieEi"],
+    }
+    out: dict[str, list[str]] = {}
+    for handler, names in wanted.items():
+        found = []
+        for name in names:
+            for candidate in (name, name + ".part.0"):
+                if jvm.symbols.lookup(candidate) is not None:
+                    found.append(candidate)
+        if found:
+            out[handler] = found
+    return out
+
+
+@dataclass
+class LiveCodeCache:
+    jvm: HotSpotJvm
+    cache: CodeCache
+    on_change: Optional[Callable[[CodeCacheChange], None]] = None
+    snapshot: Optional[CodeCacheSnapshot] = None
+    counters: Counter = field(default_factory=Counter)
+    _by_address: dict[int, CodeBlobInfo] = field(default_factory=dict)
+    _starts: list[int] = field(default_factory=list)
+    _graveyard: deque = field(default_factory=deque)    # (free_time_ns, blob)
+    _pending: list[CodeCacheChange] = field(default_factory=list)
+    _not_entrant: set = field(default_factory=set)      # (address, compile_id) already reported
+    _bpf: object = None
+
+    # ---- life cycle ------------------------------------------------------------------------------
+    def start(self) -> CodeCacheSnapshot:
+        """Attach the probes, then walk the cache and apply what happened meanwhile."""
+        self._attach()
+        snap = self.cache.walk()
+        self.snapshot = snap
+        for blob in snap.blobs:
+            self._by_address[blob.address] = blob
+        self._starts = sorted(self._by_address)
+        self.poll(0)
+        return snap
+
+    def _attach(self) -> None:
+        from pyprof.sampling.bpf_loader import load_bpf
+
+        symbols = probe_symbols(self.jvm)
+        if "on_register" not in symbols or "on_free" not in symbols:
+            raise SourceUnavailable("libjvm has no register_nmethod/CodeCache::free symbols (stripped?): "
+                                    "live updates need an unstripped libjvm")
+        bpf = load_bpf("nmethod_events.c")
+        for handler, names in symbols.items():
+            for name in names:
+                sym = self.jvm.symbols.lookup(name)
+                # By link-time address (bcc turns it into a file offset): local and .part.0 symbols
+                # need no name resolution, and the path is the file the JVM really mapped.
+                bpf.attach_uprobe(name=self.jvm.libjvm_open_path, addr=sym.value, fn_name=handler,
+                                  pid=self.jvm.pid)
+                self.counters["probes"] += 1
+        bpf["events"].open_ring_buffer(self._on_event)
+        self._bpf = bpf
+
+    def close(self) -> None:
+        if self._bpf is not None:
+            close_bpf(self._bpf)
+            self._bpf = None
+
+    def __enter__(self) -> LiveCodeCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- events ----------------------------------------------------------------------------------
+    def poll(self, timeout_ms: int = 100) -> list[CodeCacheChange]:
+        if self._bpf is not None:
+            self._bpf.ring_buffer_poll(timeout_ms)
+        changes, self._pending = self._pending, []
+        return changes
+
+    @property
+    def lost_events(self) -> int:
+        if self._bpf is None:
+            return 0
+        return sum(v.value for v in self._bpf["lost"].values())
+
+    def _on_event(self, _ctx, data, _size) -> int:
+        ev = ctypes.cast(data, ctypes.POINTER(_Event)).contents
+        self.counters["events"] += 1
+        change = self._apply(ev.kind, ev.address, ev.arg, ev.time_ns, ev.tid)
+        if change is not None:
+            self._pending.append(change)
+            if self.on_change is not None:
+                self.on_change(change)
+        return 0
+
+    def _apply(self, kind: int, address: int, arg: int, time_ns: int, tid: int) -> Optional[CodeCacheChange]:
+        if kind == EVENT_REGISTER:
+            return self._registered(address, time_ns, tid)
+        if kind in (EVENT_FREE, EVENT_UNREGISTER):
+            blob = self._remove(address, time_ns)
+            if blob is None:
+                return None   # not ours (a non-nmethod blob we never saw) or already removed
+            return CodeCacheChange("unload", time_ns, tid, address, blob)
+        if kind == EVENT_NOT_ENTRANT_OR_ZOMBIE:
+            kind = EVENT_NOT_ENTRANT if arg == 2 else 0
+            if not kind:
+                return None
+        if kind == EVENT_NOT_ENTRANT:
+            known = self._by_address.get(address)
+            if known is None or (address, known.compile_id) in self._not_entrant:
+                return None   # unknown, or reported already (17 calls two probed functions)
+            self._not_entrant.add((address, known.compile_id))
+            fresh = self._read(address)
+            blob = fresh if fresh is not None and fresh.compile_id == known.compile_id else known
+            self._by_address[address] = blob
+            return CodeCacheChange("not_entrant", time_ns, tid, address, blob)
+        return None
+
+    def _registered(self, address: int, time_ns: int, tid: int) -> Optional[CodeCacheChange]:
+        blob = self._read(address)
+        if blob is None or not blob.is_nmethod:
+            self.counters["unreadable"] += 1
+            return None
+        known = self._by_address.get(address)
+        if known is not None and known.compile_id == blob.compile_id:
+            return None   # the .part.0 clone and its caller both fired, or the walk saw it already
+        if known is not None:
+            self._bury(known, time_ns)
+        else:
+            bisect.insort(self._starts, address)
+        self._by_address[address] = blob
+        return CodeCacheChange("compile", time_ns, tid, address, blob)
+
+    def _read(self, address: int) -> Optional[CodeBlobInfo]:
+        try:
+            return self.cache.read_blob(address)
+        except MemoryReadError:
+            return None
+
+    def _remove(self, address: int, time_ns: int) -> Optional[CodeBlobInfo]:
+        blob = self._by_address.pop(address, None)
+        if blob is None:
+            return None
+        self._not_entrant.discard((address, blob.compile_id))
+        i = bisect.bisect_left(self._starts, address)
+        if i < len(self._starts) and self._starts[i] == address:
+            del self._starts[i]
+        self._bury(blob, time_ns)
+        return blob
+
+    def _bury(self, blob: CodeBlobInfo, time_ns: int) -> None:
+        self._graveyard.append((time_ns, blob))
+        while self._graveyard and (len(self._graveyard) > MAX_GRAVEYARD
+                                   or time_ns - self._graveyard[0][0] > GRAVEYARD_NS):
+            self._graveyard.popleft()
+
+    # ---- lookups ---------------------------------------------------------------------------------
+    def blobs(self) -> list[CodeBlobInfo]:
+        return [self._by_address[a] for a in self._starts]
+
+    def lookup(self, pc: int, time_ns: Optional[int] = None) -> Optional[CodeBlobInfo]:
+        """The blob that held `pc` at `time_ns` (now if None)."""
+        i = bisect.bisect_right(self._starts, pc) - 1
+        if i >= 0:
+            blob = self._by_address[self._starts[i]]
+            if blob.contains(pc):
+                return blob
+        if time_ns is not None:
+            for freed_at, blob in reversed(self._graveyard):
+                if freed_at >= time_ns and blob.contains(pc):
+                    return blob
+        return None
+
+
+def monotonic_ns() -> int:
+    """The clock bpf_ktime_get_ns() uses."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
