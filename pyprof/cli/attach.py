@@ -1,5 +1,228 @@
-"""`pyprof attach` and `pyprof record` (filled in by the sampling change)."""
+"""`pyprof attach PID` and `pyprof record -- java ...`: sample CPU with eBPF, write pprof or folded stacks.
+
+Ctrl-C, SIGTERM and the JVM exiting all end the run the same way: drain, write the profile atomically
+(temp file + rename), print the summary.
+"""
 
 from __future__ import annotations
 
-COMMANDS: list = []
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Optional
+
+import click
+
+from pyprof.cli.common import PID, emit_json
+from pyprof.errors import PyprofError, UsageError
+from pyprof.sampling.session import ProfileOptions, ProfileSession
+
+FORMATS = ("pprof", "collapsed")
+JVM_START_TIMEOUT = 60.0
+
+
+def _common_options(f):
+    f = click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+                     help="where to write the profile (default: pyprof-PID-TIME.pb.gz; the extension "
+                          "picks the format: .pb.gz/.pprof, .txt/.folded)")(f)
+    f = click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+                     help="output format (default: from the file name, else pprof)")(f)
+    f = click.option("-r", "--rate", type=click.IntRange(1, 10_000), default=99, show_default=True,
+                     help="samples per second per CPU (cpu-clock)")(f)
+    f = click.option("--stack-bytes", type=click.IntRange(1024, 65536), default=32768, show_default=True,
+                     help="bytes of user stack copied per sample")(f)
+    f = click.option("--json", "as_json", is_flag=True, help="print the summary as JSON on stdout")(f)
+    f = click.option("--force", is_flag=True,
+                     help="sample even on kernels with known BPF stack-copy problems (5.19-6.1)")(f)
+    f = click.option("--no-progress", is_flag=True, help="no progress line")(f)
+    return f
+
+
+def _resolve_output(output: Optional[str], fmt: Optional[str], pid: int) -> tuple[str, str]:
+    from pyprof.output import format_for_path
+
+    if output is None:
+        fmt = fmt or "pprof"
+        ext = ".pb.gz" if fmt == "pprof" else ".txt"
+        output = f"pyprof-{pid}-{time.strftime('%Y%m%d-%H%M%S')}{ext}"
+    elif fmt is None:
+        fmt = format_for_path(output) or "pprof"
+    directory = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        raise UsageError(f"cannot write {output}: directory {directory} is not writable")
+    if fmt not in FORMATS:
+        raise UsageError(f"format {fmt!r} is not written by attach/record (use pyprof report)")
+    return output, fmt
+
+
+class _Stop:
+    """SIGTERM (and SIGINT) set a flag; the loop ends at its next step and the profile is written."""
+
+    def __init__(self) -> None:
+        self.reason = ""
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Stop:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        self.reason = signal.Signals(signum).name
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _progress(enabled: bool):
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from rich.console import Console
+    from rich.live import Live
+
+    return Live(console=Console(stderr=True), refresh_per_second=4, transient=True)
+
+
+def run_session(session: ProfileSession, duration: Optional[float], stop: _Stop, show_progress: bool,
+                child: Optional[subprocess.Popen] = None) -> str:
+    """Sample until the duration, a signal, or the target's exit. Returns why it ended."""
+    deadline = None if duration is None else time.monotonic() + duration
+    live = _progress(show_progress)
+    started = time.monotonic()
+    last_check = 0.0
+    why = "duration"
+    if live is not None:
+        live.start()
+    try:
+        while True:
+            if stop.reason:
+                why = stop.reason
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            session.step(100)
+            now = time.monotonic()
+            if now - last_check > 0.25:
+                last_check = now
+                if (child is not None and child.poll() is not None) or not session.target_alive():
+                    why = "target exited"
+                    break
+                if live is not None:
+                    live.update(f"[bold]pyprof[/] {session.pid}: {now - started:5.1f} s, "
+                                f"{session.stats.samples} samples, {session.sampler_lost()} lost")
+    finally:
+        if live is not None:
+            live.stop()
+    return why
+
+
+def write_and_summarize(session: ProfileSession, output: str, fmt: str, as_json: bool, why: str) -> None:
+    from pyprof.output import write_profile
+
+    profile = session.finish()
+    write_profile(profile, output, fmt)
+    s = session.stats
+    top = [{"function": name, "samples": n, "percent": round(100.0 * n / max(s.samples, 1), 2)}
+           for name, n in s.self_counts.most_common(10)]
+    summary = {
+        "output": output, "format": fmt, "ended": why, "samples": s.samples, "lost": s.lost,
+        "truncated_stacks": s.truncated, "unknown_frames": s.unknown_frames, "frames": s.frames,
+        "unknown_frames_percent": round(s.unknown_pct, 3), "duration_s": round(profile.duration_ns / 1e9, 3),
+        "first_sample_s": round(s.first_sample_s, 3) if s.first_sample_s is not None else None,
+        "code_cache_events": s.code_events, "top_self": top,
+    }
+    if as_json:
+        emit_json(summary)
+        return
+    err = click.get_text_stream("stderr")
+    err.write(f"pyprof: wrote {output} ({fmt}); ended by {why}\n")
+    err.write(f"  {s.samples} samples in {summary['duration_s']} s, {s.lost} lost, "
+              f"{s.truncated} truncated stacks, unknown frames {s.unknown_pct:.2f}% "
+              f"({s.unknown_frames}/{s.frames})\n")
+    if top:
+        err.write("  top self:\n")
+        for row in top:
+            err.write(f"    {row['percent']:6.2f}%  {row['samples']:>7}  {row['function']}\n")
+
+
+@click.command("attach")
+@click.argument("pid", type=PID)
+@click.option("-d", "--duration", type=click.FloatRange(min=0.1), default=None,
+              help="seconds to sample (default: until Ctrl-C or the JVM exits)")
+@_common_options
+def attach(pid: int, duration: Optional[float], output: Optional[str], fmt: Optional[str], rate: int,
+           stack_bytes: int, as_json: bool, force: bool, no_progress: bool) -> None:
+    """Profile the running JVM PID: no agent, no JVM flags, the target never stops."""
+    output, fmt = _resolve_output(output, fmt, pid)
+    session = ProfileSession(pid, ProfileOptions(rate_hz=rate, stack_bytes=stack_bytes, force=force))
+    with _Stop() as stop:
+        try:
+            session.start()
+        except BaseException:
+            session.finish()
+            raise
+        try:
+            why = run_session(session, duration, stop, not no_progress and not as_json)
+        finally:
+            # whatever happened in the loop, the samples we have are written
+            pass
+        write_and_summarize(session, output, fmt, as_json, why)
+
+
+@click.command("record", context_settings={"ignore_unknown_options": True})
+@click.option("-d", "--duration", type=click.FloatRange(min=0.1), default=None,
+              help="stop sampling after SECONDS (the JVM keeps running)")
+@_common_options
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def record(duration: Optional[float], output: Optional[str], fmt: Optional[str], rate: int,
+           stack_bytes: int, as_json: bool, force: bool, no_progress: bool, command: tuple[str, ...]) -> None:
+    """Start `java ARGS...` and profile it from its first instruction; exits with the JVM's exit code.
+
+    \b
+    Example: pyprof record -o app.pb.gz -- java -jar app.jar
+    """
+    if not command:
+        raise UsageError("record needs a command: pyprof record [options] -- java ARGS...")
+    try:
+        child = subprocess.Popen(list(command))
+    except OSError as e:
+        raise UsageError(f"cannot start {command[0]}: {e.strerror}") from e
+    output, fmt = _resolve_output(output, fmt, child.pid)
+    session = ProfileSession(child.pid, ProfileOptions(rate_hz=rate, stack_bytes=stack_bytes, force=force))
+    with _Stop() as stop:
+        try:
+            session.start_sampler()
+            _wait_for_jvm(session, child, stop)
+            why = run_session(session, duration, stop, not no_progress and not as_json, child=child)
+        except BaseException:
+            if child.poll() is None:
+                child.terminate()
+            session.finish()
+            raise
+        write_and_summarize(session, output, fmt, as_json, why)
+    code = child.wait()
+    raise click.exceptions.Exit(code if code >= 0 else 128 - code)
+
+
+def _wait_for_jvm(session: ProfileSession, child: subprocess.Popen, stop: _Stop) -> None:
+    """Buffer samples while the JVM boots; attach the code-cache map once VMStructs are readable."""
+    deadline = time.monotonic() + JVM_START_TIMEOUT
+    last_error: Optional[PyprofError] = None
+    while time.monotonic() < deadline and not stop.reason:
+        if child.poll() is not None:
+            return   # exited before it was a JVM: the samples still make a (native) profile
+        try:
+            session.attach_jvm()
+            return
+        except PyprofError as e:
+            last_error = e
+        session.buffer_step(10)
+    if not stop.reason:
+        raise PyprofError(f"process {child.pid} did not become a readable JVM in {JVM_START_TIMEOUT:.0f} s"
+                          f" ({last_error})")
+
+
+COMMANDS = [attach, record]

@@ -25,9 +25,10 @@ def cli() -> None:
 
 
 def _register_commands() -> None:
-    from pyprof.cli import attach, codecache
+    from pyprof.cli import attach, codecache, doctor
 
     cli.add_command(codecache.codecache)
+    cli.add_command(doctor.doctor)
     for command in attach.COMMANDS:
         cli.add_command(command)
 

@@ -89,6 +89,8 @@ FIELD_SPECS: dict[str, tuple[str, tuple[str, ...]]] = {
     "nmethod._metadata_offset": ("nmethod", ("_metadata_offset",)),
     "nmethod._dependencies_offset": ("nmethod", ("_dependencies_offset",)),
     "nmethod._immutable_data": ("nmethod", ("_immutable_data",)),
+    "nmethod._immutable_data_size": ("nmethod", ("_immutable_data_size",)),
+    "CodeBlob._mutable_data_size": ("CodeBlob", ("_mutable_data_size",)),
     # Method metadata
     "Method._constMethod": ("Method", ("_constMethod",)),
     "Method._access_flags": ("Method", ("_access_flags",)),
@@ -164,6 +166,19 @@ class BlobHeader:
 
 
 @dataclass(frozen=True)
+class DebugRanges:
+    """Where an nmethod's debug information lives (absolute addresses, [begin, end))."""
+
+    pcs_begin: int
+    pcs_end: int
+    scopes_begin: int
+    scopes_end: int
+    metadata_begin: int
+    metadata_end: int
+    unsigned5_excludes_zero: bool   # JDK 20+: UNSIGNED5 with X = 1
+
+
+@dataclass(frozen=True)
 class NMethodHeader:
     method: int
     compile_id: int
@@ -178,8 +193,9 @@ class NMethodHeader:
 class Layout:
     """Resolved fields of one running JVM, plus decoders for the structures whose meaning moved."""
 
-    def __init__(self, vm: VMStructs) -> None:
+    def __init__(self, vm: VMStructs, major: int = 0) -> None:
         self.vm = vm
+        self.major = major   # set by HotSpotJvm once the version is read (stream encodings differ)
         self.fields: dict[str, Field] = {}
         for key, (type_name, names) in FIELD_SPECS.items():
             resolved = self._resolve(type_name, names)
@@ -290,6 +306,32 @@ class Layout:
             deopt_handler=deopt,
         )
 
+    def debug_ranges(self, buf: bytes, off: int, nmethod: int) -> DebugRanges:
+        """PcDescs, scope data and metadata of the nmethod whose bytes are buf[off:].
+
+        <= 22: offsets from the nmethod (metadata, pcs, dependencies), scopes data an absolute pointer
+        (CompiledMethod::_scopes_data_begin), metadata ending where scopes data begins.
+        23/24: `_immutable_data`; 25: pcs and scopes in the immutable data, metadata in the mutable data
+        after the relocations (src/hotspot/share/code/nmethod.hpp).
+        """
+        f = self.fields
+        x1 = self.major >= 20
+        if "nmethod._immutable_data" in f:
+            imm = f["nmethod._immutable_data"].get(buf, off)
+            imm_size = self._optional(buf, off, "nmethod._immutable_data_size")
+            pcs_begin = imm + f["nmethod._scopes_pcs_offset"].get(buf, off)
+            scopes_begin = imm + f["nmethod._scopes_data_offset"].get(buf, off)
+            mutable = self._optional(buf, off, "CodeBlob._mutable_data")
+            meta_begin = mutable + self._optional(buf, off, "CodeBlob._relocation_size")
+            meta_end = mutable + self._optional(buf, off, "CodeBlob._mutable_data_size")
+            return DebugRanges(pcs_begin, scopes_begin, scopes_begin, imm + imm_size,
+                               meta_begin, meta_end, x1)
+        scopes_begin = f["nmethod._scopes_data_begin"].get(buf, off)
+        pcs_begin = nmethod + f["nmethod._scopes_pcs_offset"].get(buf, off)
+        pcs_end = nmethod + f["nmethod._dependencies_offset"].get(buf, off)
+        meta_begin = nmethod + f["nmethod._metadata_offset"].get(buf, off)
+        return DebugRanges(pcs_begin, pcs_end, scopes_begin, pcs_begin, meta_begin, scopes_begin, x1)
+
     def _optional(self, buf: bytes, off: int, key: str, default: int = 0) -> int:
         f = self.fields.get(key)
         return f.get(buf, off) if f is not None else default
@@ -304,6 +346,20 @@ class Layout:
         if kind_id is None:
             return None
         return self.codeblob_kinds.get(kind_id)
+
+    # ---- interpreter frames ----------------------------------------------------------------------
+    def interpreter_frame_slots(self) -> dict[str, int]:
+        """Word offsets from rbp of an interpreter frame (x86_64, src/hotspot/cpu/x86/frame_x86.hpp).
+
+        HotSpot publishes sender_sp (-1) and last_sp (-2); the slots below last_sp follow in a fixed
+        order that has not changed from 17 to 25: method, mirror, mdp, cache, locals, bcp.
+        """
+        sender_sp = self.vm.constant("frame::interpreter_frame_sender_sp_offset")
+        last_sp = self.vm.constant("frame::interpreter_frame_last_sp_offset")
+        sender_sp = -1 if sender_sp is None else sender_sp
+        last_sp = -2 if last_sp is None else last_sp
+        return {"return_address": 1, "saved_fp": 0, "sender_sp": sender_sp, "last_sp": last_sp,
+                "method": last_sp - 1, "bcp": last_sp - 6}
 
     # ---- ConstMethod flags -----------------------------------------------------------------------
     def has_linenumber_table_bit(self) -> int:

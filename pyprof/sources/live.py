@@ -58,7 +58,8 @@ def probe_symbols(jvm: HotSpotJvm) -> dict[str, list[str]]:
         "on_register": [_mangle(c, "register_nmethod", "P7nmethod") for c in gc_classes],
         "on_unregister": [_mangle(c, "unregister_nmethod", "P7nmethod") for c in gc_classes],
         "on_free": ["_ZN9CodeCache4freeEP8CodeBlob"],
-        "on_not_entrant": ["_ZN7nmethod16make_not_entrantEv", "_ZN7nmethod16make_not_entrantENS_12ChangeReasonE"],
+        "on_not_entrant": ["_ZN7nmethod16make_not_entrantEv",
+                           "_ZN7nmethod16make_not_entrantENS_12ChangeReasonE"],
         "on_not_entrant_or_zombie": ["_ZN7nmethod26make_not_entrant_or_zombieEi"],
     }
     out: dict[str, list[str]] = {}

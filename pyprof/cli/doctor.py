@@ -1,0 +1,119 @@
+"""`pyprof doctor [PID]`: one line per requirement, ok or what is missing and the exact fix."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import click
+
+from pyprof.cli.common import PID, emit_json
+from pyprof.errors import MemoryReadError, PyprofError
+
+TESTED_MAJORS = (17, 21, 25)
+
+
+@dataclass
+class Line:
+    name: str
+    status: str       # "ok", "missing", "warn"
+    detail: str
+    fix: str = ""
+    required: bool = True
+
+
+def system_lines() -> list[Line]:
+    from pyprof.sampling import features
+
+    out = []
+    for check in features.run_all():
+        required = getattr(check, "required", True)
+        out.append(Line(check.name, "ok" if check.ok else ("missing" if required else "warn"),
+                        check.detail, check.fix, required))
+    return out
+
+
+def jvm_lines(pid: int) -> list[Line]:
+    from pyprof.hotspot.codecache import CodeCache
+    from pyprof.hotspot.jvm import HotSpotJvm
+    from pyprof.hotspot.threads import JavaThreads
+    from pyprof.sources.jcmd import find_jcmd
+    from pyprof.sources.live import probe_symbols
+
+    lines: list[Line] = []
+    try:
+        jvm = HotSpotJvm.open(pid)
+    except PyprofError as e:
+        lines.append(Line(f"process {pid}", "missing", str(e), _jvm_fix(e)))
+        return lines
+    with jvm:
+        tested = jvm.major in TESTED_MAJORS
+        lines.append(Line("HotSpot JVM", "ok" if tested else "warn", jvm.description,
+                          "" if tested else f"JDK {jvm.major} is untested: pyprof is tested on 17, 21, 25",
+                          required=False))
+        lines.append(Line("libjvm", "ok", f"{jvm.libjvm_path} (read via {jvm.libjvm_open_path})",
+                          required=False))
+        lines.append(Line("VMStructs", "ok", f"{len(jvm.vm.fields)} fields, {len(jvm.vm.types)} types"))
+        try:
+            snap = CodeCache(jvm).walk(resolve_methods=False)
+            lines.append(Line("code cache (attach-free)", "ok",
+                              f"{len(snap.heaps)} heaps, {len(snap.nmethods)} nmethods, "
+                              f"{snap.stats.invalid_total} unreadable blobs, "
+                              f"{snap.stats.seconds * 1000:.0f} ms"))
+        except MemoryReadError as e:
+            lines.append(Line("code cache (attach-free)", "missing", str(e),
+                              "use --source jcmd (needs jcmd of the same JDK)"))
+        probes = probe_symbols(jvm)
+        live_ok = "on_register" in probes and "on_free" in probes
+        lines.append(Line("live code-cache updates", "ok" if live_ok else "warn",
+                          f"uprobes on {sum(len(v) for v in probes.values())} libjvm symbols "
+                          f"({jvm.gc_name} GC)"
+                          if live_ok else "libjvm has no .symtab (stripped): no register_nmethod symbols",
+                          "" if live_ok else "install the JDK's debug symbols, or rely on periodic walks",
+                          required=False))
+        threads = JavaThreads(jvm)
+        threads.refresh()
+        lines.append(Line("Java threads", "ok" if threads.tids() else "warn",
+                          f"{len(threads.tids())} JavaThreads readable", required=False))
+    try:
+        jcmd = find_jcmd(pid)
+        lines.append(Line("jcmd fallback", "ok", jcmd, required=False))
+    except PyprofError as e:
+        lines.append(Line("jcmd fallback", "warn", str(e), "optional: install the full JDK", required=False))
+    return lines
+
+
+def _jvm_fix(error: PyprofError) -> str:
+    name = type(error).__name__
+    return {
+        "NoSuchProcess": "check the pid (`jps -l` or `pgrep java`)",
+        "NotAJvm": "point pyprof at the java process itself",
+        "PermissionDenied": "run as root (sudo) or with CAP_SYS_PTRACE + CAP_BPF + CAP_PERFMON",
+        "UnsupportedJvm": "pyprof supports HotSpot JDK 17, 21 and 25",
+    }.get(name, "")
+
+
+@click.command("doctor")
+@click.argument("pid", type=PID, required=False)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def doctor(pid: Optional[int], as_json: bool) -> None:
+    """Check what pyprof needs on this machine (and for JVM PID), with the fix for anything missing."""
+    lines = system_lines()
+    if pid is not None:
+        lines += jvm_lines(pid)
+    failed = [line for line in lines if line.status == "missing" and line.required]
+    if as_json:
+        emit_json({"ok": not failed, "checks": [asdict(line) for line in lines]})
+    else:
+        for line in lines:
+            mark = {"ok": "ok     ", "warn": "warn   ", "missing": "MISSING"}[line.status]
+            click.echo(f"{mark} {line.name:<26} {line.detail}")
+            if line.status != "ok" and line.fix:
+                click.echo(f"{'':8}{'':26} fix: {line.fix}")
+        if not os.environ.get("PYPROF_QUIET"):
+            verdict = "ready: `pyprof attach PID` can run" if not failed else \
+                f"not ready: {len(failed)} requirement(s) missing"
+            click.echo(f"\n{verdict}")
+    if failed:
+        raise click.exceptions.Exit(1)

@@ -1,0 +1,242 @@
+"""Inlining and line numbers: an nmethod's PcDescs and scopes, a method's line-number table.
+
+A compiled PC stands for a chain of Java methods (C2 inlines aggressively). HotSpot records, per
+safepoint/call PC, a PcDesc {pc_offset, scope_decode_offset, obj_decode_offset, flags}; the scope at
+scope_decode_offset in the scopes data is a compressed stream of (sender scope offset, metadata index,
+bci + 1, ...) with the innermost method first; sender offset 0 ends the chain.
+(src/hotspot/share/code/{pcDesc,scopeDesc,debugInfo,compressedStream}.cpp, utilities/unsigned5.hpp)
+
+Return addresses have an exact PcDesc; for the top frame we take the first PcDesc at or after the PC
+(the debug info of the next safepoint, as JFR does). Every read is bounded: PcDesc tables, scope chains
+(MAX_SCOPES), stream lengths and metadata indexes are validated; a failure yields the nmethod's own
+method with an unknown line, never an exception the caller did not ask for.
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+from dataclasses import dataclass
+from typing import Optional
+
+from pyprof.errors import MemoryReadError
+from pyprof.hotspot.codecache import CodeBlobInfo
+from pyprof.hotspot.layout import DebugRanges, Layout
+from pyprof.hotspot.method import MethodInfo, MethodResolver
+from pyprof.procfs.memory import Reader
+
+MAX_SCOPES = 64
+MAX_PCDESC_BYTES = 4 << 20
+MAX_SCOPE_BYTES = 8 << 20
+MAX_LINE_TABLE = 64 << 10
+MAX_METADATA = 1 << 20
+SCOPE_READ = 32            # bytes of scope stream read per scope record (3 ints of <= 5 bytes each)
+_PCDESC = struct.Struct("<iiii")
+
+
+@dataclass(frozen=True)
+class JavaScope:
+    """One Java frame inside a compiled frame."""
+
+    method: MethodInfo
+    method_ptr: int
+    bci: int
+    line: int        # 0 = unknown
+
+
+def read_unsigned5(data: bytes, pos: int, excludes_zero: bool) -> tuple[int, int]:
+    """One int of HotSpot's compressed stream; returns (value, new position).
+
+    JDK <= 19: bytes < 192 end a value (L = 192), up to 5 bytes of base-64 digits.
+    JDK 20+ (UNSIGNED5): every byte is offset by X = 1 so the stream never contains 0; L = 191.
+    """
+    x = 1 if excludes_zero else 0
+    low = 192 - x                     # L
+    b0 = data[pos] - x
+    if b0 < 0:
+        raise MemoryReadError("zero byte in an UNSIGNED5 stream")
+    if b0 < low:
+        return b0, pos + 1
+    total = b0
+    shift = 6
+    for i in range(1, 5):
+        bi = data[pos + i] - x
+        if bi < 0:
+            raise MemoryReadError("zero byte in an UNSIGNED5 stream")
+        total += bi << shift
+        if bi < low or i == 4:
+            return total & 0xFFFFFFFF, pos + i + 1
+        shift += 6
+    raise MemoryReadError("unterminated compressed int")   # unreachable: i == 4 returns
+
+
+def _signed(value: int) -> int:
+    """Zig-zag decoding (CompressedReadStream::read_signed_int)."""
+    return (value >> 1) ^ -(value & 1)
+
+
+def _as_int32(value: int) -> int:
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+class DebugInfo:
+    """Decodes inlining chains and lines with caches; one per JVM."""
+
+    def __init__(self, reader: Reader, layout: Layout, resolver: MethodResolver) -> None:
+        self.r = reader
+        self.lay = layout
+        self.resolver = resolver
+        self.const_method_size = layout.type_size("ConstMethod", 56)
+        self.line_bit = layout.has_linenumber_table_bit()
+        self._pcdescs: dict[tuple[int, int], tuple[list[int], list[int], DebugRanges]] = {}
+        self._chains: dict[tuple[int, int, int, bool], tuple[JavaScope, ...]] = {}
+        self._lines: dict[int, Optional[list[tuple[int, int]]]] = {}
+        self.failures = 0
+        self.available = all(layout.has(k) for k in ("nmethod._scopes_pcs_offset",)) and (
+            layout.has("nmethod._immutable_data") or layout.has("nmethod._scopes_data_begin"))
+
+    # ---- compiled frames -------------------------------------------------------------------------
+    def scopes_at(self, blob: CodeBlobInfo, pc: int, exact: bool) -> tuple[JavaScope, ...]:
+        """Java frames at `pc` in nmethod `blob`, innermost first (empty if unknown)."""
+        if not self.available or not blob.is_nmethod:
+            return ()
+        key = (blob.address, blob.compile_id, pc, exact)
+        cached = self._chains.get(key)
+        if cached is not None:
+            return cached
+        try:
+            chain = self._decode_chain(blob, pc - blob.code_begin, exact)
+        except (MemoryReadError, IndexError, struct.error):
+            self.failures += 1
+            chain = ()
+        if len(self._chains) > 200_000:
+            self._chains.clear()
+        self._chains[key] = chain
+        return chain
+
+    def _pcdesc_table(self, blob: CodeBlobInfo) -> tuple[list[int], list[int], DebugRanges]:
+        key = (blob.address, blob.compile_id)
+        table = self._pcdescs.get(key)
+        if table is None:
+            head = self.r.bytes(blob.address, self.lay.nmethod_read_size)
+            ranges = self.lay.debug_ranges(head, 0, blob.address)
+            size = ranges.pcs_end - ranges.pcs_begin
+            if not 0 < size <= MAX_PCDESC_BYTES or size % _PCDESC.size:
+                raise MemoryReadError(f"implausible PcDesc table size {size}")
+            raw = self.r.bytes(ranges.pcs_begin, size)
+            offsets, scopes = [], []
+            for pc_offset, scope_offset, _obj, _flags in _PCDESC.iter_unpack(raw):
+                offsets.append(pc_offset)
+                scopes.append(scope_offset)
+            table = (offsets, scopes, ranges)
+            if len(self._pcdescs) > 100_000:
+                self._pcdescs.clear()
+            self._pcdescs[key] = table
+        return table
+
+    def _decode_chain(self, blob: CodeBlobInfo, pc_offset: int, exact: bool) -> tuple[JavaScope, ...]:
+        offsets, scopes, ranges = self._pcdesc_table(blob)
+        i = bisect.bisect_left(offsets, pc_offset)
+        if exact and (i >= len(offsets) or offsets[i] != pc_offset):
+            # A return address without its own PcDesc: fall back to the nearest one after it.
+            exact = False
+        if i >= len(offsets):
+            return ()
+        scope_offset = scopes[i]
+        chain: list[JavaScope] = []
+        for _ in range(MAX_SCOPES):
+            if scope_offset <= 0:   # serialized_null: no (more) scopes
+                break
+            sender, method_ptr, bci = self._read_scope(ranges, scope_offset)
+            info = self.resolver.resolve(method_ptr)
+            chain.append(JavaScope(info, method_ptr, bci, self.line_of(info, bci)))
+            if sender >= scope_offset:   # senders are written before their callees: must go back
+                break
+            scope_offset = sender
+        return tuple(chain)
+
+    def _read_scope(self, ranges: DebugRanges, offset: int) -> tuple[int, int, int]:
+        address = ranges.scopes_begin + offset
+        if not ranges.scopes_begin <= address < ranges.scopes_begin + MAX_SCOPE_BYTES:
+            raise MemoryReadError("scope offset out of range")
+        data = self.r.bytes(address, SCOPE_READ)
+        x1 = ranges.unsigned5_excludes_zero
+        sender, pos = read_unsigned5(data, 0, x1)
+        index, pos = read_unsigned5(data, pos, x1)
+        bci_plus_1, pos = read_unsigned5(data, pos, x1)
+        count = (ranges.metadata_end - ranges.metadata_begin) // 8
+        if not 0 < index <= min(count, MAX_METADATA):
+            raise MemoryReadError(f"metadata index {index} outside 1..{count}")
+        method_ptr = self.r.ptr(ranges.metadata_begin + 8 * (index - 1))
+        return sender, method_ptr, _as_int32(bci_plus_1) - 1
+
+    # ---- line numbers ----------------------------------------------------------------------------
+    def line_of(self, method: MethodInfo, bci: int) -> int:
+        """The source line of `bci` (Method::line_number_from_bci), 0 if unknown."""
+        if bci < 0 or not method.const_method:
+            return 0
+        table = self._line_table(method)
+        if not table:
+            return 0
+        best_bci, best_line = -1, 0
+        for entry_bci, line in table:
+            if entry_bci == bci:
+                return line
+            if best_bci < entry_bci <= bci:
+                best_bci, best_line = entry_bci, line
+        return best_line
+
+    def bci_of_bcp(self, method: MethodInfo, bcp: int) -> int:
+        """Interpreted frames: bci = bcp - (ConstMethod* + sizeof(ConstMethod))."""
+        bci = bcp - (method.const_method + self.const_method_size)
+        return bci if 0 <= bci < max(method.code_size, 1) else -1
+
+    def _line_table(self, method: MethodInfo) -> Optional[list[tuple[int, int]]]:
+        key = method.const_method
+        if key in self._lines:
+            return self._lines[key]
+        table = None
+        if method.flags & self.line_bit:
+            try:
+                table = self._read_line_table(method)
+            except (MemoryReadError, IndexError):
+                self.failures += 1
+        if len(self._lines) > 200_000:
+            self._lines.clear()
+        self._lines[key] = table
+        return table
+
+    def _read_line_table(self, method: MethodInfo) -> list[tuple[int, int]]:
+        """Decode CompressedLineNumberReadStream pairs. Terminates: `pos` grows every pair and the
+        data never exceeds MAX_LINE_TABLE, so running past it ends in IndexError for the caller."""
+        start = method.const_method + self.const_method_size + method.code_size
+        x1 = self.lay.major >= 20
+        data = self._fetch(start, 256) or self._fetch(start, 16)
+        if data is None:
+            raise MemoryReadError("line-number table unreadable")
+        pos, bci, line = 0, 0, 0
+        out: list[tuple[int, int]] = []
+        while True:
+            if pos + 11 > len(data) and len(data) < MAX_LINE_TABLE:   # tag + two ints of <= 5 bytes
+                more = self._fetch(start, min(len(data) * 4, MAX_LINE_TABLE))
+                if more is not None:
+                    data = more
+            tag = data[pos]
+            if tag == 0:
+                return out
+            if tag == 0xFF:
+                d_bci, pos = read_unsigned5(data, pos + 1, x1)
+                d_line, pos = read_unsigned5(data, pos, x1)
+                bci += _signed(d_bci)
+                line += _signed(d_line)
+            else:
+                bci += tag >> 3
+                line += tag & 7
+                pos += 1
+            out.append((bci, line))
+
+    def _fetch(self, address: int, size: int) -> Optional[bytes]:
+        try:
+            return self.r.bytes(address, size)
+        except MemoryReadError:
+            return None

@@ -1,0 +1,94 @@
+"""JavaThreads of the target, read attach-free: OS tid -> JavaThread*, and its last-Java-frame anchor.
+
+ThreadsSMRSupport::_java_thread_list -> ThreadsList {_length, _threads[]} -> JavaThread ->
+_osthread -> OSThread::_thread_id. The anchor (JavaThread::_anchor: _last_Java_sp/pc/fp) is where a
+thread that left Java (into the VM, a JNI library or a blocking call) last was in Java code: the
+unwinder resumes Java unwinding there when native frames have no usable frame pointers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from pyprof.errors import MemoryReadError
+from pyprof.hotspot.jvm import HotSpotJvm
+
+MAX_THREADS = 100_000
+REFRESH_INTERVAL = 0.5   # s: re-read the threads list at most this often on a miss
+
+
+@dataclass(frozen=True)
+class Anchor:
+    sp: int
+    pc: int
+    fp: int
+
+
+class JavaThreads:
+    def __init__(self, jvm: HotSpotJvm) -> None:
+        self.jvm = jvm
+        self.r = jvm.reader
+        self.lay = jvm.layout
+        self._by_tid: dict[int, int] = {}
+        self._last_refresh = 0.0
+        self.available = all(self.lay.has(k) for k in (
+            "ThreadsSMRSupport._java_thread_list", "ThreadsList._length", "ThreadsList._threads",
+            "JavaThread._osthread", "OSThread._thread_id", "JavaThread._anchor"))
+
+    def refresh(self) -> None:
+        self._last_refresh = time.monotonic()
+        if not self.available:
+            return
+        lay = self.lay
+        try:
+            tlist = self.r.ptr(lay["ThreadsSMRSupport._java_thread_list"].address)
+            count = self.r.u32(tlist + lay.offset("ThreadsList._length"))
+            array = self.r.ptr(tlist + lay.offset("ThreadsList._threads"))
+            if not 0 <= count <= MAX_THREADS:
+                return
+            pointers = self.r.bytes(array, 8 * count) if count else b""
+        except MemoryReadError:
+            return
+        by_tid = {}
+        for i in range(count):
+            thread = int.from_bytes(pointers[8 * i : 8 * i + 8], "little")
+            try:
+                osthread = self.r.ptr(thread + lay.offset("JavaThread._osthread"))
+                tid = self.r.i32(osthread + lay.offset("OSThread._thread_id"))
+            except MemoryReadError:
+                continue
+            if tid > 0:
+                by_tid[tid] = thread
+        self._by_tid = by_tid
+
+    def java_thread(self, tid: int) -> Optional[int]:
+        thread = self._by_tid.get(tid)
+        if thread is None and time.monotonic() - self._last_refresh > REFRESH_INTERVAL:
+            self.refresh()
+            thread = self._by_tid.get(tid)
+        return thread
+
+    def is_java_thread(self, tid: int) -> bool:
+        return self.java_thread(tid) is not None
+
+    def anchor(self, tid: int) -> Optional[Anchor]:
+        """The thread's last Java frame, or None (not a Java thread, or currently in Java code)."""
+        thread = self.java_thread(tid)
+        if thread is None:
+            return None
+        lay = self.lay
+        base = thread + lay.offset("JavaThread._anchor")
+        try:
+            raw = self.r.bytes(base, 24)
+        except MemoryReadError:
+            return None
+        sp = lay["JavaFrameAnchor._last_Java_sp"].get(raw)
+        if sp == 0:
+            return None
+        return Anchor(sp, lay["JavaFrameAnchor._last_Java_pc"].get(raw),
+                      lay["JavaFrameAnchor._last_Java_fp"].get(raw))
+
+    def tids(self) -> list[int]:
+        return list(self._by_tid)

@@ -1,0 +1,209 @@
+"""One profiling run: eBPF samples + live code-cache map + unwinder -> aggregated ProfileData.
+
+Order inside each step matters: samples are taken from the ring buffer *before* code-cache events are
+applied, so every nmethod a sample ran in has been registered by the time it is unwound (and one freed
+meanwhile is still in the live map's graveyard).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Optional
+
+from pyprof import __version__
+from pyprof.errors import MemoryReadError, NoSuchProcess
+from pyprof.hotspot.codecache import CodeCache
+from pyprof.hotspot.jvm import HotSpotJvm
+from pyprof.hotspot.method import MethodResolver
+from pyprof.hotspot.threads import JavaThreads
+from pyprof.model import FrameKind, ProfileData, StackKey
+from pyprof.sampling.threadnames import ThreadNames
+from pyprof.sampling.unwind import Unwinder
+from pyprof.sources.live import LiveCodeCache
+
+MAX_BUFFERED = 2_000   # raw samples kept while a recorded JVM boots: 2000 x 32 KiB stacks = 64 MiB at most
+
+
+@dataclass
+class ProfileOptions:
+    rate_hz: int = 99
+    stack_bytes: int = 32768
+    force: bool = False          # sample even on kernels with the known BPF copy freeze
+
+
+@dataclass
+class SessionStats:
+    samples: int = 0
+    lost: int = 0
+    truncated: int = 0
+    unknown_frames: int = 0
+    frames: int = 0
+    code_events: int = 0
+    code_events_lost: int = 0
+    dropped_early: int = 0       # samples taken before the JVM was readable, over the buffer bound
+    first_sample_s: Optional[float] = None
+    self_counts: Counter = field(default_factory=Counter)   # leaf Java/native function -> samples
+
+    @property
+    def unknown_pct(self) -> float:
+        return 100.0 * self.unknown_frames / self.frames if self.frames else 0.0
+
+
+class ProfileSession:
+    def __init__(self, pid: int, options: Optional[ProfileOptions] = None) -> None:
+        self.pid = pid
+        self.options = options or ProfileOptions()
+        self.profile = ProfileData(period_ns=int(1e9 / self.options.rate_hz))
+        self.stats = SessionStats()
+        self.jvm: Optional[HotSpotJvm] = None
+        self.live: Optional[LiveCodeCache] = None
+        self.sampler = None
+        self.unwinder: Optional[Unwinder] = None
+        self.names = ThreadNames(pid)
+        self._started_monotonic = 0.0
+        self._closed = False
+        self._buffered: list = []
+
+    # ---- life cycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """attach: the JVM first (fails fast on a non-JVM, before any BPF is compiled), then sampling."""
+        self.attach_jvm()
+        self.start_sampler()
+
+    def start_sampler(self) -> None:
+        from pyprof.sampling.sampler import Sampler
+
+        if not self._started_monotonic:
+            self._started_monotonic = time.monotonic()
+            self.profile.start_time_ns = time.time_ns()
+        self.sampler = Sampler(self.pid, rate_hz=self.options.rate_hz,
+                               stack_bytes=self.options.stack_bytes, force=self.options.force)
+        self.sampler.start()
+
+    def attach_jvm(self) -> None:
+        """Open the JVM, start the live code-cache map and the unwinder; unwind buffered samples."""
+        from pyprof.symbols.kernel import KernelSymbols
+        from pyprof.symbols.native import NativeSymbolizer
+
+        if not self._started_monotonic:
+            self._started_monotonic = time.monotonic()
+            self.profile.start_time_ns = time.time_ns()
+        jvm = HotSpotJvm.open(self.pid)
+        try:
+            resolver = MethodResolver(jvm.reader, jvm.layout)
+            live = LiveCodeCache(jvm, CodeCache(jvm, resolver))
+            live.start()
+        except BaseException:
+            jvm.close()
+            raise
+        self.jvm, self.live = jvm, live
+        threads = JavaThreads(jvm)
+        threads.refresh()
+        self.unwinder = Unwinder(jvm, live.lookup, resolver, threads, NativeSymbolizer(self.pid),
+                                 KernelSymbols.load())
+        self.profile.comments += [
+            f"pyprof {__version__}",
+            f"JVM: {jvm.description}",
+            f"pid {self.pid}, cpu-clock at {self.options.rate_hz} Hz, {self.options.stack_bytes} B stacks",
+        ]
+        buffered, self._buffered = self._buffered, []
+        self._process(buffered)
+
+    def buffer_step(self, timeout_ms: int) -> None:
+        """Before the JVM is readable (record): keep raw samples, bounded."""
+        if self.sampler is None:
+            time.sleep(timeout_ms / 1000)
+            return
+        raw = self.sampler.poll(timeout_ms)
+        room = MAX_BUFFERED - len(self._buffered)
+        self._buffered.extend(raw[:max(room, 0)])
+        self.stats.dropped_early += max(0, len(raw) - max(room, 0))
+        self._note_first(raw)
+
+    def sampler_lost(self) -> int:
+        try:
+            return self.sampler.counters().lost if self.sampler is not None else 0
+        except Exception:  # noqa: BLE001 - progress display only
+            return 0
+
+    def step(self, timeout_ms: int = 100) -> int:
+        """Take what the ring buffer has (waiting up to timeout_ms); returns samples processed."""
+        if self.unwinder is None:
+            self.buffer_step(timeout_ms)
+            return 0
+        assert self.sampler is not None and self.live is not None
+        raw = self.sampler.poll(timeout_ms)
+        self.live.poll(0)
+        self._process(raw)
+        self._note_first(raw)
+        return len(raw)
+
+    def _process(self, raw: list) -> None:
+        assert self.unwinder is not None
+        for sample in raw:
+            try:
+                frames = self.unwinder.unwind(sample)
+            except MemoryReadError:
+                frames = (self.unwinder._unknown("unwind failed"),)
+            self.profile.add(StackKey(frames, self.names.name(sample.tid), sample.tid))
+            self._count_self(frames)
+        self.stats.samples += len(raw)
+
+    def _note_first(self, raw: list) -> None:
+        if raw and self.stats.first_sample_s is None:
+            self.stats.first_sample_s = time.monotonic() - self._started_monotonic
+
+    def _count_self(self, frames) -> None:
+        for frame in frames:
+            logical = frame.frames[0]
+            if logical.kind is not FrameKind.KERNEL:
+                self.stats.self_counts[logical.name] += 1
+                return
+        if frames:
+            self.stats.self_counts[frames[0].frames[0].name] += 1
+
+    def target_alive(self) -> bool:
+        return os.path.exists(f"/proc/{self.pid}")
+
+    def finish(self) -> ProfileData:
+        """Drain what is left, close everything, fill in the profile's totals. Safe to call twice."""
+        if self._closed:
+            return self.profile
+        self._closed = True
+        try:
+            if self.sampler is not None and self.unwinder is not None:
+                self.step(0)
+        except (MemoryReadError, NoSuchProcess):
+            pass
+        self._collect_counters()
+        for closer in (self.sampler, self.live, self.jvm):
+            if closer is not None:
+                try:
+                    closer.close()
+                except Exception:  # noqa: BLE001 - closing must not lose the profile
+                    pass
+        self.profile.duration_ns = int((time.monotonic() - self._started_monotonic) * 1e9)
+        self.profile.lost_samples = self.stats.lost
+        self.profile.unknown_frames = self.stats.unknown_frames
+        self.profile.comments.append(
+            f"samples {self.stats.samples}, lost {self.stats.lost}, truncated stacks {self.stats.truncated}, "
+            f"unknown frames {self.stats.unknown_frames} of {self.stats.frames}")
+        return self.profile
+
+    def _collect_counters(self) -> None:
+        if self.sampler is not None:
+            try:
+                c = self.sampler.counters()
+                self.stats.lost = c.lost + self.stats.dropped_early
+                self.stats.truncated = c.truncated
+            except Exception:  # noqa: BLE001 - the BPF maps may already be gone
+                pass
+        if self.unwinder is not None:
+            self.stats.unknown_frames = self.unwinder.stats.unknown_total
+            self.stats.frames = self.unwinder.stats.frames
+        if self.live is not None:
+            self.stats.code_events = self.live.counters["events"]
+            self.stats.code_events_lost = self.live.lost_events

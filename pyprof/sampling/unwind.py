@@ -1,0 +1,354 @@
+"""The hybrid unwinder: a raw eBPF sample (registers + a copy of the top of the user stack) -> frames.
+
+Per frame, by what the PC points into (x86_64; see ../shared/docs/hotspot-facts.md "Interpreter and
+frames"):
+- an nmethod or a RuntimeStub/singleton blob with a frame size: sender_sp = sp + 8*frame_size, the
+  return address at sender_sp - 8 and the saved rbp at sender_sp - 16 (C2 code does not keep rbp as a
+  frame pointer, so rbp is only trusted when it was saved). In the prologue of the *top* frame
+  (pc < code_begin + frame_complete_offset) only the return address is on the stack.
+- the interpreter: Method* and bcp in fixed slots below rbp; caller = [rbp+8], its sp = sender_sp slot.
+- the call stub (entry frame) and BufferBlob stubs: standard rbp frames.
+- native code (libjvm, libc, JNI libraries): frame pointers while they look sane; when they do not,
+  the JavaThread's last-Java-frame anchor says where the thread left Java, and unwinding resumes there.
+- kernel frames come from the eBPF program (bpf_get_stack), innermost first.
+
+Every read is bounded: a depth cap, stack-bound checks (the stack grows down, so each caller's sp must
+be above the callee's), and a frame that cannot be named becomes a counted `[unknown]` frame.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Protocol
+
+from pyprof.errors import MemoryReadError
+from pyprof.hotspot.codecache import BlobKind, CodeBlobInfo
+from pyprof.hotspot.debuginfo import DebugInfo
+from pyprof.hotspot.jvm import HotSpotJvm
+from pyprof.hotspot.method import MethodInfo, MethodResolver
+from pyprof.hotspot.threads import JavaThreads
+from pyprof.model import FrameKind, LogicalFrame, PhysicalFrame
+
+MAX_DEPTH = 256
+MAX_FRAME_BYTES = 1 << 20       # no single frame larger than 1 MiB
+WORD = 8
+LIVE_READ_LIMIT = 64            # reads of the live stack (beyond the copy) per sample
+
+
+class StackSample(Protocol):
+    """What the unwinder needs of a raw sample (pyprof.sampling.sampler.RawSample)."""
+
+    tid: int
+    time_ns: int
+    ip: int
+    sp: int
+    bp: int
+    r13: int
+    stack: bytes
+    kernel_ips: tuple
+
+
+@dataclass
+class UnwindStats:
+    samples: int = 0
+    frames: int = 0
+    reached_root: int = 0
+    java_samples: int = 0
+    java_reached_root: int = 0
+    unknown_frames: Counter = field(default_factory=Counter)
+    live_reads: int = 0
+    anchor_used: int = 0
+
+    @property
+    def unknown_total(self) -> int:
+        return sum(self.unknown_frames.values())
+
+
+ROOT_SYMBOLS = ("start_thread", "clone3", "__clone3", "clone", "__clone", "_start", "__libc_start_main",
+                "__libc_start_call_main", "thread_native_entry")
+
+
+@dataclass
+class _Cursor:
+    pc: int
+    sp: int
+    fp: int
+    top: bool = True
+
+
+def _tier_kind(level: int) -> FrameKind:
+    if level == 0:
+        return FrameKind.NATIVE_METHOD
+    return FrameKind.C2 if level == 4 else FrameKind.C1
+
+
+class Unwinder:
+    def __init__(self, jvm: HotSpotJvm, lookup_blob: Callable[[int, int], Optional[CodeBlobInfo]],
+                 resolver: MethodResolver, threads: JavaThreads, native_symbolizer=None,
+                 kernel_symbols=None) -> None:
+        self.jvm = jvm
+        self.r = jvm.reader
+        self.lookup_blob = lookup_blob
+        self.resolver = resolver
+        self.threads = threads
+        self.natives = native_symbolizer
+        self.kernel = kernel_symbols
+        self.stats = UnwindStats()
+        self.debug = DebugInfo(jvm.reader, jvm.layout, resolver)
+        slots = jvm.layout.interpreter_frame_slots()
+        self.slot_method = slots["method"] * WORD
+        self.slot_bcp = slots["bcp"] * WORD
+        self.slot_sender_sp = slots["sender_sp"] * WORD
+        self.call_stub_return = self._static_pointer("StubRoutines._call_stub_return_address")
+        self._compiled_frames: dict[tuple[int, int], PhysicalFrame] = {}
+        self._native_frames: dict[int, tuple[PhysicalFrame, bool]] = {}
+        self._kernel_frames: dict[int, PhysicalFrame] = {}
+        self._method_frames: dict[tuple[int, FrameKind, int], LogicalFrame] = {}
+
+    def _static_pointer(self, key: str) -> int:
+        try:
+            return self.r.ptr(self.jvm.layout[key].address) if self.jvm.layout.has(key) else 0
+        except MemoryReadError:
+            return 0
+
+    # ---- entry point -----------------------------------------------------------------------------
+    def unwind(self, sample: StackSample) -> tuple[PhysicalFrame, ...]:
+        """Frames of one sample, leaf first (kernel frames, then user frames)."""
+        self.stats.samples += 1
+        frames: list[PhysicalFrame] = [self._kernel_frame(ip) for ip in sample.kernel_ips]
+        reader = _StackReader(sample, self.r, self.stats)
+        cursor = _Cursor(sample.ip, sample.sp, sample.bp)
+        saw_java = False
+        reached_root = False
+        anchor_used = False
+        for _ in range(MAX_DEPTH):
+            if cursor.pc == 0:
+                reached_root = True   # the outermost frame's return address slot is zero
+                break
+            blob = self.lookup_blob(cursor.pc, sample.time_ns)
+            if blob is not None:
+                saw_java |= blob.is_nmethod or blob.kind is BlobKind.INTERPRETER
+                frame, nxt = self._java_step(blob, cursor, reader, sample)
+            else:
+                frame, nxt, is_root = self._native_step(cursor, reader)
+                if is_root:
+                    frames.append(frame)
+                    reached_root = True
+                    break
+                if nxt is None and not anchor_used:
+                    anchor = self.threads.anchor(sample.tid)
+                    if anchor is not None and anchor.sp > cursor.sp:
+                        anchor_used = True
+                        self.stats.anchor_used += 1
+                        frames.append(frame)
+                        pc = anchor.pc or reader.word(anchor.sp - WORD)
+                        if pc:
+                            cursor = _Cursor(pc, anchor.sp, anchor.fp, top=False)
+                            saw_java = True
+                            continue
+                        break
+            frames.append(frame)
+            if nxt is None:
+                break
+            if nxt.sp <= cursor.sp or nxt.sp - cursor.sp > MAX_FRAME_BYTES:
+                frames.append(self._unknown("stack went backwards"))
+                break
+            cursor = nxt
+        self.stats.frames += len(frames)
+        if reached_root:
+            self.stats.reached_root += 1
+        if saw_java or self.threads.is_java_thread(sample.tid):
+            self.stats.java_samples += 1
+            self.stats.java_reached_root += reached_root
+        return tuple(frames)
+
+    # ---- Java and stub frames --------------------------------------------------------------------
+    def _java_step(self, blob: CodeBlobInfo, cur: _Cursor, reader: _StackReader,
+                   sample: StackSample) -> tuple[PhysicalFrame, Optional[_Cursor]]:
+        if blob.kind is BlobKind.INTERPRETER:
+            return self._interpreted(cur, reader, sample)
+        frame = self._compiled_frame(blob, cur.pc, cur.top)
+        if cur.pc == self.call_stub_return or (blob.kind is BlobKind.STUBS and blob.frame_size <= 0):
+            return frame, self._fp_step(cur, reader)
+        if blob.frame_size > 0:
+            return frame, self._sized_step(blob, cur, reader)
+        return frame, self._fp_step(cur, reader)
+
+    def _sized_step(self, blob: CodeBlobInfo, cur: _Cursor, reader: _StackReader) -> Optional[_Cursor]:
+        in_prologue = cur.top and cur.pc < blob.code_begin + max(blob.frame_complete_offset, 0)
+        if in_prologue:
+            # Only the return address (and maybe rbp) is pushed: `push rbp` is the first instruction;
+            # before the frame is complete the return address is at [sp] or [sp+8].
+            ret_at = cur.sp if cur.pc == blob.verified_entry or cur.pc == blob.code_begin else cur.sp + WORD
+            ret = reader.word(ret_at)
+            return _Cursor(ret, ret_at + WORD, cur.fp, top=False) if ret else None
+        if cur.top and self._at_return(cur.pc, reader):
+            ret = reader.word(cur.sp)
+            return _Cursor(ret, cur.sp + WORD, cur.fp, top=False) if ret else None
+        sender_sp = cur.sp + WORD * blob.frame_size
+        ret = reader.word(sender_sp - WORD)
+        saved_fp = reader.word(sender_sp - 2 * WORD)
+        if ret is None:
+            return None
+        if blob.is_nmethod and blob.deopt_handler and ret == blob.deopt_handler:
+            pass  # the deoptimised frame's original pc would be at sp + orig_pc_offset; keep the handler
+        return _Cursor(ret, sender_sp, saved_fp if saved_fp is not None else cur.fp, top=False)
+
+    def _at_return(self, pc: int, reader: _StackReader) -> bool:
+        """Epilogue: after `add rsp; pop rbp` only `ret` (maybe after a safepoint poll) remains."""
+        try:
+            code = self.r.bytes(pc, 1)
+        except MemoryReadError:
+            return False
+        return code[0] == 0xC3
+
+    def _fp_step(self, cur: _Cursor, reader: _StackReader) -> Optional[_Cursor]:
+        fp = cur.fp
+        if fp <= cur.sp or fp - cur.sp > MAX_FRAME_BYTES or fp % WORD:
+            return None
+        ret = reader.word(fp + WORD)
+        saved = reader.word(fp)
+        if ret is None or saved is None:
+            return None
+        return _Cursor(ret, fp + 2 * WORD, saved, top=False)
+
+    def _interpreted(self, cur: _Cursor, reader: _StackReader,
+                     sample: StackSample) -> tuple[PhysicalFrame, Optional[_Cursor]]:
+        fp = cur.fp
+        if fp <= cur.sp or fp - cur.sp > MAX_FRAME_BYTES:
+            return self._unknown("interpreter frame without frame pointer"), None
+        method = reader.word(fp + self.slot_method)
+        info = self._method(method) if method else None
+        if info is None:
+            frame = self._unknown("interpreted frame with unreadable Method*")
+        else:
+            # In the top frame the live bcp is in r13; deeper frames saved it in their bcp slot.
+            bcp = sample.r13 if cur.top else reader.word(fp + self.slot_bcp)
+            bci = self.debug.bci_of_bcp(info, bcp) if bcp else -1
+            line = self.debug.line_of(info, bci) if bci >= 0 else 0
+            frame = self._java_frame(cur.pc, method, info, FrameKind.INTERPRETED, line)
+        ret = reader.word(fp + WORD)
+        saved = reader.word(fp)
+        sender_sp = reader.word(fp + self.slot_sender_sp)
+        if ret is None or saved is None:
+            return frame, None
+        # The caller continues at its unextended sp (the sender_sp slot); for a compiled caller that
+        # is where its frame size counts from.
+        sp = sender_sp if sender_sp and sender_sp > fp else fp + 2 * WORD
+        return frame, _Cursor(ret, sp, saved, top=False)
+
+    def _method(self, method: int) -> Optional[MethodInfo]:
+        try:
+            return self.resolver.resolve(method)
+        except MemoryReadError:
+            return None
+
+    # ---- frame objects (cached) ------------------------------------------------------------------
+    def _compiled_frame(self, blob: CodeBlobInfo, pc: int, top: bool) -> PhysicalFrame:
+        key = (pc, blob.compile_id if blob.is_nmethod else -blob.address, top)
+        frame = self._compiled_frames.get(key)
+        if frame is None:
+            frame = PhysicalFrame(pc, self._compiled_logical(blob, pc, top))
+            if len(self._compiled_frames) > 500_000:
+                self._compiled_frames.clear()
+            self._compiled_frames[key] = frame
+        return frame
+
+    def _compiled_logical(self, blob: CodeBlobInfo, pc: int, top: bool) -> tuple[LogicalFrame, ...]:
+        """The inlining chain at pc, innermost first; the outermost is the nmethod's own method."""
+        if not blob.is_nmethod:
+            return (LogicalFrame(f"[{blob.name}]", FrameKind.JVM_STUB, blob.kind.value),)
+        tier = _tier_kind(blob.level)
+        scopes = self.debug.scopes_at(blob, pc, exact=not top)
+        if scopes:
+            last = len(scopes) - 1
+            return tuple(self._logical_for(s.method_ptr, s.method, tier if i == last else FrameKind.INLINED,
+                                           s.line) for i, s in enumerate(scopes))
+        if blob.method is not None:
+            return (self._logical_for(blob.method_ptr, blob.method, tier),)
+        self.stats.unknown_frames["nmethod without method"] += 1
+        return (LogicalFrame("[unknown nmethod]", FrameKind.UNKNOWN),)
+
+    def _java_frame(self, pc: int, method: int, info: MethodInfo, kind: FrameKind, line: int = 0
+                    ) -> PhysicalFrame:
+        return PhysicalFrame(pc, (self._logical_for(method, info, kind, line),))
+
+    def _logical_for(self, method: int, info: MethodInfo, kind: FrameKind, line: int = 0) -> LogicalFrame:
+        key = (info.const_method or method, kind, line)
+        frame = self._method_frames.get(key)
+        if frame is None:
+            frame = LogicalFrame(info.java_name, kind, info.codelist_name, info.source_file, line)
+            if len(self._method_frames) > 500_000:
+                self._method_frames.clear()
+            self._method_frames[key] = frame
+        return frame
+
+    def _unknown(self, why: str) -> PhysicalFrame:
+        self.stats.unknown_frames[why] += 1
+        return PhysicalFrame(0, (LogicalFrame("[unknown]", FrameKind.UNKNOWN, why),))
+
+    def _kernel_frame(self, ip: int) -> PhysicalFrame:
+        frame = self._kernel_frames.get(ip)
+        if frame is None:
+            name = self.kernel.lookup(ip) if self.kernel is not None else None
+            frame = PhysicalFrame(ip, (LogicalFrame(name or f"[kernel 0x{ip:x}]", FrameKind.KERNEL),))
+            self._kernel_frames[ip] = frame
+        return frame
+
+    # ---- native frames ---------------------------------------------------------------------------
+    def _native_step(self, cur: _Cursor, reader: _StackReader
+                     ) -> tuple[PhysicalFrame, Optional[_Cursor], bool]:
+        frame, is_root = self._native_frame(cur.pc if cur.top else cur.pc - 1, cur.pc)
+        if is_root:
+            return frame, None, True
+        return frame, self._fp_step(cur, reader), False
+
+    def _native_frame(self, lookup_pc: int, pc: int) -> tuple[PhysicalFrame, bool]:
+        cached = self._native_frames.get(pc)
+        if cached is not None:
+            return cached
+        symbol = None
+        mapping = None
+        library = ""
+        if self.natives is not None:
+            native = self.natives.symbolize(lookup_pc)
+            if native is not None:
+                symbol, library, mapping = native.symbol, native.library, native.mapping
+        if symbol is None and not library:
+            self.stats.unknown_frames["native pc outside any mapping"] += 1
+            result = (PhysicalFrame(pc, (LogicalFrame("[unknown]", FrameKind.UNKNOWN, "native"),)), False)
+        else:
+            name = symbol or f"{library.rsplit('/', 1)[-1]}+0x{pc - (mapping.start if mapping else 0):x}"
+            bare = name.split("(", 1)[0]
+            is_root = bare in ROOT_SYMBOLS
+            result = (PhysicalFrame(pc, (LogicalFrame(name, FrameKind.NATIVE, name, library),), mapping),
+                      is_root)
+        if len(self._native_frames) > 500_000:
+            self._native_frames.clear()
+        self._native_frames[pc] = result
+        return result
+
+
+class _StackReader:
+    """Words from the copied stack; beyond the copy, a bounded number of reads of live memory."""
+
+    def __init__(self, sample: StackSample, live, stats: UnwindStats) -> None:
+        self.base = sample.sp
+        self.stack = sample.stack
+        self.live = live
+        self.stats = stats
+        self.live_left = LIVE_READ_LIMIT
+
+    def word(self, address: int) -> Optional[int]:
+        off = address - self.base
+        if 0 <= off <= len(self.stack) - WORD:
+            return int.from_bytes(self.stack[off : off + WORD], "little")
+        if off < 0 or self.live_left <= 0:
+            return None
+        self.live_left -= 1
+        self.stats.live_reads += 1
+        try:
+            return self.live.u64(address)
+        except MemoryReadError:
+            return None
