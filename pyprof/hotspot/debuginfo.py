@@ -79,6 +79,30 @@ def _as_int32(value: int) -> int:
     return value - (1 << 32) if value >= 1 << 31 else value
 
 
+def parse_line_table(data: bytes, excludes_zero: bool) -> list[tuple[int, int]]:
+    """(bci, line) pairs of a CompressedLineNumberReadStream, up to its 0 terminator.
+
+    0xFF escapes two zig-zag compressed ints (bci delta, line delta); any other byte packs
+    bci delta = b >> 3 and line delta = b & 7. Raises IndexError when `data` ends first.
+    """
+    pos, bci, line = 0, 0, 0
+    out: list[tuple[int, int]] = []
+    while True:
+        tag = data[pos]
+        if tag == 0:
+            return out
+        if tag == 0xFF:
+            d_bci, pos = read_unsigned5(data, pos + 1, excludes_zero)
+            d_line, pos = read_unsigned5(data, pos, excludes_zero)
+            bci += _signed(d_bci)
+            line += _signed(d_line)
+        else:
+            bci += tag >> 3
+            line += tag & 7
+            pos += 1
+        out.append((bci, line))
+
+
 class DebugInfo:
     """Decodes inlining chains and lines with caches; one per JVM."""
 
@@ -207,33 +231,19 @@ class DebugInfo:
         return table
 
     def _read_line_table(self, method: MethodInfo) -> list[tuple[int, int]]:
-        """Decode CompressedLineNumberReadStream pairs. Terminates: `pos` grows every pair and the
-        data never exceeds MAX_LINE_TABLE, so running past it ends in IndexError for the caller."""
+        """Read a growing prefix of the table until it parses to its terminator (bounded)."""
         start = method.const_method + self.const_method_size + method.code_size
-        x1 = self.lay.major >= 20
-        data = self._fetch(start, 256) or self._fetch(start, 16)
-        if data is None:
-            raise MemoryReadError("line-number table unreadable")
-        pos, bci, line = 0, 0, 0
-        out: list[tuple[int, int]] = []
+        size = 256
         while True:
-            if pos + 11 > len(data) and len(data) < MAX_LINE_TABLE:   # tag + two ints of <= 5 bytes
-                more = self._fetch(start, min(len(data) * 4, MAX_LINE_TABLE))
-                if more is not None:
-                    data = more
-            tag = data[pos]
-            if tag == 0:
-                return out
-            if tag == 0xFF:
-                d_bci, pos = read_unsigned5(data, pos + 1, x1)
-                d_line, pos = read_unsigned5(data, pos, x1)
-                bci += _signed(d_bci)
-                line += _signed(d_line)
-            else:
-                bci += tag >> 3
-                line += tag & 7
-                pos += 1
-            out.append((bci, line))
+            data = self._fetch(start, size) or self._fetch(start, 16)
+            if data is None:
+                raise MemoryReadError("line-number table unreadable")
+            try:
+                return parse_line_table(data, self.lay.major >= 20)
+            except IndexError:
+                if len(data) < size or size >= MAX_LINE_TABLE:
+                    raise MemoryReadError("line-number table without terminator") from None
+                size *= 4
 
     def _fetch(self, address: int, size: int) -> Optional[bytes]:
         try:

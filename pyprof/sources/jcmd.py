@@ -99,11 +99,11 @@ def parse_codelist(text: str) -> list[CodeBlobInfo]:
 
 
 def perfmap_kind(name: str) -> BlobKind:
+    """The perf map names blobs but does not say their C++ class: stubs it cannot place are OTHER."""
     for prefix, kind in PERFMAP_KINDS:
         if name.startswith(prefix):
             return kind
-    return BlobKind.RUNTIME_STUB if " " not in name or name.endswith(("stub", "Runtime1 stub")) \
-        else BlobKind.OTHER
+    return BlobKind.OTHER
 
 
 def parse_perfmap(text: str, nmethod_ranges: set[int]) -> list[CodeBlobInfo]:
