@@ -9,7 +9,18 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
+
+
+def _cached_hash(obj: object, fields: Callable[[], tuple]) -> int:
+    """Hash of a frozen dataclass, computed once: stacks are aggregated per sample (the hot path) and
+    would otherwise re-hash every nested frame every time."""
+    try:
+        return obj.__dict__["_hash"]
+    except KeyError:
+        value = hash(fields())
+        object.__setattr__(obj, "_hash", value)
+        return value
 
 
 class FrameKind(str, enum.Enum):
@@ -46,6 +57,9 @@ class LogicalFrame:
     filename: str = ""        # "HashMap.java", "/usr/lib/.../libc.so.6"
     line: int = 0             # 0 = unknown
 
+    def __hash__(self) -> int:
+        return _cached_hash(self, lambda: (self.name, self.kind, self.system_name, self.filename, self.line))
+
 
 @dataclass(frozen=True)
 class PhysicalFrame:
@@ -55,6 +69,9 @@ class PhysicalFrame:
     frames: tuple[LogicalFrame, ...]
     mapping: Optional[Mapping] = None
 
+    def __hash__(self) -> int:
+        return _cached_hash(self, lambda: (self.address, self.frames, self.mapping))
+
 
 @dataclass(frozen=True)
 class StackKey:
@@ -63,6 +80,9 @@ class StackKey:
     frames: tuple[PhysicalFrame, ...]   # leaf first
     thread_name: str
     tid: int
+
+    def __hash__(self) -> int:
+        return _cached_hash(self, lambda: (self.frames, self.thread_name, self.tid))
 
 
 @dataclass

@@ -35,7 +35,9 @@ class JavaThreads:
         self._last_refresh = 0.0
         self.available = all(self.lay.has(k) for k in (
             "ThreadsSMRSupport._java_thread_list", "ThreadsList._length", "ThreadsList._threads",
-            "JavaThread._osthread", "OSThread._thread_id", "JavaThread._anchor"))
+            "JavaThread._osthread", "OSThread._thread_id", "JavaThread._anchor",
+            "JavaFrameAnchor._last_Java_sp", "JavaFrameAnchor._last_Java_pc",
+            "JavaFrameAnchor._last_Java_fp"))
 
     def refresh(self) -> None:
         self._last_refresh = time.monotonic()
@@ -92,3 +94,13 @@ class JavaThreads:
 
     def tids(self) -> list[int]:
         return list(self._by_tid)
+
+    def anchor_addresses(self) -> dict[int, tuple[int, int, int]]:
+        """tid -> addresses of its JavaThread's _last_Java_sp, _pc and _fp (for the BPF sampler, which
+        reads them at the moment of each sample)."""
+        if not self.available:
+            return {}
+        lay = self.lay
+        base = lay.offset("JavaThread._anchor")
+        sp, pc, fp = (lay.offset(f"JavaFrameAnchor._last_Java_{k}") for k in ("sp", "pc", "fp"))
+        return {tid: (t + base + sp, t + base + pc, t + base + fp) for tid, t in self._by_tid.items()}

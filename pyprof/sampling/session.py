@@ -25,6 +25,7 @@ from pyprof.sampling.unwind import Unwinder
 from pyprof.sources.live import LiveCodeCache
 
 MAX_BUFFERED = 2_000   # raw samples kept while a recorded JVM boots: 2000 x 32 KiB stacks = 64 MiB at most
+THREADS_REFRESH_S = 0.5  # how often the JavaThreads list (tids, anchors for the BPF program) is re-read
 
 
 @dataclass
@@ -63,15 +64,23 @@ class ProfileSession:
         self.sampler = None
         self.unwinder: Optional[Unwinder] = None
         self.names = ThreadNames(pid)
+        self.threads: Optional[JavaThreads] = None
         self._started_monotonic = 0.0
+        self._threads_refreshed = 0.0
+        self._pushed_anchors: dict[int, tuple[int, int, int]] = {}
         self._closed = False
         self._buffered: list = []
 
     # ---- life cycle ------------------------------------------------------------------------------
     def start(self) -> None:
-        """attach: the JVM first (fails fast on a non-JVM, before any BPF is compiled), then sampling."""
+        """attach: the JVM first (fails fast on a non-JVM, before any BPF is compiled), then sampling.
+
+        BPF programs are compiled one after the other: bcc's compiler is not thread-safe (two
+        concurrent BPF() constructions crash the process).
+        """
         self.attach_jvm()
         self.start_sampler()
+        self._push_threads()
 
     def start_sampler(self) -> None:
         from pyprof.sampling.sampler import Sampler
@@ -83,7 +92,7 @@ class ProfileSession:
                                stack_bytes=self.options.stack_bytes, force=self.options.force)
         self.sampler.start()
 
-    def attach_jvm(self) -> None:
+    def attach_jvm(self, jvm: Optional[HotSpotJvm] = None) -> None:
         """Open the JVM, start the live code-cache map and the unwinder; unwind buffered samples."""
         from pyprof.symbols.kernel import KernelSymbols
         from pyprof.symbols.native import NativeSymbolizer
@@ -91,7 +100,7 @@ class ProfileSession:
         if not self._started_monotonic:
             self._started_monotonic = time.monotonic()
             self.profile.start_time_ns = time.time_ns()
-        jvm = HotSpotJvm.open(self.pid)
+        jvm = jvm or HotSpotJvm.open(self.pid)
         try:
             resolver = MethodResolver(jvm.reader, jvm.layout)
             live = LiveCodeCache(jvm, CodeCache(jvm, resolver))
@@ -102,6 +111,8 @@ class ProfileSession:
         self.jvm, self.live = jvm, live
         threads = JavaThreads(jvm)
         threads.refresh()
+        self.threads = threads
+        self._push_threads()
         self.unwinder = Unwinder(jvm, live.lookup, resolver, threads, NativeSymbolizer(self.pid),
                                  KernelSymbols.load())
         self.profile.comments += [
@@ -139,7 +150,20 @@ class ProfileSession:
         self.live.poll(0)
         self._process(raw)
         self._note_first(raw)
+        if time.monotonic() - self._threads_refreshed > THREADS_REFRESH_S:
+            self._push_threads()
         return len(raw)
+
+    def _push_threads(self) -> None:
+        """Tell the BPF program where each Java thread keeps its last Java frame (new threads appear)."""
+        self._threads_refreshed = time.monotonic()
+        if self.threads is None or self.sampler is None:
+            return
+        self.threads.refresh()
+        anchors = self.threads.anchor_addresses()
+        if anchors != self._pushed_anchors:
+            self.sampler.set_java_threads(anchors)
+            self._pushed_anchors = anchors
 
     def _process(self, raw: list) -> None:
         assert self.unwinder is not None

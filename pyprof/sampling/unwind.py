@@ -34,6 +34,8 @@ MAX_DEPTH = 256
 MAX_FRAME_BYTES = 1 << 20       # no single frame larger than 1 MiB
 WORD = 8
 LIVE_READ_LIMIT = 64            # reads of the live stack (beyond the copy) per sample
+MAX_STACK_SPAN = 64 << 20       # a Java thread's stack is at most this deep (-Xss caps at 1 GiB; 64 MiB is
+                                # generous): an anchor further away than that is garbage
 
 
 class StackSample(Protocol):
@@ -47,6 +49,9 @@ class StackSample(Protocol):
     r13: int
     stack: bytes
     kernel_ips: tuple
+    anchor_sp: int
+    anchor_pc: int
+    anchor_fp: int
 
 
 @dataclass
@@ -65,8 +70,11 @@ class UnwindStats:
         return sum(self.unknown_frames.values())
 
 
+# Where a thread's stack ends. libc (start_thread, clone3) is built without frame pointers, so the walk
+# usually stops one frame earlier, at the entry function HotSpot or the java launcher gave the thread:
+# thread_native_entry (every thread the JVM starts) or ThreadJavaMain (the launcher's Java main thread).
 ROOT_SYMBOLS = ("start_thread", "clone3", "__clone3", "clone", "__clone", "_start", "__libc_start_main",
-                "__libc_start_call_main", "thread_native_entry")
+                "__libc_start_call_main", "thread_native_entry", "ThreadJavaMain")
 
 
 @dataclass
@@ -75,6 +83,17 @@ class _Cursor:
     sp: int
     fp: int
     top: bool = True
+
+
+class _Walk:
+    """The state of one sample's walk."""
+
+    def __init__(self, sample: StackSample) -> None:
+        self.saw_java = False
+        self.reached_root = False
+        anchored = sample.anchor_sp > sample.sp and sample.anchor_sp - sample.sp < MAX_STACK_SPAN
+        self.anchor: Optional[_Cursor] = (
+            _Cursor(sample.anchor_pc, sample.anchor_sp, sample.anchor_fp, top=False) if anchored else None)
 
 
 def _tier_kind(level: int) -> FrameKind:
@@ -117,51 +136,68 @@ class Unwinder:
         """Frames of one sample, leaf first (kernel frames, then user frames)."""
         self.stats.samples += 1
         frames: list[PhysicalFrame] = [self._kernel_frame(ip) for ip in sample.kernel_ips]
+        if sample.sp == 0:
+            frames.append(self._unknown("no user registers"))
+            self.stats.frames += len(frames)
+            return tuple(frames)
         reader = _StackReader(sample, self.r, self.stats)
-        cursor = _Cursor(sample.ip, sample.sp, sample.bp)
-        saw_java = False
-        reached_root = False
-        anchor_used = False
+        walk = _Walk(sample)
+        cursor: Optional[_Cursor] = _Cursor(sample.ip, sample.sp, sample.bp)
         for _ in range(MAX_DEPTH):
-            if cursor.pc == 0:
-                reached_root = True   # the outermost frame's return address slot is zero
+            if cursor is None:
                 break
-            blob = self.lookup_blob(cursor.pc, sample.time_ns)
-            if blob is not None:
-                saw_java |= blob.is_nmethod or blob.kind is BlobKind.INTERPRETER
-                frame, nxt = self._java_step(blob, cursor, reader, sample)
-            else:
-                frame, nxt, is_root = self._native_step(cursor, reader)
-                if is_root:
-                    frames.append(frame)
-                    reached_root = True
-                    break
-                if nxt is None and not anchor_used:
-                    anchor = self.threads.anchor(sample.tid)
-                    if anchor is not None and anchor.sp > cursor.sp:
-                        anchor_used = True
-                        self.stats.anchor_used += 1
-                        frames.append(frame)
-                        pc = anchor.pc or reader.word(anchor.sp - WORD)
-                        if pc:
-                            cursor = _Cursor(pc, anchor.sp, anchor.fp, top=False)
-                            saw_java = True
-                            continue
-                        break
+            if cursor.pc == 0:
+                walk.reached_root = True   # the outermost frame's return address slot is zero
+                break
+            frame, nxt = self._step(cursor, reader, sample, walk)
             frames.append(frame)
-            if nxt is None:
+            if walk.reached_root or nxt is None:
                 break
             if nxt.sp <= cursor.sp or nxt.sp - cursor.sp > MAX_FRAME_BYTES:
                 frames.append(self._unknown("stack went backwards"))
                 break
             cursor = nxt
-        self.stats.frames += len(frames)
-        if reached_root:
-            self.stats.reached_root += 1
-        if saw_java or self.threads.is_java_thread(sample.tid):
-            self.stats.java_samples += 1
-            self.stats.java_reached_root += reached_root
+        else:
+            frames.append(self._unknown("depth limit"))
+        self._count(sample, frames, walk)
         return tuple(frames)
+
+    def _step(self, cursor: _Cursor, reader: _StackReader, sample: StackSample, walk: _Walk
+              ) -> tuple[PhysicalFrame, Optional[_Cursor]]:
+        blob = self.lookup_blob(cursor.pc, sample.time_ns)
+        if blob is not None:
+            walk.saw_java |= blob.is_nmethod or blob.kind is BlobKind.INTERPRETER
+            return self._java_step(blob, cursor, reader, sample)
+        frame, nxt, is_root = self._native_step(cursor, reader)
+        if is_root:
+            walk.reached_root = True
+            return frame, None
+        if walk.anchor is not None and self._leaves_native(nxt, walk, sample.time_ns):
+            # Native code without usable frame pointers (JNI libraries, libc): the thread's last Java
+            # frame, recorded by HotSpot when it left Java and read at sample time, is where Java resumes.
+            nxt, walk.anchor = walk.anchor, None
+            self.stats.anchor_used += 1
+            walk.saw_java = True
+            if nxt.pc == 0:
+                nxt.pc = reader.word(nxt.sp - WORD) or 0
+        return frame, nxt
+
+    def _leaves_native(self, nxt: Optional[_Cursor], walk: _Walk, time_ns: int) -> bool:
+        """Should the walk continue at the anchor instead of at `nxt` (the frame-pointer step)?"""
+        assert walk.anchor is not None
+        if nxt is None or nxt.sp >= walk.anchor.sp:
+            return True
+        return self.lookup_blob(nxt.pc, time_ns) is None and not self._is_native_code(nxt.pc)
+
+    def _is_native_code(self, pc: int) -> bool:
+        return self.natives is not None and self.natives.symbolize(pc) is not None
+
+    def _count(self, sample: StackSample, frames: list[PhysicalFrame], walk: _Walk) -> None:
+        self.stats.frames += len(frames)
+        self.stats.reached_root += walk.reached_root
+        if walk.saw_java or self.threads.is_java_thread(sample.tid):
+            self.stats.java_samples += 1
+            self.stats.java_reached_root += walk.reached_root
 
     # ---- Java and stub frames --------------------------------------------------------------------
     def _java_step(self, blob: CodeBlobInfo, cur: _Cursor, reader: _StackReader,
@@ -309,21 +345,22 @@ class Unwinder:
         if cached is not None:
             return cached
         symbol = None
+        system_name = ""
         mapping = None
         library = ""
         if self.natives is not None:
             native = self.natives.symbolize(lookup_pc)
             if native is not None:
-                symbol, library, mapping = native.symbol, native.library, native.mapping
+                symbol, system_name = native.symbol, native.system_name
+                library, mapping = native.library, native.mapping
         if symbol is None and not library:
             self.stats.unknown_frames["native pc outside any mapping"] += 1
             result = (PhysicalFrame(pc, (LogicalFrame("[unknown]", FrameKind.UNKNOWN, "native"),)), False)
         else:
             name = symbol or f"{library.rsplit('/', 1)[-1]}+0x{pc - (mapping.start if mapping else 0):x}"
-            bare = name.split("(", 1)[0]
-            is_root = bare in ROOT_SYMBOLS
-            result = (PhysicalFrame(pc, (LogicalFrame(name, FrameKind.NATIVE, name, library),), mapping),
-                      is_root)
+            is_root = name.split("(", 1)[0] in ROOT_SYMBOLS
+            logical = LogicalFrame(name, FrameKind.NATIVE, system_name or name, library)
+            result = (PhysicalFrame(pc, (logical,), mapping), is_root)
         if len(self._native_frames) > 500_000:
             self._native_frames.clear()
         self._native_frames[pc] = result

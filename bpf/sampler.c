@@ -1,0 +1,176 @@
+// On-CPU samples of one process (pyprof/sampling/sampler.py loads this).
+//
+// Attached to a cpu-clock perf event on every CPU (sample_freq = --rate). A sample of a thread of
+// TARGET_PID sends one record through the ring buffer `samples`:
+//   u64 time_ns        bpf_ktime_get_ns() (CLOCK_MONOTONIC, the clock of the nmethod events)
+//   u32 tid, u32 cpu
+//   u64 ip, sp, bp, r13 user registers (r13 holds the interpreter's bcp on x86_64)
+//   u32 stack_len      bytes of user stack copied from sp (0 when nothing could be read)
+//   u32 kstack_len     bytes of kernel stack (u64 return addresses, innermost first)
+//   u32 flags          FLAG_* below
+//   u32 pad
+//   u64 anchor_sp, anchor_pc, anchor_fp   the JavaThread's last Java frame at sample time (0 if none)
+//   u64 kstack[KSTACK_DEPTH]
+//   u8  stack[STACK_BYTES]
+// The record has a fixed size (STACK_BYTES is a compile-time constant, set from --stack-bytes) so it
+// works on kernels without dynamic ring-buffer reservations; Python reads only stack_len bytes.
+//
+// Hash `java_threads` (filled by Python from VMStructs): tid -> addresses of its JavaThread's
+//   _anchor._last_Java_sp/_pc/_fp. A thread in native or VM code has its last Java frame there; reading
+//   it here, not later in Python, gets the value of the moment of the sample.
+// Array `counters` (per CPU), index:
+//   0 LOST        a sample of the target did not fit in the ring buffer
+//   1 TRUNCATED   the stack copy was shorter than STACK_BYTES (stack top closer than that, or a fault)
+//   2 NO_USER     no user registers (a kernel thread, or the task is exiting)
+//   3 SEEN        samples of the target (sent or lost)
+//
+// Why the user registers come from bpf_task_pt_regs(): when the timer fires while the thread is in
+// the kernel (a syscall, a page fault), ctx->regs are kernel registers; the user ones are saved at
+// the top of the task's kernel stack. The pt_regs layout is UAPI, so the 6.1 headers bcc compiles
+// against are right for any x86_64 kernel.
+
+#include <uapi/linux/ptrace.h>
+
+// The context of a perf-event program (UAPI <linux/bpf_perf_event.h>; on x86_64 bpf_user_pt_regs_t is
+// struct pt_regs). Declared here because including that header costs ~0.9 s of clang time per start.
+struct perf_sample_ctx {
+    struct pt_regs regs;
+    u64 sample_period;
+    u64 addr;
+};
+
+#ifndef STACK_BYTES
+#define STACK_BYTES 32768
+#endif
+#ifndef KSTACK_DEPTH
+#define KSTACK_DEPTH 64
+#endif
+#ifndef RINGBUF_PAGES
+#define RINGBUF_PAGES 2048
+#endif
+
+#define FLAG_KERNEL_MODE 1     // the timer interrupted kernel code
+#define FLAG_TRUNCATED 2
+
+#define C_LOST 0
+#define C_TRUNCATED 1
+#define C_NO_USER 2
+#define C_SEEN 3
+
+struct sample {
+    u64 time_ns;
+    u32 tid;
+    u32 cpu;
+    u64 ip;
+    u64 sp;
+    u64 bp;
+    u64 r13;
+    u32 stack_len;
+    u32 kstack_len;
+    u32 flags;
+    u32 pad;
+    u64 anchor_sp;
+    u64 anchor_pc;
+    u64 anchor_fp;
+    u64 kstack[KSTACK_DEPTH];
+    u8 stack[STACK_BYTES];
+};
+
+BPF_RINGBUF_OUTPUT(samples, RINGBUF_PAGES);
+BPF_PERCPU_ARRAY(counters, u64, 4);
+struct anchor_addresses {
+    u64 sp;
+    u64 pc;
+    u64 fp;
+};
+BPF_HASH(java_threads, u32, struct anchor_addresses, 65536);
+
+static __always_inline void count(int index) {
+    u64 *n = counters.lookup(&index);
+    if (n)
+        *n += 1;
+}
+
+// Copy as much of the stack from sp as is readable: the whole window, else halves of it (the stack
+// top - the end of the mapping - may be closer than STACK_BYTES). Constant sizes keep the verifier
+// happy on every kernel.
+static __always_inline u32 copy_stack(struct sample *s, u64 sp) {
+    if (bpf_probe_read_user(s->stack, STACK_BYTES, (void *)sp) == 0)
+        return STACK_BYTES;
+#pragma unroll
+    for (int shift = 1; shift <= 6; shift++) {
+        u32 size = STACK_BYTES >> shift;
+        if (size < 512)
+            break;
+        if (bpf_probe_read_user(s->stack, size & (STACK_BYTES - 1), (void *)sp) == 0)
+            return size;
+    }
+    return 0;
+}
+
+int on_sample(struct perf_sample_ctx *ctx) {
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    if ((pid_tgid >> 32) != TARGET_PID)
+        return 0;
+    count(C_SEEN);
+
+    struct sample *s = samples.ringbuf_reserve(sizeof(struct sample));
+    if (!s) {
+        count(C_LOST);
+        return 0;
+    }
+    s->time_ns = bpf_ktime_get_ns();
+    s->tid = (u32)pid_tgid;
+    s->cpu = bpf_get_smp_processor_id();
+    s->flags = 0;
+    s->pad = 0;
+    s->stack_len = 0;
+    s->kstack_len = 0;
+
+    u64 ip = 0, sp = 0, bp = 0, r13 = 0;
+    if ((ctx->regs.cs & 3) == 3) {
+        ip = ctx->regs.ip;
+        sp = ctx->regs.sp;
+        bp = ctx->regs.bp;
+        r13 = ctx->regs.r13;
+    } else {
+        s->flags |= FLAG_KERNEL_MODE;
+        struct pt_regs *user = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+        if (user) {
+            bpf_probe_read_kernel(&ip, sizeof(ip), &user->ip);
+            bpf_probe_read_kernel(&sp, sizeof(sp), &user->sp);
+            bpf_probe_read_kernel(&bp, sizeof(bp), &user->bp);
+            bpf_probe_read_kernel(&r13, sizeof(r13), &user->r13);
+        }
+        long n = bpf_get_stack(ctx, s->kstack, sizeof(s->kstack), 0);
+        s->kstack_len = n > 0 ? (u32)n : 0;
+    }
+    s->anchor_sp = 0;
+    s->anchor_pc = 0;
+    s->anchor_fp = 0;
+    u32 tid = (u32)pid_tgid;
+    struct anchor_addresses *anchor = java_threads.lookup(&tid);
+    if (anchor) {
+        bpf_probe_read_user(&s->anchor_sp, sizeof(u64), (void *)anchor->sp);
+        bpf_probe_read_user(&s->anchor_pc, sizeof(u64), (void *)anchor->pc);
+        bpf_probe_read_user(&s->anchor_fp, sizeof(u64), (void *)anchor->fp);
+    }
+    s->ip = ip;
+    s->sp = sp;
+    s->bp = bp;
+    s->r13 = r13;
+
+    if (sp == 0) {
+        count(C_NO_USER);
+    } else {
+        s->stack_len = copy_stack(s, sp);
+        if (s->stack_len < STACK_BYTES) {
+            s->flags |= FLAG_TRUNCATED;
+            count(C_TRUNCATED);
+        }
+    }
+    // No wakeup: Python drains the buffer on its own clock (every ~100 ms), so a sample costs no
+    // context switch into pyprof. The buffer holds 0.5 s of samples (sampler.py sizes it).
+    samples.ringbuf_submit(s, BPF_RB_NO_WAKEUP);
+    return 0;
+}

@@ -1,0 +1,64 @@
+"""Compiling bpf/*.c with bcc, and releasing what bcc attached.
+
+bcc compiles BPF C at run time against kernel headers (pyprof.sampling.kheaders finds them); every
+failure becomes one line the user can act on: MissingKernelFeature (no bcc, no headers, a compile or
+load error) or PermissionDenied (not root / no CAP_BPF).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+from pyprof.errors import MissingKernelFeature, PermissionDenied
+from pyprof.sampling import kheaders
+
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+
+
+def _bcc():
+    os.environ.update(kheaders.bcc_environment())
+    try:
+        import bcc
+    except ImportError as e:
+        raise MissingKernelFeature("bcc is not importable: apt-get install python3-bpfcc "
+                                   "(and use a venv with --system-site-packages)") from e
+    return bcc
+
+
+def _compile(**kwargs):
+    bcc = _bcc()
+    try:
+        return bcc.BPF(**kwargs)
+    except Exception as e:  # bcc raises plain Exception for compile and load errors
+        text = str(e)
+        if "Operation not permitted" in text or "Permission denied" in text:
+            raise PermissionDenied("loading BPF needs root (or CAP_BPF + CAP_PERFMON)") from e
+        hint = "" if kheaders.status().ok else " (kernel headers missing: run `make setup`)"
+        raise MissingKernelFeature(f"BPF: cannot compile/load: {text.splitlines()[0] if text else e}"
+                                   f"{hint}") from e
+
+
+def load_bpf(filename: str, cflags: Sequence[str] = ()):
+    """Compile and load bpf/<filename>."""
+    return _compile(src_file=str(BPF_DIR / filename), cflags=list(cflags))
+
+
+def load_bpf_text(text: str, cflags: Sequence[str] = ()):
+    return _compile(text=text, cflags=list(cflags))
+
+
+def close_bpf(bpf) -> None:
+    """Detach and free everything of a bcc BPF object.
+
+    bcc 0.26 attaches uprobes through the perf `uprobe` PMU but, on detach, also writes to
+    tracing/uprobe_events, which fails (and prints) where tracefs is not mounted. The perf fd is all
+    there is to release, so release it ourselves and let bcc clean up the rest.
+    """
+    from bcc import lib
+
+    for ev_name, fd in list(bpf.uprobe_fds.items()):
+        lib.bpf_close_perf_event_fd(fd)
+        del bpf.uprobe_fds[ev_name]
+    bpf.cleanup()

@@ -1,0 +1,180 @@
+"""What this machine can do for pyprof: one check per requirement, each with the exact fix.
+
+`pyprof doctor` prints them all; the sampler calls `require_sampling()` so that a missing feature is
+one clear line (MissingKernelFeature / PermissionDenied) before any BPF is compiled.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from pyprof.errors import MissingKernelFeature, PermissionDenied
+from pyprof.sampling import kheaders
+
+MIN_KERNEL = (5, 15)          # BPF ring buffer (5.8), bpf_task_pt_regs (5.15)
+FREEZE_RANGE = ((5, 19), (6, 2))   # copy_from_user_nofault from BPF could freeze (Debian #1033398)
+CAP_PERFMON, CAP_BPF, CAP_SYS_PTRACE, CAP_SYS_ADMIN = 38, 39, 19, 21
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    required: bool = True
+
+
+def kernel_version(release: str | None = None) -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", release or platform.release())
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def check_kernel() -> Check:
+    version = kernel_version()
+    ok = version >= MIN_KERNEL
+    return Check("kernel", ok, f"{platform.release()} ({platform.machine()})",
+                 "" if ok else f"pyprof needs Linux >= {MIN_KERNEL[0]}.{MIN_KERNEL[1]} on x86_64")
+
+
+def check_stack_copy_safe() -> Check:
+    version = kernel_version()
+    risky = FREEZE_RANGE[0] <= version < FREEZE_RANGE[1]
+    return Check("BPF user-stack copy", not risky,
+                 "kernel with the known copy_from_user_nofault freeze (5.19-6.1)" if risky
+                 else "no known problem on this kernel",
+                 "upgrade the kernel, or pass --force to sample anyway" if risky else "")
+
+
+def check_arch() -> Check:
+    ok = platform.machine() == "x86_64"
+    return Check("architecture", ok, platform.machine(), "" if ok else "pyprof unwinds x86_64 frames only")
+
+
+def check_btf() -> Check:
+    ok = os.path.exists("/sys/kernel/btf/vmlinux")
+    return Check("kernel BTF", ok, "/sys/kernel/btf/vmlinux" if ok else "no /sys/kernel/btf/vmlinux",
+                 "" if ok else "use a kernel built with CONFIG_DEBUG_INFO_BTF=y")
+
+
+def check_uprobes() -> Check:
+    ok = os.path.exists("/sys/bus/event_source/devices/uprobe/type")
+    return Check("uprobes", ok, "perf uprobe PMU present" if ok else "no uprobe PMU",
+                 "" if ok else "a kernel with CONFIG_UPROBE_EVENTS=y (live code-cache updates need it)",
+                 required=False)
+
+
+def _capabilities() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return int(line.split()[1], 16)
+    except OSError:
+        pass
+    return 0
+
+
+def has_capability(cap: int) -> bool:
+    return bool(_capabilities() >> cap & 1)
+
+
+def check_privileges() -> Check:
+    caps = _capabilities()
+    bpf_ok = bool(caps >> CAP_SYS_ADMIN & 1) or bool(caps >> CAP_BPF & 1 and caps >> CAP_PERFMON & 1)
+    ptrace_ok = bool(caps >> CAP_SYS_PTRACE & 1)
+    ok = bpf_ok and ptrace_ok
+    who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
+    return Check("privileges", ok, f"{who}, BPF {'ok' if bpf_ok else 'missing'}, "
+                 f"ptrace-read {'ok' if ptrace_ok else 'missing'}",
+                 "" if ok else "run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE")
+
+
+class _PerfEventAttr(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_uint32), ("size", ctypes.c_uint32), ("config", ctypes.c_uint64),
+                ("sample_freq", ctypes.c_uint64), ("sample_type", ctypes.c_uint64),
+                ("read_format", ctypes.c_uint64), ("flags", ctypes.c_uint64), ("rest", ctypes.c_uint8 * 80)]
+
+
+def check_perf_events() -> Check:
+    """Open (and close) a cpu-clock event on CPU 0, as the sampler will."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = _PerfEventAttr(type=1, size=ctypes.sizeof(_PerfEventAttr), config=0, sample_freq=99,
+                          flags=1 << 10 | 1)   # freq, disabled
+    nr_perf_event_open = 298
+    fd = libc.syscall(nr_perf_event_open, ctypes.byref(attr), -1, 0, -1, 0)
+    if fd < 0:
+        err = ctypes.get_errno()
+        paranoid = _read("/proc/sys/kernel/perf_event_paranoid")
+        return Check("perf events (cpu-clock)", False,
+                     f"perf_event_open failed: {os.strerror(err)} (perf_event_paranoid={paranoid})",
+                     "run as root or with CAP_PERFMON; the kernel needs CONFIG_PERF_EVENTS")
+    os.close(fd)
+    return Check("perf events (cpu-clock)", True, "software cpu-clock event opens (no PMU needed)")
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def check_bcc() -> Check:
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return Check("bcc", False, "python module bcc not importable",
+                     "apt-get install python3-bpfcc (and use a venv with --system-site-packages)")
+    return Check("bcc", True, f"bcc from {os.path.dirname(bcc.__file__)}")
+
+
+def check_headers() -> Check:
+    s = kheaders.status()
+    return Check("kernel headers (bcc)", s.ok, s.detail, s.fix)
+
+
+def check_compile() -> Check:
+    """Compile and load a trivial program: proves headers, clang (in libbcc) and the bpf() syscall."""
+    from pyprof.errors import PyprofError
+    from pyprof.sampling.bpf_loader import close_bpf, load_bpf_text
+
+    try:
+        bpf = load_bpf_text("int probe(void *ctx) { return 0; }")
+        bpf.load_func("probe", 1)  # BPF_PROG_TYPE_SOCKET_FILTER: loading needs no attach point
+        close_bpf(bpf)
+    except PyprofError as e:
+        return Check("BPF compile + load", False, str(e), getattr(e, "fix", "") or
+                     "see the kernel headers and privileges lines above")
+    return Check("BPF compile + load", True, "a test program compiles and loads")
+
+
+CHECKS: tuple[Callable[[], Check], ...] = (
+    check_arch, check_kernel, check_stack_copy_safe, check_btf, check_privileges, check_perf_events,
+    check_uprobes, check_bcc, check_headers,
+)
+
+
+def run_all() -> list[Check]:
+    out = [check() for check in CHECKS]
+    if all(c.ok for c in out if c.name in ("bcc", "kernel headers (bcc)", "privileges")):
+        out.append(check_compile())
+    return out
+
+
+def require_sampling(force: bool = False) -> None:
+    """Raise the one error that explains why sampling cannot run here (before compiling anything)."""
+    for check in (check_arch, check_kernel, check_privileges, check_bcc, check_headers):
+        result = check()
+        if not result.ok:
+            error = PermissionDenied if check is check_privileges else MissingKernelFeature
+            raise error(f"{result.name}: {result.detail}; fix: {result.fix}")
+    copy = check_stack_copy_safe()
+    if not copy.ok and not force:
+        raise MissingKernelFeature(f"{copy.detail}: {copy.fix}")

@@ -1,0 +1,168 @@
+"""The eBPF CPU sampler (bpf/sampler.c): a cpu-clock perf event on every CPU, filtered to one process.
+
+Each sample arrives through the BPF ring buffer as a fixed-size record (see the header of
+bpf/sampler.c); it is decoded into a RawSample holding only the bytes of stack actually copied. Lost and
+truncated samples are counted in a per-CPU array, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+import time
+from dataclasses import dataclass
+
+from pyprof.errors import MissingKernelFeature, NoSuchProcess
+from pyprof.sampling import features
+from pyprof.sampling.bpf_loader import close_bpf, load_bpf
+
+KSTACK_DEPTH = 64
+MIN_STACK_BYTES, MAX_STACK_BYTES = 1024, 65536
+# struct sample up to the kernel stack: time_ns, tid, cpu, ip, sp, bp, r13, stack_len, kstack_len, flags,
+# pad, anchor_sp, anchor_pc, anchor_fp
+_HEADER = struct.Struct("<QIIQQQQIIIIQQQ")
+_KSTACK_OFFSET = _HEADER.size
+_STACK_OFFSET = _KSTACK_OFFSET + 8 * KSTACK_DEPTH
+FLAG_KERNEL_MODE, FLAG_TRUNCATED = 1, 2
+C_LOST, C_TRUNCATED, C_NO_USER, C_SEEN = range(4)
+RINGBUF_SECONDS = 0.5           # the ring buffer holds this much sampling (we poll every 0.1 s)
+MIN_RINGBUF_PAGES, MAX_RINGBUF_PAGES = 256, 16384
+
+
+@dataclass(frozen=True)
+class RawSample:
+    """One on-CPU sample as the unwinder needs it (pyprof.sampling.unwind.StackSample)."""
+
+    time_ns: int
+    tid: int
+    cpu: int
+    ip: int
+    sp: int
+    bp: int
+    r13: int
+    flags: int
+    kernel_ips: tuple[int, ...]
+    stack: bytes
+    anchor_sp: int = 0     # the JavaThread's last Java frame at sample time (0: none, or not Java)
+    anchor_pc: int = 0
+    anchor_fp: int = 0
+
+    @property
+    def in_kernel(self) -> bool:
+        return bool(self.flags & FLAG_KERNEL_MODE)
+
+
+@dataclass(frozen=True)
+class SamplerCounters:
+    seen: int
+    lost: int
+    truncated: int
+    no_user_regs: int
+
+
+def stack_window(requested: int) -> int:
+    """The copy size: a power of two in [1 KiB, 64 KiB] (the BPF program halves it on faults)."""
+    size = max(MIN_STACK_BYTES, min(MAX_STACK_BYTES, requested))
+    return 1 << (size - 1).bit_length()
+
+
+def ringbuf_pages(rate_hz: int, record_bytes: int, cpus: int) -> int:
+    """A power of two of pages holding RINGBUF_SECONDS of samples from every CPU."""
+    want = rate_hz * cpus * record_bytes * RINGBUF_SECONDS / 4096
+    pages = 1 << max(0, int(want) - 1).bit_length()
+    return max(MIN_RINGBUF_PAGES, min(MAX_RINGBUF_PAGES, pages))
+
+
+def decode_sample(data: int, size: int) -> RawSample:
+    """A ring-buffer record (at address `data`) -> RawSample, copying only what the program filled."""
+    head = ctypes.string_at(data, _HEADER.size)
+    (time_ns, tid, cpu, ip, sp, bp, r13, stack_len, kstack_len, flags, _pad, anchor_sp, anchor_pc,
+     anchor_fp) = _HEADER.unpack(head)
+    kstack_len = min(kstack_len, 8 * KSTACK_DEPTH) & ~7
+    stack_len = min(stack_len, max(0, size - _STACK_OFFSET))
+    kernel_ips: tuple[int, ...] = ()
+    if kstack_len:
+        raw = ctypes.string_at(data + _KSTACK_OFFSET, kstack_len)
+        kernel_ips = tuple(ip for ip in struct.unpack(f"<{kstack_len // 8}Q", raw) if ip)
+    stack = ctypes.string_at(data + _STACK_OFFSET, stack_len) if stack_len else b""
+    return RawSample(time_ns, tid, cpu, ip, sp, bp, r13, flags, kernel_ips, stack, anchor_sp, anchor_pc,
+                     anchor_fp)
+
+
+class Sampler:
+    def __init__(self, pid: int, rate_hz: int = 99, stack_bytes: int = 32768, force: bool = False) -> None:
+        self.pid = pid
+        self.rate_hz = rate_hz
+        self.stack_bytes = stack_window(stack_bytes)
+        self.force = force
+        self._bpf = None
+        self._pending: list[RawSample] = []
+        self._callback = None
+
+    def start(self) -> None:
+        features.require_sampling(force=self.force)
+        if not os.path.exists(f"/proc/{self.pid}"):
+            raise NoSuchProcess(f"no such process: {self.pid}")
+        from bcc import PerfSWConfig, PerfType
+
+        record = _STACK_OFFSET + self.stack_bytes
+        cpus = os.cpu_count() or 1
+        cflags = [f"-DTARGET_PID={self.pid}", f"-DSTACK_BYTES={self.stack_bytes}",
+                  f"-DKSTACK_DEPTH={KSTACK_DEPTH}",
+                  f"-DRINGBUF_PAGES={ringbuf_pages(self.rate_hz, record, cpus)}"]
+        bpf = load_bpf("sampler.c", cflags)
+        try:
+            # keep a reference: bcc holds the ctypes callback only weakly through the C library
+            self._callback = bpf["samples"].open_ring_buffer(self._on_sample) or self._on_sample
+            bpf.attach_perf_event(ev_type=PerfType.SOFTWARE, ev_config=PerfSWConfig.CPU_CLOCK,
+                                  fn_name="on_sample", sample_freq=self.rate_hz, cpu=-1)
+        except Exception as e:  # bcc raises plain Exception
+            close_bpf(bpf)
+            raise MissingKernelFeature(f"cannot attach the cpu-clock perf event: {e}") from e
+        self._bpf = bpf
+
+    def _on_sample(self, _ctx, data, size) -> int:
+        self._pending.append(decode_sample(data, size))
+        return 0
+
+    def poll(self, timeout_ms: int = 100) -> list[RawSample]:
+        """Wait `timeout_ms`, then take every sample that arrived.
+
+        Samples are submitted without wakeups (see bpf/sampler.c), so this sleeps instead of blocking in
+        epoll: one batch per interval instead of one wakeup per sample.
+        """
+        if timeout_ms > 0:
+            time.sleep(timeout_ms / 1000)
+        if self._bpf is not None:
+            self._bpf.ring_buffer_consume()
+        out, self._pending = self._pending, []
+        return out
+
+    def set_java_threads(self, anchors: dict[int, tuple[int, int, int]]) -> None:
+        """tid -> addresses of its JavaThread's last_Java_sp/pc/fp; threads no longer listed are removed."""
+        if self._bpf is None:
+            return
+        table = self._bpf["java_threads"]
+        key_type, leaf_type = table.Key, table.Leaf
+        for key in list(table.keys()):
+            if key.value not in anchors:
+                try:
+                    del table[key]
+                except KeyError:
+                    pass
+        for tid, (sp, pc, fp) in anchors.items():
+            table[key_type(tid)] = leaf_type(sp, pc, fp)
+
+    def counters(self) -> SamplerCounters:
+        if self._bpf is None:
+            return SamplerCounters(0, 0, 0, 0)
+        table = self._bpf["counters"]
+        totals = [sum(table[ctypes.c_int(i)]) for i in range(4)]
+        return SamplerCounters(seen=totals[C_SEEN], lost=totals[C_LOST], truncated=totals[C_TRUNCATED],
+                               no_user_regs=totals[C_NO_USER])
+
+    def close(self) -> None:
+        if self._bpf is not None:
+            bpf, self._bpf = self._bpf, None
+            close_bpf(bpf)

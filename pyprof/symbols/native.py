@@ -1,0 +1,99 @@
+"""Native addresses of the target (libjvm, libc, JNI libraries, the launcher) -> symbols.
+
+The mapping comes from /proc/PID/maps (re-read, rate-limited, when an address falls outside every known
+mapping: libraries are loaded at run time); the symbols from the ELF file the process really mapped,
+opened through /proc/PID/map_files (pyprof.procfs.maps). C++ names are demangled for display; the
+mangled name stays as the pprof system name.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from pyprof.errors import MemoryReadError, NoSuchProcess, PermissionDenied
+from pyprof.hotspot.jvm import load_symbols_cached
+from pyprof.model import Mapping
+from pyprof.procfs.elf import ElfSymbols
+from pyprof.procfs.maps import MapEntry, load_base, open_mapped_file, read_maps
+from pyprof.symbols.demangle import demangle
+
+MAPS_REFRESH_INTERVAL = 1.0   # s between re-reads of /proc/PID/maps on a miss
+
+
+@dataclass(frozen=True)
+class NativeSymbol:
+    symbol: Optional[str]      # demangled function name, None when the file has no symbol there
+    system_name: str           # the raw (mangled) symbol name, or "" when unknown
+    library: str               # path of the mapped file
+    mapping: Mapping
+
+
+@dataclass
+class _File:
+    path: str
+    base: int
+    mapping: Mapping
+    symbols: Optional[ElfSymbols]
+
+
+class NativeSymbolizer:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._entries: list[MapEntry] = []
+        self._starts: list[int] = []
+        self._files: dict[str, _File] = {}
+        self._all: list[MapEntry] = []
+        self._last_refresh = 0.0
+        self.refresh()
+
+    def refresh(self) -> None:
+        self._last_refresh = time.monotonic()
+        try:
+            maps = read_maps(self.pid)
+        except (NoSuchProcess, PermissionDenied):
+            return
+        self._entries = sorted((m for m in maps if m.executable and m.path.startswith("/")),
+                               key=lambda m: m.start)
+        self._starts = [m.start for m in self._entries]
+        self._all = maps
+
+    def _entry(self, pc: int) -> Optional[MapEntry]:
+        i = bisect.bisect_right(self._starts, pc) - 1
+        if i >= 0 and self._entries[i].contains(pc):
+            return self._entries[i]
+        return None
+
+    def symbolize(self, pc: int) -> Optional[NativeSymbol]:
+        entry = self._entry(pc)
+        if entry is None and time.monotonic() - self._last_refresh > MAPS_REFRESH_INTERVAL:
+            self.refresh()
+            entry = self._entry(pc)
+        if entry is None:
+            return None
+        file = self._file(entry)
+        sym = file.symbols.function_at(pc - file.base) if file.symbols is not None else None
+        if sym is None:
+            return NativeSymbol(None, "", file.path, file.mapping)
+        return NativeSymbol(demangle(sym.name), sym.name, file.path, file.mapping)
+
+    def _file(self, entry: MapEntry) -> _File:
+        file = self._files.get(entry.path)
+        if file is not None:
+            return file
+        same = [m for m in self._all if m.path == entry.path]
+        base = load_base(same)
+        _how, open_path = open_mapped_file(self.pid, same)
+        try:
+            symbols: Optional[ElfSymbols] = load_symbols_cached(str(open_path))
+        except (OSError, MemoryReadError):
+            symbols = None
+        text = [m for m in same if m.executable] or same
+        mapping = Mapping(start=min(m.start for m in text), limit=max(m.end for m in text),
+                          offset=min(m.offset for m in text), filename=entry.path,
+                          build_id=symbols.build_id if symbols else "")
+        file = _File(entry.path, base, mapping, symbols)
+        self._files[entry.path] = file
+        return file

