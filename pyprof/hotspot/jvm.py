@@ -86,7 +86,9 @@ class HotSpotJvm:
         jvm.release = jvm._read_release()
         jvm.major = _major_of(jvm.release, jvm._read_static_int("Abstract_VM_Version._vm_major_version"))
         jvm.layout.major = jvm.major
-        jvm.flags = jvm._read_bool_flags(GC_FLAGS + ("SegmentedCodeCache", "UseCompressedOops"))
+        jvm.flags = jvm._read_bool_flags(GC_FLAGS + (
+            "SegmentedCodeCache", "UseCompressedOops", "UseCompressedClassPointers",
+            "UseCompactObjectHeaders"))
         if jvm.major and jvm.major < TESTED_RANGE[0]:
             raise UnsupportedJvm(f"process {pid} runs JDK {jvm.major}: pyprof supports JDK 17 and later")
         return jvm

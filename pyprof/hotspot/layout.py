@@ -130,6 +130,10 @@ FIELD_SPECS: dict[str, tuple[str, tuple[str, ...]]] = {
     "JavaFrameAnchor._last_Java_pc": ("JavaFrameAnchor", ("_last_Java_pc",)),
     "JavaFrameAnchor._last_Java_fp": ("JavaFrameAnchor", ("_last_Java_fp",)),
     "OSThread._thread_id": ("OSThread", ("_thread_id",)),
+    "OopHandle._obj": ("OopHandle", ("_obj",)),
+    # compressed oops: 17 publishes the NarrowPtrStruct members, 21+ the flattened statics
+    "CompressedOops._base": ("CompressedOops", ("_base", "_narrow_oop._base")),
+    "CompressedOops._shift": ("CompressedOops", ("_shift", "_narrow_oop._shift")),
 }
 
 # Fields without which the code-cache map cannot work at all.

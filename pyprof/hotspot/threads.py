@@ -14,6 +14,7 @@ from typing import Optional
 
 from pyprof.errors import MemoryReadError
 from pyprof.hotspot.jvm import HotSpotJvm
+from pyprof.hotspot.oops import JavaObjects
 
 MAX_THREADS = 100_000
 REFRESH_INTERVAL = 0.5   # s: re-read the threads list at most this often on a miss
@@ -32,6 +33,8 @@ class JavaThreads:
         self.r = jvm.reader
         self.lay = jvm.layout
         self._by_tid: dict[int, int] = {}
+        self._names: dict[int, str] = {}
+        self.objects = JavaObjects(jvm)
         self._last_refresh = 0.0
         self.available = all(self.lay.has(k) for k in (
             "ThreadsSMRSupport._java_thread_list", "ThreadsList._length", "ThreadsList._threads",
@@ -64,6 +67,19 @@ class JavaThreads:
             if tid > 0:
                 by_tid[tid] = thread
         self._by_tid = by_tid
+        self._names = self._read_names(by_tid)
+
+    def _read_names(self, by_tid: dict[int, int]) -> dict[int, str]:
+        names = {}
+        for tid, thread in by_tid.items():
+            name = self.objects.thread_name(thread)
+            if name:
+                names[tid] = name
+        return names
+
+    def name(self, tid: int) -> Optional[str]:
+        """The Java name of thread `tid` as of the last refresh (None: not a Java thread, or unreadable)."""
+        return self._names.get(tid)
 
     def java_thread(self, tid: int) -> Optional[int]:
         thread = self._by_tid.get(tid)

@@ -112,6 +112,7 @@ class ProfileSession:
         threads = JavaThreads(jvm)
         threads.refresh()
         self.threads = threads
+        self.names.java_names = threads.name
         self._push_threads()
         self.unwinder = Unwinder(jvm, live.lookup, resolver, threads, NativeSymbolizer(self.pid),
                                  KernelSymbols.load())

@@ -1,21 +1,27 @@
 """Current thread names of the target, attach-free.
 
-/proc/PID/task/TID/comm is what HotSpot sets from the Java thread name (truncated to 15 bytes) when the
-thread starts or renames *itself*. Names are cached per tid and re-read after a short time-to-live, so a
-renamed thread shows its current name rather than the one it had at start.
+Java threads are named by their java.lang.Thread's `name` (read from the heap by
+pyprof.hotspot.threads.JavaThreads at each refresh): full length, and current even when another thread
+renamed it. Other threads (GC, compiler and VM threads, native threads) and JVMs whose libjvm is
+stripped fall back to /proc/PID/task/TID/comm, which HotSpot sets at thread start (truncated to 15
+bytes). Names are cached per tid and re-read after a short time-to-live; a thread that has exited keeps
+the last name seen.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Callable, Optional
 
 TTL = 1.0
 
 
 class ThreadNames:
-    def __init__(self, pid: int, ttl: float = TTL) -> None:
+    def __init__(self, pid: int, ttl: float = TTL, java_names: Optional[Callable[[int], Optional[str]]] = None
+                 ) -> None:
         self.pid = pid
         self.ttl = ttl
+        self.java_names = java_names
         self._cache: dict[int, tuple[float, str]] = {}
         self._last_seen: dict[int, str] = {}
 
@@ -24,14 +30,16 @@ class ThreadNames:
         cached = self._cache.get(tid)
         if cached is not None and now - cached[0] < self.ttl:
             return cached[1]
-        name = self._read(tid)
+        name = self.java_names(tid) if self.java_names is not None else None
+        if name is None:
+            name = self._read(tid)
         if name is None:   # the thread has exited: keep the last name we saw
             name = self._last_seen.get(tid, f"tid-{tid}")
         self._cache[tid] = (now, name)
         self._last_seen[tid] = name
         return name
 
-    def _read(self, tid: int) -> str | None:
+    def _read(self, tid: int) -> Optional[str]:
         try:
             with open(f"/proc/{self.pid}/task/{tid}/comm", "rb") as f:
                 return f.read(64).decode("utf-8", "replace").strip()

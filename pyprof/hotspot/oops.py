@@ -1,0 +1,101 @@
+"""Java heap objects read from outside: compressed oops and java.lang.String (for thread names).
+
+Field offsets of Java classes are not in VMStructs, but HotSpot keeps the ones it uses itself in static
+ints of its java_lang_* classes (javaClasses.cpp: java_lang_Thread::_name_offset,
+java_lang_String::_value_offset / _coder_offset). They are local `.symtab` symbols of libjvm; a stripped
+libjvm has none and names fall back to /proc (pyprof.sampling.threadnames).
+See src/hotspot/share/classfile/javaClasses.cpp and oops/compressedOops.hpp.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pyprof.errors import MemoryReadError
+from pyprof.hotspot.jvm import HotSpotJvm
+
+MAX_STRING_BYTES = 4096      # a thread name longer than this is cut (and anything longer is suspect)
+LATIN1, UTF16 = 0, 1
+
+_STATIC_INTS = {
+    "thread_name": "_ZN16java_lang_Thread12_name_offsetE",
+    "string_value": "_ZN16java_lang_String13_value_offsetE",
+    "string_coder": "_ZN16java_lang_String13_coder_offsetE",
+}
+
+
+class JavaObjects:
+    """Reads the few Java objects pyprof needs; `available` is False when libjvm lacks the symbols."""
+
+    def __init__(self, jvm: HotSpotJvm) -> None:
+        self.jvm = jvm
+        self.r = jvm.reader
+        self.offsets = self._static_offsets()
+        self.compressed = jvm.flags.get("UseCompressedOops", False)
+        self.oop_base, self.oop_shift = self._narrow_oop_encoding()
+        # arrayOopDesc: mark word, then a 4-byte (compressed) or 8-byte klass pointer, then the length
+        compressed_klass = jvm.flags.get("UseCompressedClassPointers", True)
+        compact = jvm.flags.get("UseCompactObjectHeaders", False)
+        self.array_length_offset = 8 if compact else (12 if compressed_klass else 16)
+        self.array_data_offset = 16 if (compact or compressed_klass) else 24
+        self.available = len(self.offsets) == len(_STATIC_INTS) and jvm.layout.has("OopHandle._obj")
+
+    def _static_offsets(self) -> dict[str, int]:
+        out = {}
+        for key, symbol in _STATIC_INTS.items():
+            sym = self.jvm.symbols.lookup(symbol)
+            if sym is None:
+                continue
+            try:
+                value = self.r.i32(self.jvm.libjvm_address(sym.value))
+            except MemoryReadError:
+                continue
+            if 0 < value < 4096:
+                out[key] = value
+        return out
+
+    def _narrow_oop_encoding(self) -> tuple[int, int]:
+        lay = self.jvm.layout
+        if not (lay.has("CompressedOops._base") and lay.has("CompressedOops._shift")):
+            return 0, 3
+        try:
+            base = self.r.ptr(lay["CompressedOops._base"].address)
+            shift = self.r.i32(lay["CompressedOops._shift"].address)
+        except MemoryReadError:
+            return 0, 3
+        return base, shift if 0 <= shift <= 8 else 3
+
+    def oop_field(self, obj: int, offset: int) -> int:
+        """A reference field of a heap object (decoding a compressed oop)."""
+        if self.compressed:
+            narrow = self.r.u32(obj + offset)
+            return self.oop_base + (narrow << self.oop_shift) if narrow else 0
+        return self.r.ptr(obj + offset)
+
+    def string(self, obj: int) -> str:
+        """The value of a java.lang.String (compact strings: LATIN1 or UTF-16)."""
+        value = self.oop_field(obj, self.offsets["string_value"])
+        if not value:
+            raise MemoryReadError("String without value")
+        coder = self.r.u8(obj + self.offsets["string_coder"])
+        length = self.r.i32(value + self.array_length_offset)
+        if not 0 <= length <= MAX_STRING_BYTES or coder not in (LATIN1, UTF16):
+            raise MemoryReadError(f"implausible String (length {length}, coder {coder})")
+        data = self.r.bytes(value + self.array_data_offset, length) if length else b""
+        return data.decode("latin-1") if coder == LATIN1 else data.decode("utf-16-le", "replace")
+
+    def thread_name(self, java_thread: int) -> Optional[str]:
+        """java.lang.Thread.name of a JavaThread (its current name: renames show at once)."""
+        if not self.available:
+            return None
+        lay = self.jvm.layout
+        try:
+            slot = java_thread + lay.offset("JavaThread._threadObj") + lay.offset("OopHandle._obj")
+            handle = self.r.ptr(slot)
+            thread_oop = self.r.ptr(handle) if handle else 0
+            if not thread_oop:
+                return None   # attaching, or exiting
+            name = self.oop_field(thread_oop, self.offsets["thread_name"])
+            return self.string(name) if name else None
+        except MemoryReadError:
+            return None
