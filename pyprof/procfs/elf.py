@@ -8,6 +8,7 @@ struct.iter_unpack over the raw section bytes, which is ~20x faster than pyelfto
 from __future__ import annotations
 
 import bisect
+import io
 import struct
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterator, Optional
@@ -50,6 +51,14 @@ class ElfSymbols:
                 return cls._from_stream(path, f)
         except (OSError, ELFError, struct.error, ValueError) as e:
             raise MemoryReadError(f"cannot read ELF symbols of {path}: {e}") from e
+
+    @classmethod
+    def from_bytes(cls, name: str, image: bytes) -> ElfSymbols:
+        """Symbols of an ELF image held in memory (the vDSO, copied from the target)."""
+        try:
+            return cls._from_stream(name, io.BytesIO(image))
+        except (ELFError, struct.error, ValueError) as e:
+            raise MemoryReadError(f"cannot read ELF symbols of {name}: {e}") from e
 
     @classmethod
     def _from_stream(cls, path: str, f: BinaryIO) -> ElfSymbols:

@@ -64,6 +64,7 @@ class UnwindStats:
     unknown_frames: Counter = field(default_factory=Counter)
     live_reads: int = 0
     anchor_used: int = 0
+    deoptimized_frames: int = 0
 
     @property
     def unknown_total(self) -> int:
@@ -121,6 +122,7 @@ class Unwinder:
         self.slot_sender_sp = slots["sender_sp"] * WORD
         self.call_stub_return = self._static_pointer("StubRoutines._call_stub_return_address")
         self._compiled_frames: dict[tuple[int, int], PhysicalFrame] = {}
+        self._partial_slots: dict[tuple[int, int, int], Optional[int]] = {}
         self._native_frames: dict[int, tuple[PhysicalFrame, bool]] = {}
         self._kernel_frames: dict[int, PhysicalFrame] = {}
         self._method_frames: dict[tuple[int, FrameKind, int], LogicalFrame] = {}
@@ -204,7 +206,7 @@ class Unwinder:
                    sample: StackSample) -> tuple[PhysicalFrame, Optional[_Cursor]]:
         if blob.kind is BlobKind.INTERPRETER:
             return self._interpreted(cur, reader, sample)
-        frame = self._compiled_frame(blob, cur.pc, cur.top)
+        frame = self._compiled_frame(blob, self._deoptimized_pc(blob, cur, reader), cur.top)
         if cur.pc == self.call_stub_return or (blob.kind is BlobKind.STUBS and blob.frame_size <= 0):
             return frame, self._fp_step(cur, reader)
         if blob.frame_size > 0:
@@ -212,32 +214,58 @@ class Unwinder:
         return frame, self._fp_step(cur, reader)
 
     def _sized_step(self, blob: CodeBlobInfo, cur: _Cursor, reader: _StackReader) -> Optional[_Cursor]:
-        in_prologue = cur.top and cur.pc < blob.code_begin + max(blob.frame_complete_offset, 0)
-        if in_prologue:
-            # Only the return address (and maybe rbp) is pushed: `push rbp` is the first instruction;
-            # before the frame is complete the return address is at [sp] or [sp+8].
-            ret_at = cur.sp if cur.pc == blob.verified_entry or cur.pc == blob.code_begin else cur.sp + WORD
-            ret = reader.word(ret_at)
-            return _Cursor(ret, ret_at + WORD, cur.fp, top=False) if ret else None
-        if cur.top and self._at_return(cur.pc, reader):
-            ret = reader.word(cur.sp)
-            return _Cursor(ret, cur.sp + WORD, cur.fp, top=False) if ret else None
+        if cur.top:
+            slot = self._partial_frame_slot(blob, cur.pc)
+            if slot is not None:
+                # prologue or epilogue of the top frame: only the return address (and maybe rbp) is
+                # on the stack, `slot` words above sp
+                ret = reader.word(cur.sp + WORD * slot)
+                return _Cursor(ret, cur.sp + WORD * (slot + 1), cur.fp, top=False) if ret else None
         sender_sp = cur.sp + WORD * blob.frame_size
         ret = reader.word(sender_sp - WORD)
         saved_fp = reader.word(sender_sp - 2 * WORD)
         if ret is None:
             return None
-        if blob.is_nmethod and blob.deopt_handler and ret == blob.deopt_handler:
-            pass  # the deoptimised frame's original pc would be at sp + orig_pc_offset; keep the handler
         return _Cursor(ret, sender_sp, saved_fp if saved_fp is not None else cur.fp, top=False)
 
-    def _at_return(self, pc: int, reader: _StackReader) -> bool:
-        """Epilogue: after `add rsp; pop rbp` only `ret` (maybe after a safepoint poll) remains."""
+    def _partial_frame_slot(self, blob: CodeBlobInfo, pc: int) -> Optional[int]:
+        """Where the return address is when the top frame is not complete: 0 ([sp]), 1 ([sp+8]), or
+        None (the frame is complete: use its frame size). Decided from the code bytes, cached per pc."""
+        key = (pc, blob.address, blob.compile_id)
+        if key in self._partial_slots:
+            return self._partial_slots[key]
         try:
-            code = self.r.bytes(pc, 1)
+            if pc < blob.code_begin + max(blob.frame_complete_offset, 0):
+                slot = self._prologue_slot(blob, pc)
+            else:
+                slot = epilogue_slot(self.r.bytes(pc, 16))
         except MemoryReadError:
-            return False
-        return code[0] == 0xC3
+            slot = None
+        if len(self._partial_slots) > 200_000:
+            self._partial_slots.clear()
+        self._partial_slots[key] = slot
+        return slot
+
+    def _prologue_slot(self, blob: CodeBlobInfo, pc: int) -> int:
+        """C1/C2 prologue (x86_64 MacroAssembler::verified_entry / build_frame): the inline-cache check
+        before the verified entry, stack bangs `mov [rsp-N], eax` (89 84 24 disp32), `push rbp`, then
+        `sub rsp, N` completes the frame. Up to and including the push, the return address is at [sp]."""
+        entry = blob.verified_entry if blob.code_begin <= blob.verified_entry <= pc else blob.code_begin
+        code = self.r.bytes(entry, max(8, min(64, blob.code_end - entry)))
+        i = 0
+        while code[i:i + 3] == b"\x89\x84\x24":
+            i += 7
+        push_rbp = entry + i if code[i:i + 1] == b"\x55" else entry - 1
+        return 0 if pc <= push_rbp else 1
+
+    def _deoptimized_pc(self, blob: CodeBlobInfo, cur: _Cursor, reader: _StackReader) -> int:
+        """A caller frame being deoptimized returns to the nmethod's deopt handler; HotSpot saved the
+        original pc in the frame at sp + orig_pc_offset (frame::get_deopt_original_pc)."""
+        if cur.top or not blob.is_nmethod or not blob.deopt_handler or cur.pc != blob.deopt_handler:
+            return cur.pc
+        self.stats.deoptimized_frames += 1
+        original = reader.word(cur.sp + blob.orig_pc_offset)
+        return original if original and blob.code_begin <= original < blob.code_end else cur.pc
 
     def _fp_step(self, cur: _Cursor, reader: _StackReader) -> Optional[_Cursor]:
         fp = cur.fp
@@ -365,6 +393,22 @@ class Unwinder:
             self._native_frames.clear()
         self._native_frames[pc] = result
         return result
+
+
+def epilogue_slot(code: bytes) -> Optional[int]:
+    """The return-address slot when `code` (the bytes at the top frame's pc) is the end of a compiled
+    method's epilogue: `add rsp, N; pop rbp; [cmp rsp, [r15+poll]; ja slow;] ret` (x86_64
+    MacroAssembler::remove_frame + the return safepoint poll). After `add rsp` only rbp and the return
+    address are left; after `pop rbp` only the return address. None: not in an epilogue."""
+    if code[:1] == b"\xc3":
+        return 0
+    if code[:2] == b"\x0f\x87" and code[6:7] == b"\xc3":
+        return 0
+    if code[:3] == b"\x49\x3b\xa7" and code[7:9] == b"\x0f\x87" and code[13:14] == b"\xc3":
+        return 0
+    if code[:1] == b"\x5d" and (code[1:2] == b"\xc3" or code[1:4] == b"\x49\x3b\xa7"):
+        return 1
+    return None
 
 
 class _StackReader:

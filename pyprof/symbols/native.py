@@ -18,9 +18,12 @@ from pyprof.hotspot.jvm import load_symbols_cached
 from pyprof.model import Mapping
 from pyprof.procfs.elf import ElfSymbols
 from pyprof.procfs.maps import MapEntry, load_base, open_mapped_file, read_maps
+from pyprof.procfs.memory import ProcessMemory
 from pyprof.symbols.demangle import demangle
 
 MAPS_REFRESH_INTERVAL = 1.0   # s between re-reads of /proc/PID/maps on a miss
+VDSO = "[vdso]"
+MAX_VDSO_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,8 @@ class NativeSymbolizer:
             maps = read_maps(self.pid)
         except (NoSuchProcess, PermissionDenied):
             return
-        self._entries = sorted((m for m in maps if m.executable and m.path.startswith("/")),
-                               key=lambda m: m.start)
+        code = (m for m in maps if m.executable and (m.path.startswith("/") or m.path == VDSO))
+        self._entries = sorted(code, key=lambda m: m.start)
         self._starts = [m.start for m in self._entries]
         self._all = maps
 
@@ -85,11 +88,7 @@ class NativeSymbolizer:
             return file
         same = [m for m in self._all if m.path == entry.path]
         base = load_base(same)
-        _how, open_path = open_mapped_file(self.pid, same)
-        try:
-            symbols: Optional[ElfSymbols] = load_symbols_cached(str(open_path))
-        except (OSError, MemoryReadError):
-            symbols = None
+        symbols = self._vdso_symbols(entry) if entry.path == VDSO else self._file_symbols(same)
         text = [m for m in same if m.executable] or same
         mapping = Mapping(start=min(m.start for m in text), limit=max(m.end for m in text),
                           offset=min(m.offset for m in text), filename=entry.path,
@@ -97,3 +96,20 @@ class NativeSymbolizer:
         file = _File(entry.path, base, mapping, symbols)
         self._files[entry.path] = file
         return file
+
+    def _file_symbols(self, entries: list[MapEntry]) -> Optional[ElfSymbols]:
+        _how, open_path = open_mapped_file(self.pid, entries)
+        try:
+            return load_symbols_cached(str(open_path))
+        except (OSError, MemoryReadError):
+            return None
+
+    def _vdso_symbols(self, entry: MapEntry) -> Optional[ElfSymbols]:
+        """The vDSO is no file: its ELF image is read from the target (it is one or two pages)."""
+        if entry.end - entry.start > MAX_VDSO_BYTES:
+            return None
+        try:
+            with ProcessMemory(self.pid) as memory:
+                return ElfSymbols.from_bytes(VDSO, memory.read(entry.start, entry.end - entry.start))
+        except (MemoryReadError, NoSuchProcess, PermissionDenied):
+            return None
