@@ -36,7 +36,9 @@ def _register_commands() -> None:
 def main(argv: list[str] | None = None) -> int:
     _register_commands()
     try:
-        cli.main(args=argv, prog_name="pyprof", standalone_mode=False)
+        # Without standalone mode click *returns* the code of a click.exceptions.Exit (doctor's 1,
+        # record's JVM exit status) instead of raising it.
+        result = cli.main(args=argv, prog_name="pyprof", standalone_mode=False)
     except PyprofError as e:
         click.echo(f"pyprof: error: {e}", err=True)
         return e.exit_code
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"pyprof: internal error: {type(e).__name__}: {e} (set PYPROF_DEBUG=1 for details)",
                    err=True)
         return 70
-    return 0
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,51 @@
+"""`pyprof doctor`: what this machine can do, and what a given PID is."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from tests.conftest import pyprof
+
+pytestmark = pytest.mark.usefixtures("root_and_bpf")
+
+
+def test_doctor_on_a_ready_machine_is_all_ok() -> None:
+    # GIVEN this machine after `make setup`  WHEN doctor runs
+    done = pyprof("doctor", "--json")
+    # THEN every requirement is met, including compiling and loading a BPF program, and it exits 0
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    names = {c["name"]: c for c in report["checks"]}
+    assert report["ok"] is True
+    for name in ("kernel", "privileges", "perf events (cpu-clock)", "bcc", "kernel headers (bcc)",
+                 "BPF compile + load"):
+        assert names[name]["status"] == "ok", names[name]
+
+
+@pytest.mark.jvm
+def test_doctor_describes_a_jvm(jdk, java_workload) -> None:
+    # GIVEN a running JVM  WHEN doctor is given its pid
+    jvm = java_workload(jdk, "Throughput")
+    done = pyprof("doctor", str(jvm.pid), "--json")
+    report = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
+    # THEN it names the JDK and GC, and says the code-cache sources work
+    assert done.returncode == 0, done.stdout
+    assert report["HotSpot JVM"]["detail"].startswith(f"JDK {jdk} ")
+    assert "G1 GC" in report["HotSpot JVM"]["detail"]
+    assert report["code cache (attach-free)"]["status"] == "ok"
+    assert report["live code-cache updates"]["status"] == "ok"
+
+
+def test_doctor_on_a_process_that_is_not_a_jvm_fails_with_the_fix() -> None:
+    # GIVEN a process that is not a JVM
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        done = pyprof("doctor", str(sleeper.pid))
+    finally:
+        sleeper.kill()
+    # THEN doctor says so, with the fix, and exits non-zero
+    assert done.returncode == 1
+    assert "is not a HotSpot JVM" in done.stdout and "fix:" in done.stdout
