@@ -1,7 +1,9 @@
 // On-CPU samples of one process (pyprof/sampling/sampler.py loads this).
 //
-// Attached to a cpu-clock perf event on every CPU (sample_freq = --rate). A sample of a thread of
-// TARGET_PID sends one record through the ring buffer `samples`:
+// Attached to a cpu-clock perf event on every CPU (sample_freq = --rate). A sample of a thread of the
+// target process (array `target`[0], set by Python: a map rather than a compile-time constant so that
+// `pyprof record` can compile and attach before it starts the JVM) sends one record through the ring
+// buffer `samples`:
 //   u64 time_ns        bpf_ktime_get_ns() (CLOCK_MONOTONIC, the clock of the nmethod events)
 //   u32 tid, u32 cpu
 //   u64 ip, sp, bp, r13 user registers (r13 holds the interpreter's bcp on x86_64)
@@ -16,11 +18,13 @@
 // works on kernels without dynamic ring-buffer reservations; Python reads only stack_len bytes.
 //
 // Hash `java_threads` (filled by Python from VMStructs): tid -> addresses of its JavaThread's
-//   _anchor._last_Java_sp/_pc/_fp. A thread in native or VM code has its last Java frame there; reading
-//   it here, not later in Python, gets the value of the moment of the sample.
+//   _anchor._last_Java_sp/_pc/_fp, and its stack base (the highest stack address). A thread in native or
+//   VM code has its last Java frame there; reading it here, not later in Python, gets the value of the
+//   moment of the sample. The stack base bounds the copy: glibc puts the thread's TCB right above the
+//   stack, so a fixed-size copy from sp would run off the end of the mapping and fail.
 // Array `counters` (per CPU), index:
 //   0 LOST        a sample of the target did not fit in the ring buffer
-//   1 TRUNCATED   the stack copy was shorter than STACK_BYTES (stack top closer than that, or a fault)
+//   1 TRUNCATED   the stack is deeper than the copy (only known for Java threads, whose base is known)
 //   2 NO_USER     no user registers (a kernel thread, or the task is exiting)
 //   3 SEEN        samples of the target (sent or lost)
 //
@@ -78,10 +82,12 @@ struct sample {
 
 BPF_RINGBUF_OUTPUT(samples, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(counters, u64, 4);
+BPF_ARRAY(target, u32, 1);
 struct anchor_addresses {
     u64 sp;
     u64 pc;
     u64 fp;
+    u64 stack_base;
 };
 BPF_HASH(java_threads, u32, struct anchor_addresses, 65536);
 
@@ -91,10 +97,16 @@ static __always_inline void count(int index) {
         *n += 1;
 }
 
-// Copy as much of the stack from sp as is readable: the whole window, else halves of it (the stack
-// top - the end of the mapping - may be closer than STACK_BYTES). Constant sizes keep the verifier
-// happy on every kernel.
-static __always_inline u32 copy_stack(struct sample *s, u64 sp) {
+// Copy the stack from sp: up to the thread's stack base when it is known, else as much of the window
+// as is readable (halving it: the end of the mapping may be closer than STACK_BYTES).
+static __always_inline u32 copy_stack(struct sample *s, u64 sp, u64 base) {
+    if (base > sp) {
+        u64 want = base - sp;
+        if (want > STACK_BYTES)
+            want = STACK_BYTES;
+        if (want > 0 && bpf_probe_read_user(s->stack, want, (void *)sp) == 0)
+            return (u32)want;
+    }
     if (bpf_probe_read_user(s->stack, STACK_BYTES, (void *)sp) == 0)
         return STACK_BYTES;
 #pragma unroll
@@ -110,7 +122,9 @@ static __always_inline u32 copy_stack(struct sample *s, u64 sp) {
 
 int on_sample(struct perf_sample_ctx *ctx) {
     u64 pid_tgid = bpf_get_current_pid_tgid();
-    if ((pid_tgid >> 32) != TARGET_PID)
+    int zero = 0;
+    u32 *target_pid = target.lookup(&zero);
+    if (!target_pid || *target_pid == 0 || (pid_tgid >> 32) != *target_pid)
         return 0;
     count(C_SEEN);
 
@@ -149,8 +163,10 @@ int on_sample(struct perf_sample_ctx *ctx) {
     s->anchor_pc = 0;
     s->anchor_fp = 0;
     u32 tid = (u32)pid_tgid;
+    u64 stack_base = 0;
     struct anchor_addresses *anchor = java_threads.lookup(&tid);
     if (anchor) {
+        stack_base = anchor->stack_base;
         bpf_probe_read_user(&s->anchor_sp, sizeof(u64), (void *)anchor->sp);
         bpf_probe_read_user(&s->anchor_pc, sizeof(u64), (void *)anchor->pc);
         bpf_probe_read_user(&s->anchor_fp, sizeof(u64), (void *)anchor->fp);
@@ -163,8 +179,8 @@ int on_sample(struct perf_sample_ctx *ctx) {
     if (sp == 0) {
         count(C_NO_USER);
     } else {
-        s->stack_len = copy_stack(s, sp);
-        if (s->stack_len < STACK_BYTES) {
+        s->stack_len = copy_stack(s, sp, stack_base);
+        if (stack_base > sp && s->stack_len < stack_base - sp) {
             s->flags |= FLAG_TRUNCATED;
             count(C_TRUNCATED);
         }

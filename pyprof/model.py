@@ -103,3 +103,30 @@ class ProfileData:
     @property
     def total_samples(self) -> int:
         return sum(self.counts.values())
+
+
+# The JIT tier of every Java frame is part of its displayed name in every output format (a product
+# decision: "is this hot method still interpreted?" must be answerable from any view). Kinds that are
+# not Java methods keep their plain names.
+TIER_SUFFIX: dict[FrameKind, str] = {
+    FrameKind.INTERPRETED: "[interp]",
+    FrameKind.C1: "[C1]",
+    FrameKind.C2: "[C2]",
+    FrameKind.INLINED: "[inlined]",
+    FrameKind.NATIVE_METHOD: "[jni]",
+}
+_KIND_OF_SUFFIX: dict[str, FrameKind] = {suffix: kind for kind, suffix in TIER_SUFFIX.items()}
+
+
+def display_name(frame: LogicalFrame, tiers: bool = True) -> str:
+    """The name shown to users: `java.util.HashMap.get [C2]`, or the plain name."""
+    suffix = TIER_SUFFIX.get(frame.kind) if tiers else None
+    return f"{frame.name} {suffix}" if suffix else frame.name
+
+
+def split_display_name(text: str) -> tuple[str, Optional[FrameKind]]:
+    """The inverse of display_name: (plain name, kind) when `text` ends with a tier suffix, else
+    (text, None)."""
+    name, sep, suffix = text.rpartition(" ")
+    kind = _KIND_OF_SUFFIX.get(suffix) if sep else None
+    return (name, kind) if kind is not None else (text, None)

@@ -49,21 +49,33 @@ class JavaProcess:
     proc: subprocess.Popen
     version: int
     lines: list[str] = field(default_factory=list)
+    _pending: bytes = field(default=b"", repr=False)
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     def read_line(self, timeout: float) -> Optional[str]:
-        """The next stdout line, or None when none came within `timeout` seconds."""
+        """The next stdout line, or None when none came within `timeout` seconds.
+
+        Reads the pipe with os.read into our own buffer: select() on the buffered file object would miss
+        lines that an earlier readline() had already pulled into Python's buffer (two lines printed at once).
+        """
         assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not ready:
-            return None
-        line = self.proc.stdout.readline()
-        if not line:
-            return None
-        line = line.rstrip("\n")
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._pending:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:  # EOF: a last unterminated line, then None
+                if not self._pending:
+                    return None
+                chunk = b"\n"
+            self._pending += chunk
+        raw, self._pending = self._pending.split(b"\n", 1)
+        line = raw.decode(errors="replace")
         self.lines.append(line)
         return line
 

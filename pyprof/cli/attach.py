@@ -7,6 +7,8 @@ Ctrl-C, SIGTERM and the JVM exiting all end the run the same way: drain, write t
 from __future__ import annotations
 
 import os
+import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,17 +18,17 @@ from typing import Any, Optional
 import click
 
 from pyprof.cli.common import PID, emit_json
-from pyprof.errors import PyprofError, UsageError
+from pyprof.errors import MemoryReadError, PyprofError, UsageError
 from pyprof.sampling.session import ProfileOptions, ProfileSession
 
-FORMATS = ("pprof", "collapsed")
+FORMATS = ("pprof", "collapsed", "flamegraph", "speedscope")   # the last two: pyprof.reporters
 JVM_START_TIMEOUT = 60.0
 
 
 def _common_options(f):
     f = click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
                      help="where to write the profile (default: pyprof-PID-TIME.pb.gz; the extension "
-                          "picks the format: .pb.gz/.pprof, .txt/.folded)")(f)
+                          "picks the format: .pb.gz/.pprof, .txt/.folded, .html, .speedscope.json)")(f)
     f = click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
                      help="output format (default: from the file name, else pprof)")(f)
     f = click.option("-r", "--rate", type=click.IntRange(1, 10_000), default=99, show_default=True,
@@ -45,7 +47,7 @@ def _resolve_output(output: Optional[str], fmt: Optional[str], pid: int) -> tupl
 
     if output is None:
         fmt = fmt or "pprof"
-        ext = ".pb.gz" if fmt == "pprof" else ".txt"
+        ext = {"pprof": ".pb.gz", "flamegraph": ".html", "speedscope": ".speedscope.json"}.get(fmt, ".txt")
         output = f"pyprof-{pid}-{time.strftime('%Y%m%d-%H%M%S')}{ext}"
     elif fmt is None:
         fmt = format_for_path(output) or "pprof"
@@ -121,9 +123,13 @@ def run_session(session: ProfileSession, duration: Optional[float], stop: _Stop,
 
 def write_and_summarize(session: ProfileSession, output: str, fmt: str, as_json: bool, why: str) -> None:
     from pyprof.output import write_profile
+    from pyprof.reporters import SESSION_FORMATS, write_report
 
     profile = session.finish()
-    write_profile(profile, output, fmt)
+    if fmt in SESSION_FORMATS:
+        write_report(profile, output, fmt)
+    else:
+        write_profile(profile, output, fmt)
     s = session.stats
     top = [{"function": name, "samples": n, "percent": round(100.0 * n / max(s.samples, 1), 2)}
            for name, n in s.self_counts.most_common(10)]
@@ -133,6 +139,10 @@ def write_and_summarize(session: ProfileSession, output: str, fmt: str, as_json:
         "unknown_frames_percent": round(s.unknown_pct, 3), "duration_s": round(profile.duration_ns / 1e9, 3),
         "first_sample_s": round(s.first_sample_s, 3) if s.first_sample_s is not None else None,
         "code_cache_events": s.code_events, "top_self": top,
+        "startup_s": round(s.startup_s, 3), "startup_cpu_s": round(s.startup_cpu_s, 3),
+        "sampling_cpu_s": round(s.sampling_cpu_s, 3),
+        "cpu_us_per_sample": round(1e6 * s.sampling_cpu_s / s.samples, 1) if s.samples else None,
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     if as_json:
         emit_json(summary)
@@ -146,6 +156,13 @@ def write_and_summarize(session: ProfileSession, output: str, fmt: str, as_json:
         err.write("  top self:\n")
         for row in top:
             err.write(f"    {row['percent']:6.2f}%  {row['samples']:>7}  {row['function']}\n")
+
+
+def _announce(session: ProfileSession, duration: Optional[float]) -> None:
+    """One line on stderr when sampling has begun (scripts may wait for it before sending signals)."""
+    jvm = session.jvm.description if session.jvm is not None else "starting JVM"
+    until = f"for {duration:g} s" if duration else "until Ctrl-C or the JVM exits"
+    click.echo(f"pyprof: sampling {session.pid} ({jvm}) at {session.options.rate_hz} Hz {until}", err=True)
 
 
 @click.command("attach")
@@ -164,11 +181,8 @@ def attach(pid: int, duration: Optional[float], output: Optional[str], fmt: Opti
         except BaseException:
             session.finish()
             raise
-        try:
-            why = run_session(session, duration, stop, not no_progress and not as_json)
-        finally:
-            # whatever happened in the loop, the samples we have are written
-            pass
+        _announce(session, duration)
+        why = run_session(session, duration, stop, not no_progress and not as_json)
         write_and_summarize(session, output, fmt, as_json, why)
 
 
@@ -176,9 +190,12 @@ def attach(pid: int, duration: Optional[float], output: Optional[str], fmt: Opti
 @click.option("-d", "--duration", type=click.FloatRange(min=0.1), default=None,
               help="stop sampling after SECONDS (the JVM keeps running)")
 @_common_options
+@click.option("--agent", "java_agent", is_flag=True,
+              help="start the JVM with the pyprof Java agent (-javaagent; see `pyprof agent --help`)")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def record(duration: Optional[float], output: Optional[str], fmt: Optional[str], rate: int,
-           stack_bytes: int, as_json: bool, force: bool, no_progress: bool, command: tuple[str, ...]) -> None:
+           stack_bytes: int, as_json: bool, force: bool, no_progress: bool, java_agent: bool,
+           command: tuple[str, ...]) -> None:
     """Start `java ARGS...` and profile it from its first instruction; exits with the JVM's exit code.
 
     \b
@@ -186,20 +203,31 @@ def record(duration: Optional[float], output: Optional[str], fmt: Optional[str],
     """
     if not command:
         raise UsageError("record needs a command: pyprof record [options] -- java ARGS...")
-    try:
-        child = subprocess.Popen(list(command))
-    except OSError as e:
-        raise UsageError(f"cannot start {command[0]}: {e.strerror}") from e
-    output, fmt = _resolve_output(output, fmt, child.pid)
-    session = ProfileSession(child.pid, ProfileOptions(rate_hz=rate, stack_bytes=stack_bytes, force=force))
+    if shutil.which(command[0]) is None:
+        raise UsageError(f"cannot start {command[0]}: no such command")
+    if java_agent:
+        from pyprof.agent.jar import agent_command
+
+        command = agent_command(command)
+    session = ProfileSession(0, ProfileOptions(rate_hz=rate, stack_bytes=stack_bytes, force=force))
     with _Stop() as stop:
+        # The sampler is compiled and attached *before* the JVM starts, so its first instruction is seen.
+        session.start_sampler()
         try:
-            session.start_sampler()
+            child, gate = _spawn_gated(command)
+        except BaseException:
+            session.finish()
+            raise
+        try:
+            output, fmt = _resolve_output(output, fmt, child.pid)
+            session.retarget(child.pid)
+            os.write(gate, b"go\n")
+            os.close(gate)
             _wait_for_jvm(session, child, stop)
             why = run_session(session, duration, stop, not no_progress and not as_json, child=child)
         except BaseException:
             if child.poll() is None:
-                child.terminate()
+                child.kill()
             session.finish()
             raise
         write_and_summarize(session, output, fmt, as_json, why)
@@ -207,17 +235,33 @@ def record(duration: Optional[float], output: Optional[str], fmt: Optional[str],
     raise click.exceptions.Exit(code if code >= 0 else 128 - code)
 
 
+def _spawn_gated(command: tuple[str, ...]) -> tuple[subprocess.Popen, int]:
+    """Start `command` held at a gate: a shell that waits for a line on a pipe, then execs the command
+    under its own pid. Returns the child and the gate's write end."""
+    read_end, write_end = os.pipe()
+    script = 'read _ <&3; exec 3<&-; exec "$@"'   # POSIX sh redirects single-digit fds only: use fd 3
+    try:
+        child = subprocess.Popen(["/bin/sh", "-c", script, "pyprof-record", *command], pass_fds=(3,),
+                                 preexec_fn=lambda: os.dup2(read_end, 3))
+    except OSError as e:
+        os.close(write_end)
+        raise UsageError(f"cannot start {command[0]}: {e.strerror}") from e
+    finally:
+        os.close(read_end)
+    return child, write_end
+
+
 def _wait_for_jvm(session: ProfileSession, child: subprocess.Popen, stop: _Stop) -> None:
     """Buffer samples while the JVM boots; attach the code-cache map once VMStructs are readable."""
     deadline = time.monotonic() + JVM_START_TIMEOUT
-    last_error: Optional[PyprofError] = None
+    last_error: Optional[Exception] = None
     while time.monotonic() < deadline and not stop.reason:
         if child.poll() is not None:
             return   # exited before it was a JVM: the samples still make a (native) profile
         try:
             session.attach_jvm()
             return
-        except PyprofError as e:
+        except (PyprofError, MemoryReadError) as e:   # still booting: VMStructs or the code cache not ready
             last_error = e
         session.buffer_step(10)
     if not stop.reason:

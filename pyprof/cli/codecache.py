@@ -11,7 +11,7 @@ from typing import Any, Iterable, Optional
 import click
 
 from pyprof.cli.common import PID, emit_json, human_bytes, parse_address
-from pyprof.errors import MemoryReadError, NoSuchProcess, PyprofError, UsageError
+from pyprof.errors import MemoryReadError, ProcessExited, PyprofError, SourceUnavailable, UsageError
 from pyprof.hotspot.codecache import BlobKind, CodeBlobInfo, CodeCacheSnapshot, state_name
 from pyprof.sources import open_source
 from pyprof.sources.base import SOURCE_NAMES
@@ -27,7 +27,7 @@ LEVEL_NAMES = {0: "native", 1: "C1", 2: "C1+counters", 3: "C1+profile", 4: "C2"}
 
 source_option = click.option(
     "--source", type=click.Choice(SOURCE_NAMES), default="auto", show_default=True,
-    help="where the code-cache map comes from: the attach-free VMStructs reader or jcmd")
+    help="where the code-cache map comes from: the attach-free VMStructs reader, jcmd, or the pyprof agent")
 json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 
 
@@ -40,12 +40,17 @@ def _snapshot(pid: int, source: str, announce: bool) -> CodeCacheSnapshot:
     choice = open_source(pid, source)
     try:
         snap = choice.source.snapshot()
-    except MemoryReadError as e:
+    except (MemoryReadError, SourceUnavailable) as e:
         if not _alive(pid):
-            raise NoSuchProcess(f"process {pid} exited while its code cache was read") from e
+            raise ProcessExited(f"process {pid} exited while its code cache was read") from e
+        if isinstance(e, SourceUnavailable):
+            raise
         raise PyprofError(f"cannot read the code cache of {pid}: {e}") from e
     finally:
         choice.source.close()
+    # A JVM that exits mid-walk makes the rest of its heap unreadable: that is no partial answer.
+    if not _alive(pid):
+        raise ProcessExited(f"process {pid} exited while its code cache was read")
     if announce and source == "auto":
         click.echo(f"# source: {choice.source.name} ({choice.reason})", err=True)
     if snap.stats.invalid_total:
@@ -55,11 +60,14 @@ def _snapshot(pid: int, source: str, announce: bool) -> CodeCacheSnapshot:
 
 
 def _alive(pid: int) -> bool:
+    """Still running: /proc/PID exists and is not a zombie (whose memory is gone already)."""
     try:
-        with open(f"/proc/{pid}/stat"):
-            return True
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
     except OSError:
         return False
+    state = stat[stat.rfind(")") + 2 : stat.rfind(")") + 3]
+    return state not in ("Z", "X")
 
 
 def blob_json(b: CodeBlobInfo, snap: Optional[CodeCacheSnapshot] = None) -> dict[str, Any]:
@@ -99,7 +107,8 @@ def _text_row(b: CodeBlobInfo, major: int) -> str:
 def ls(pid: int, as_json: bool, kind: str, sort_key: str, source: str) -> None:
     """List compiled methods and other code blobs of JVM PID."""
     snap = _snapshot(pid, source, announce=not as_json)
-    blobs = [b for b in snap.blobs if kind == "all" or b.kind.value == kind]
+    # Like `jcmd Compiler.codelist`: not JDK 17's unloaded / zombie nmethods waiting for the sweeper.
+    blobs = [b for b in snap.blobs if b.alive and (kind == "all" or b.kind.value == kind)]
     blobs.sort(key=SORT_KEYS[sort_key])
     if as_json:
         emit_json([blob_json(b, snap) for b in blobs])
@@ -182,13 +191,16 @@ def compute_stats(snap: CodeCacheSnapshot, top: int = 10) -> dict[str, Any]:
         })
     by_level: dict[int, dict[str, int]] = defaultdict(lambda: {"count": 0, "bytes": 0})
     by_kind: dict[str, dict[str, int]] = defaultdict(lambda: {"count": 0, "bytes": 0})
+    dead = 0
     for b in snap.blobs:
         by_kind[b.kind.value]["count"] += 1
         by_kind[b.kind.value]["bytes"] += b.size
-        if b.is_nmethod:
+        if b.is_nmethod and b.alive:
             by_level[b.level]["count"] += 1
             by_level[b.level]["bytes"] += b.size
-    largest = sorted(snap.nmethods, key=lambda b: -b.size)[:top]
+        elif b.is_nmethod:
+            dead += 1
+    largest = sorted(snap.live_nmethods, key=lambda b: -b.size)[:top]
     states = Counter(b.state for b in snap.nmethods)
     return {
         "source": snap.source,
@@ -196,6 +208,8 @@ def compute_stats(snap: CodeCacheSnapshot, top: int = 10) -> dict[str, Any]:
         "tiers": {str(k): v for k, v in sorted(by_level.items())},
         "kinds": dict(sorted(by_kind.items(), key=lambda kv: -kv[1]["bytes"])),
         "nmethod_states": {str(k): v for k, v in sorted(states.items())},
+        # JDK 17: unloaded / zombie nmethods still occupying the heap (in "kinds", not in "tiers")
+        "dead_nmethods": dead,
         "largest": [{"method": b.method_name, "size": b.size, "level": b.level,
                      "compile_id": b.compile_id} for b in largest],
         "invalid_blobs": snap.stats.invalid_total,
@@ -239,8 +253,15 @@ def stats(pid: int, as_json: bool, top: int, source: str) -> None:
 @click.argument("pid", type=PID)
 @json_option
 @click.option("-d", "--duration", type=float, default=None, help="stop after SECONDS (default: Ctrl-C)")
-def watch(pid: int, as_json: bool, duration: Optional[float]) -> None:
+@click.option("--source", type=click.Choice(["auto", "agent"]), default="auto", show_default=True,
+              help="auto: uprobes on libjvm; agent: JFR events from the pyprof agent (loads it if needed)")
+def watch(pid: int, as_json: bool, duration: Optional[float], source: str) -> None:
     """Print a line per compile, unload and make-not-entrant, live (uprobes on libjvm)."""
+    if source == "agent":
+        from pyprof.cli.agent import watch_agent
+
+        watch_agent(pid, as_json, duration)
+        return
     from pyprof.hotspot.codecache import CodeCache
     from pyprof.hotspot.jvm import HotSpotJvm
     from pyprof.sources.live import CodeCacheChange, LiveCodeCache, monotonic_ns
@@ -278,9 +299,9 @@ def watch(pid: int, as_json: bool, duration: Optional[float]) -> None:
 
     try:
         snap = live.start()
-        if not as_json:
-            click.echo(f"# watching {jvm.description}: {len(snap.nmethods)} nmethods now; Ctrl-C stops",
-                       err=True)
+        # On stderr in --json mode too: it tells a consumer that the probes are attached.
+        click.echo(f"# watching {jvm.description}: {len(snap.live_nmethods)} nmethods now; Ctrl-C stops",
+                   err=True)
         deadline = None if duration is None else time.monotonic() + duration
         while not stop["now"] and (deadline is None or time.monotonic() < deadline):
             for change in live.poll(200):

@@ -20,16 +20,19 @@ def cli() -> None:
     Start here:
       pyprof doctor [PID]          what works on this machine and for this JVM
       pyprof attach PID -d 30      profile a running JVM for 30 s, write a pprof file
+      pyprof report cpu.pb.gz      read it: top, tree, flame graph (-o cpu.html), speedscope
+      pyprof top PID               live view of the hottest methods
       pyprof codecache ls PID      what the JIT has compiled, read attach-free
     """
 
 
 def _register_commands() -> None:
-    from pyprof.cli import attach, codecache, doctor
+    from pyprof.cli import agent, attach, codecache, doctor, report, top
 
+    cli.add_command(agent.agent)
     cli.add_command(codecache.codecache)
     cli.add_command(doctor.doctor)
-    for command in attach.COMMANDS:
+    for command in attach.COMMANDS + report.COMMANDS + top.COMMANDS:
         cli.add_command(command)
 
 

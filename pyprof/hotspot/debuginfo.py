@@ -7,7 +7,8 @@ bci + 1, ...) with the innermost method first; sender offset 0 ends the chain.
 (src/hotspot/share/code/{pcDesc,scopeDesc,debugInfo,compressedStream}.cpp, utilities/unsigned5.hpp)
 
 Return addresses have an exact PcDesc; for the top frame we take the first PcDesc at or after the PC
-(the debug info of the next safepoint, as JFR does). Every read is bounded: PcDesc tables, scope chains
+(the debug info of the next safepoint, as JFR does), or the last one before it (see nearest_scope).
+Every read is bounded: PcDesc tables, scope chains
 (MAX_SCOPES), stream lengths and metadata indexes are validated; a failure yields the nmethod's own
 method with an unknown line, never an exception the caller did not ask for.
 """
@@ -32,6 +33,7 @@ MAX_LINE_TABLE = 64 << 10
 MAX_METADATA = 1 << 20
 SCOPE_READ = 32            # bytes of scope stream read per scope record (3 ints of <= 5 bytes each)
 _PCDESC = struct.Struct("<iiii")
+SYNCHRONIZATION_ENTRY_BCI = -1
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,24 @@ def parse_line_table(data: bytes, excludes_zero: bool) -> list[tuple[int, int]]:
         out.append((bci, line))
 
 
+def nearest_scope(offsets: list[int], scopes: list[int], pc_offset: int) -> int:
+    """The scope offset describing `pc_offset` (0: none).
+
+    A return address has a PcDesc of its own. Other PCs (the top frame, or a call without debug info)
+    take the first PcDesc at or after them that has a scope, as HotSpot's pc_desc_near() does; past the
+    last one (the tail of a loop after its safepoint poll, or the epilogue: only the end sentinel, with
+    no scope, follows) the last PcDesc before them, which keeps the right inlining chain where HotSpot
+    would fall back to bci 0 of the outer method."""
+    i = bisect.bisect_left(offsets, pc_offset)
+    for j in range(i, len(offsets)):
+        if scopes[j] > 0:
+            return scopes[j]
+    for j in range(min(i, len(offsets)) - 1, -1, -1):
+        if scopes[j] > 0:
+            return scopes[j]
+    return 0
+
+
 class DebugInfo:
     """Decodes inlining chains and lines with caches; one per JVM."""
 
@@ -113,23 +133,24 @@ class DebugInfo:
         self.const_method_size = layout.type_size("ConstMethod", 56)
         self.line_bit = layout.has_linenumber_table_bit()
         self._pcdescs: dict[tuple[int, int], tuple[list[int], list[int], DebugRanges]] = {}
-        self._chains: dict[tuple[int, int, int, bool], tuple[JavaScope, ...]] = {}
+        self._chains: dict[tuple[int, int, int], tuple[JavaScope, ...]] = {}
         self._lines: dict[int, Optional[list[tuple[int, int]]]] = {}
+        self._generation = resolver.generation
         self.failures = 0
         self.available = all(layout.has(k) for k in ("nmethod._scopes_pcs_offset",)) and (
             layout.has("nmethod._immutable_data") or layout.has("nmethod._scopes_data_begin"))
 
     # ---- compiled frames -------------------------------------------------------------------------
-    def scopes_at(self, blob: CodeBlobInfo, pc: int, exact: bool) -> tuple[JavaScope, ...]:
+    def scopes_at(self, blob: CodeBlobInfo, pc: int) -> tuple[JavaScope, ...]:
         """Java frames at `pc` in nmethod `blob`, innermost first (empty if unknown)."""
         if not self.available or not blob.is_nmethod:
             return ()
-        key = (blob.address, blob.compile_id, pc, exact)
+        key = (blob.address, blob.compile_id, pc)
         cached = self._chains.get(key)
         if cached is not None:
             return cached
         try:
-            chain = self._decode_chain(blob, pc - blob.code_begin, exact)
+            chain = self._decode_chain(blob, pc - blob.code_begin)
         except (MemoryReadError, IndexError, struct.error):
             self.failures += 1
             chain = ()
@@ -158,15 +179,9 @@ class DebugInfo:
             self._pcdescs[key] = table
         return table
 
-    def _decode_chain(self, blob: CodeBlobInfo, pc_offset: int, exact: bool) -> tuple[JavaScope, ...]:
+    def _decode_chain(self, blob: CodeBlobInfo, pc_offset: int) -> tuple[JavaScope, ...]:
         offsets, scopes, ranges = self._pcdesc_table(blob)
-        i = bisect.bisect_left(offsets, pc_offset)
-        if exact and (i >= len(offsets) or offsets[i] != pc_offset):
-            # A return address without its own PcDesc: fall back to the nearest one after it.
-            exact = False
-        if i >= len(offsets):
-            return ()
-        scope_offset = scopes[i]
+        scope_offset = nearest_scope(offsets, scopes, pc_offset)
         chain: list[JavaScope] = []
         for _ in range(MAX_SCOPES):
             if scope_offset <= 0:   # serialized_null: no (more) scopes
@@ -196,7 +211,12 @@ class DebugInfo:
 
     # ---- line numbers ----------------------------------------------------------------------------
     def line_of(self, method: MethodInfo, bci: int) -> int:
-        """The source line of `bci` (Method::line_number_from_bci), 0 if unknown."""
+        """The source line of `bci` (Method::line_number_from_bci), 0 if unknown.
+
+        bci -1 (InvocationEntryBci / SynchronizationEntryBCI: a PcDesc at method entry, common for the
+        top frame's nearest PcDesc) counts as bci 0, as HotSpot (and so JFR and stack traces) does."""
+        if bci == SYNCHRONIZATION_ENTRY_BCI:
+            bci = 0
         if bci < 0 or not method.const_method:
             return 0
         table = self._line_table(method)
@@ -217,6 +237,9 @@ class DebugInfo:
 
     def _line_table(self, method: MethodInfo) -> Optional[list[tuple[int, int]]]:
         key = method.const_method
+        if self._generation != self.resolver.generation:   # ConstMethods may have been freed and reused
+            self._lines.clear()
+            self._generation = self.resolver.generation
         if key in self._lines:
             return self._lines[key]
         table = None

@@ -18,9 +18,10 @@ Version notes (x86_64), see docs/hotspot-versions.md:
 
 from __future__ import annotations
 
+import operator
 import struct
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 from pyprof.errors import UnsupportedJvm
 from pyprof.hotspot.vmstructs import VMStructs
@@ -105,6 +106,9 @@ FIELD_SPECS: dict[str, tuple[str, tuple[str, ...]]] = {
     "Klass._name": ("Klass", ("_name",)),
     "Symbol._length": ("Symbol", ("_length",)),
     "Symbol._body": ("Symbol", ("_body",)),
+    # GC count: metaspace (Method*, ConstantPool*, Symbol*) is only freed and reused after a GC
+    "Universe._collectedHeap": ("Universe", ("_collectedHeap",)),
+    "CollectedHeap._total_collections": ("CollectedHeap", ("_total_collections",)),
     # VM identity
     "Abstract_VM_Version._s_vm_release": ("Abstract_VM_Version", ("_s_vm_release",)),
     "Abstract_VM_Version._vm_major_version": ("Abstract_VM_Version", ("_vm_major_version",)),
@@ -249,6 +253,51 @@ class Layout:
         """Bytes to read to cover every field we decode of a type (at least its sizeof)."""
         ends = [f.offset + f.size for k, f in self.fields.items() if k.startswith(prefix) and not f.address]
         return max([self.type_size(type_name, 64)] + ends)
+
+    def unpacker(self, keys: Sequence[str]) -> Callable[[bytes, int], tuple]:
+        """A decoder of several instance fields at once: f(buf, base) -> their values in `keys` order.
+
+        One struct.unpack_from instead of one Field.get per field (the code-cache walk decodes ~10 fields
+        of 50k blobs). Keys this JVM does not publish decode as 0. Raises struct.error when `buf` is too
+        short from `base`.
+        """
+        fields = [self.fields.get(k) for k in keys]
+        slots: dict[tuple[int, int, bool], int] = {}
+        for f in sorted({(f.offset, f.size, f.signed) for f in fields if f is not None}):
+            slots[f] = len(slots)
+        fmt, pos = "<", 0
+        for offset, size, signed in slots:
+            if offset < pos or size not in (1, 2, 4, 8):   # overlapping or odd-sized: decode one by one
+                return self._slow_unpacker(fields)
+            fmt += f"{offset - pos}x" if offset > pos else ""
+            code = {1: "b", 2: "h", 4: "i", 8: "q"}[size]
+            fmt += code if signed else code.upper()
+            pos = offset + size
+        unpack = struct.Struct(fmt).unpack_from
+        missing = len(slots)
+        order = [slots[(f.offset, f.size, f.signed)] if f is not None else missing for f in fields]
+        if len(order) == 1:
+            only = order[0]
+            return lambda buf, base=0: ((unpack(buf, base) + (0,))[only],)
+        pick = operator.itemgetter(*order)
+        if missing in order:
+            return lambda buf, base=0: pick(unpack(buf, base) + (0,))
+        return lambda buf, base=0: pick(unpack(buf, base))
+
+    @staticmethod
+    def _slow_unpacker(fields: list[Optional[Field]]) -> Callable[[bytes, int], tuple]:
+        def unpack(buf: bytes, base: int = 0) -> tuple:
+            out = []
+            for f in fields:
+                if f is None:
+                    out.append(0)
+                    continue
+                start = base + f.offset
+                if start + f.size > len(buf):
+                    raise struct.error("buffer too short")
+                out.append(f.get(buf, base))
+            return tuple(out)
+        return unpack
 
     # ---- HeapBlock -------------------------------------------------------------------------------
     def heap_block(self, buf: bytes, off: int) -> tuple[int, bool]:

@@ -8,16 +8,24 @@ See src/hotspot/share/oops/{method,constMethod,constantPool,symbol}.hpp.
 
 from __future__ import annotations
 
+import struct
+import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 from pyprof.errors import MemoryReadError
 from pyprof.hotspot.layout import Layout
-from pyprof.procfs.memory import Reader
+from pyprof.procfs.memory import MemoryReader, Reader, check_range
 
 MAX_SYMBOL = 65535           # Symbol::_length is a u2
 SYMBOL_PREFETCH = 96         # most names fit in one read
 MAX_CACHE = 500_000
+PAGE = 4096                  # PagedMemory: metaspace is read a page at a time during a walk
+MAX_PAGES = 16_384           # 64 MiB of cached metaspace at most
+GC_CHECK_INTERVAL = 0.02     # s: how often resolve() looks at the GC count (one 4-byte read)
+_U16 = struct.Struct("<H")
+_I32 = struct.Struct("<i")
+_U64 = struct.Struct("<Q")
 
 
 @dataclass(frozen=True)
@@ -49,8 +57,90 @@ def external_class_name(internal: str) -> str:
     return name
 
 
+class PagedMemory:
+    """A read cache of whole pages over another MemoryReader, for one pass over many Method*s.
+
+    Resolving a Method* costs ~6 small reads (Method, ConstMethod, constant pool length and entries);
+    the Methods, ConstMethods and constant pool of one class sit next to each other in metaspace, so a
+    walk of 50k nmethods touches a few thousand pages instead of making 300k reads. Meant to live for one
+    walk (it never sees later writes). An unreadable page is remembered as such and fails every read that
+    touches it. Offers the typed reads MethodResolver uses (ptr, u16, i32, bytes), like a Reader.
+    """
+
+    def __init__(self, mem: MemoryReader, max_pages: int = MAX_PAGES) -> None:
+        self.mem = mem
+        self.max_pages = max_pages
+        self._pages: dict[int, Optional[bytes]] = {}
+        self.misses = 0
+
+    def _page(self, number: int) -> bytes:
+        if number in self._pages:
+            page = self._pages[number]
+        else:
+            if len(self._pages) >= self.max_pages:
+                self._pages.clear()
+            self.misses += 1
+            try:
+                page = self.mem.read(number * PAGE, PAGE)
+            except MemoryReadError:
+                page = None
+            self._pages[number] = page
+        if page is None:
+            raise MemoryReadError(f"page 0x{number * PAGE:x} unreadable")
+        return page
+
+    def read(self, address: int, size: int) -> bytes:
+        check_range(address, size)
+        first, last = address // PAGE, (address + size - 1) // PAGE
+        if size <= 0 or last - first > 1:
+            return self.mem.read(address, size)
+        page = self._page(first)
+        off = address - first * PAGE
+        if first == last:
+            return page[off : off + size]
+        return page[off:] + self._page(last)[: size - (PAGE - off)]
+
+    bytes = read
+
+    def view(self, address: int, size: int) -> tuple[bytes, int]:
+        """(buffer, offset) holding `size` bytes at `address`: the cached page itself when they fit in it."""
+        off = address & (PAGE - 1)
+        page = self._pages.get(address // PAGE) if address > 0 and off <= PAGE - size else None
+        if page is None:
+            return self.read(address, size), 0
+        return page, off
+
+    def _unpack(self, fmt: struct.Struct, address: int) -> int:
+        buf, off = self.view(address, fmt.size)
+        return fmt.unpack_from(buf, off)[0]
+
+    def ptr(self, address: int) -> int:
+        off = address & (PAGE - 1)
+        page = self._pages.get(address // PAGE) if address > 0 and off <= PAGE - 8 else None
+        if page is None:
+            return _U64.unpack(self.read(address, 8))[0]
+        return _U64.unpack_from(page, off)[0]
+
+    def u16(self, address: int) -> int:
+        return self._unpack(_U16, address)
+
+    def i32(self, address: int) -> int:
+        return self._unpack(_I32, address)
+
+
+# What MethodResolver reads through: a Reader (direct reads) or a PagedMemory (one walk).
+Reads = Union[Reader, PagedMemory]
+
+
 class MethodResolver:
-    """Resolves Method* pointers with caches; every failure is a MemoryReadError for the caller to count."""
+    """Resolves Method* pointers with caches; every failure is a MemoryReadError for the caller to count.
+
+    The caches are keyed by addresses in metaspace, which class unloading frees and a class loaded later
+    reuses: a class of the same shape gets its Method, ConstMethod and ConstantPool at the very addresses
+    of the unloaded one. Classes are only unloaded by a GC, so the caches are dropped whenever the GC count
+    (CollectedHeap::_total_collections) has moved; `generation` counts those drops for callers that cache
+    what they derived from a MethodInfo (DebugInfo's line tables).
+    """
 
     def __init__(self, reader: Reader, layout: Layout) -> None:
         self.r = reader
@@ -61,20 +151,64 @@ class MethodResolver:
         self.symbol_body_off = (
             layout.offset("Symbol._body") if layout.has("Symbol._body") else self.symbol_len_off + 2
         )
+        self._const_method_off = layout.offset("Method._constMethod")
+        self._cp_length_off = (layout.offset("ConstantPool._length") if layout.has("ConstantPool._length")
+                               else -1)
+        # constants, name index, signature index, code size, flags (0 when not published)
+        self._const_method_fields = layout.unpacker([
+            "ConstMethod._constants", "ConstMethod._name_index", "ConstMethod._signature_index",
+            "ConstMethod._code_size", "ConstMethod._flags"])
         self._methods: dict[int, tuple[int, MethodInfo]] = {}
         self._symbols: dict[int, str] = {}
-        self._holders: dict[int, tuple[str, str]] = {}   # ConstantPool* -> (class, source file)
+        self._holders: dict[int, tuple[str, str, int]] = {}   # ConstantPool* -> (class, source, length)
         self.failures = 0
+        self.generation = 0
+        self._gc_count_address: Optional[int] = None
+        self._gc_count: Optional[int] = None
+        self._gc_checked = 0.0
+        if layout.has("Universe._collectedHeap") and layout.has("CollectedHeap._total_collections"):
+            counter = layout["CollectedHeap._total_collections"]
+            self._gc_count_size = counter.size
+            try:
+                heap = reader.ptr(layout["Universe._collectedHeap"].address)
+            except MemoryReadError:
+                heap = 0
+            self._gc_count_address = heap + counter.offset if heap else None
 
-    def resolve(self, method: int) -> MethodInfo:
-        """The method behind a Method*; re-validated against its ConstMethod* so reuse is caught."""
-        lay = self.lay
-        const_method = self.r.ptr(method + lay.offset("Method._constMethod"))
+    def clear(self) -> None:
+        """Forget every cached Method, ConstantPool and Symbol."""
+        self._methods.clear()
+        self._symbols.clear()
+        self._holders.clear()
+        self.generation += 1
+
+    def _check_gc(self) -> None:
+        """Drop the caches if a GC ran (and so may have unloaded classes) since the last look."""
+        now = time.monotonic()
+        if self._gc_count_address is None or now - self._gc_checked < GC_CHECK_INTERVAL:
+            return
+        self._gc_checked = now
+        try:
+            count = self.r.uint(self._gc_count_address, self._gc_count_size)
+        except MemoryReadError:
+            return
+        if count != self._gc_count:
+            if self._gc_count is not None:
+                self.clear()
+            self._gc_count = count
+
+    def resolve(self, method: int, reader: Optional[Reads] = None) -> MethodInfo:
+        """The method behind a Method*; re-validated against its ConstMethod*, and against the GC count.
+
+        `reader`: read through this one instead of direct reads (a PagedMemory during a walk)."""
+        self._check_gc()
+        r = reader or self.r
+        const_method = r.ptr(method + self._const_method_off)
         cached = self._methods.get(method)
         if cached is not None and cached[0] == const_method:
             return cached[1]
         try:
-            info = self._resolve_const_method(const_method)
+            info = self._resolve_const_method(const_method, r)
         except MemoryReadError:
             self.failures += 1
             raise
@@ -89,63 +223,77 @@ class MethodResolver:
         except MemoryReadError:
             return None
 
-    def _resolve_const_method(self, const_method: int) -> MethodInfo:
-        lay = self.lay
-        raw = self.r.bytes(const_method, self.const_method_size)
-        cp = lay["ConstMethod._constants"].get(raw)
-        name_index = lay["ConstMethod._name_index"].get(raw)
-        sig_index = lay["ConstMethod._signature_index"].get(raw)
-        code_size = lay["ConstMethod._code_size"].get(raw) if lay.has("ConstMethod._code_size") else 0
-        flags = lay["ConstMethod._flags"].get(raw) if lay.has("ConstMethod._flags") else 0
-        holder, source = self._holder(cp)
-        name = self._cp_symbol(cp, name_index)
-        signature = self._cp_symbol(cp, sig_index)
-        return MethodInfo(holder, name, signature, source, const_method, code_size, flags)
+    def _resolve_const_method(self, const_method: int, r: Reads) -> MethodInfo:
+        if isinstance(r, PagedMemory):
+            raw, at = r.view(const_method, self.const_method_size)
+        else:
+            raw, at = r.bytes(const_method, self.const_method_size), 0
+        try:
+            cp, name_index, sig_index, code_size, flags = self._const_method_fields(raw, at)
+        except struct.error:
+            raise MemoryReadError("ConstMethod larger than its published size") from None
+        holder, source, cp_length = self._holders.get(cp) or self._holder(cp, r)
+        if not (0 < name_index < cp_length and 0 < sig_index < cp_length):
+            raise MemoryReadError(f"constant pool index {name_index}/{sig_index} outside 1..{cp_length - 1}")
+        entries = cp + self.cp_header
+        name_sym = r.ptr(entries + 8 * name_index) & ~1
+        sig_sym = r.ptr(entries + 8 * sig_index) & ~1
+        symbols = self._symbols
+        name = symbols.get(name_sym)
+        if name is None:
+            name = self.symbol(name_sym, r)
+        signature = symbols.get(sig_sym)
+        if signature is None:
+            signature = self.symbol(sig_sym, r)
+        # MethodInfo(...) without the frozen dataclass's per-field object.__setattr__ (a walk makes 50k)
+        info = object.__new__(MethodInfo)
+        info.__dict__.update(holder=holder, name=name, signature=signature, source_file=source,
+                             const_method=const_method, code_size=code_size, flags=flags)
+        return info
 
-    def _holder(self, cp: int) -> tuple[str, str]:
-        cached = self._holders.get(cp)
-        if cached is not None:
-            return cached
+    def _holder(self, cp: int, r: Reads) -> tuple[str, str, int]:
+        """(class name, source file, constant pool length) of a ConstantPool*."""
         lay = self.lay
-        klass = self.r.ptr(cp + lay.offset("ConstantPool._pool_holder"))
-        holder = external_class_name(self.symbol(self.r.ptr(klass + lay.offset("Klass._name"))))
+        cp_length = r.i32(cp + self._cp_length_off) if self._cp_length_off >= 0 else 1 << 16
+        klass = r.ptr(cp + lay.offset("ConstantPool._pool_holder"))
+        holder = external_class_name(self.symbol(r.ptr(klass + lay.offset("Klass._name")), r))
         source = ""
         if lay.has("ConstantPool._source_file_name_index"):
-            index = self.r.u16(cp + lay.offset("ConstantPool._source_file_name_index"))
+            index = r.u16(cp + lay.offset("ConstantPool._source_file_name_index"))
             if index:
                 try:
-                    source = self._cp_symbol(cp, index)
+                    source = self._cp_symbol(cp, index, r, cp_length)
                 except MemoryReadError:
                     source = ""
-        self._holders[cp] = (holder, source)
-        return holder, source
+        if len(self._holders) > MAX_CACHE:
+            self._holders.clear()
+        self._holders[cp] = (holder, source, cp_length)
+        return holder, source, cp_length
 
-    def _cp_symbol(self, cp: int, index: int) -> str:
-        if index <= 0:
-            raise MemoryReadError(f"bad constant pool index {index}")
-        if self.lay.has("ConstantPool._length"):
-            length = self.r.i32(cp + self.lay.offset("ConstantPool._length"))
-            if index >= length:
-                raise MemoryReadError(f"constant pool index {index} >= length {length}")
-        entry = self.r.ptr(cp + self.cp_header + 8 * index)
-        return self.symbol(entry & ~1)
+    def _cp_symbol(self, cp: int, index: int, r: Reads, cp_length: int) -> str:
+        if not 0 < index < cp_length:
+            raise MemoryReadError(f"constant pool index {index} outside 1..{cp_length - 1}")
+        entry = r.ptr(cp + self.cp_header + 8 * index) & ~1
+        cached = self._symbols.get(entry)
+        return cached if cached is not None else self.symbol(entry, r)
 
-    def symbol(self, address: int) -> str:
+    def symbol(self, address: int, reader: Optional[Reads] = None) -> str:
         """A Symbol's UTF-8 body (HotSpot uses modified UTF-8; names are ASCII in practice)."""
         cached = self._symbols.get(address)
         if cached is not None:
             return cached
         if address == 0:
             raise MemoryReadError("null Symbol*")
+        r = reader or self.r
         try:
-            head = self.r.bytes(address, SYMBOL_PREFETCH)
+            head = r.bytes(address, SYMBOL_PREFETCH)
         except MemoryReadError:
-            head = self.r.bytes(address, self.symbol_body_off)
+            head = r.bytes(address, self.symbol_body_off)
         length = int.from_bytes(head[self.symbol_len_off : self.symbol_len_off + 2], "little")
         if length > MAX_SYMBOL:
             raise MemoryReadError(f"symbol too long: {length}")
         end = self.symbol_body_off + length
-        body = head[self.symbol_body_off : end] if end <= len(head) else self.r.bytes(
+        body = head[self.symbol_body_off : end] if end <= len(head) else r.bytes(
             address + self.symbol_body_off, length)
         text = body.decode("utf-8", "replace")
         if len(self._symbols) > MAX_CACHE:

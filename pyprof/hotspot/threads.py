@@ -34,6 +34,7 @@ class JavaThreads:
         self.lay = jvm.layout
         self._by_tid: dict[int, int] = {}
         self._names: dict[int, str] = {}
+        self._stack_bases: dict[int, int] = {}
         self.objects = JavaObjects(jvm)
         self._last_refresh = 0.0
         self.available = all(self.lay.has(k) for k in (
@@ -68,6 +69,20 @@ class JavaThreads:
                 by_tid[tid] = thread
         self._by_tid = by_tid
         self._names = self._read_names(by_tid)
+        self._stack_bases = self._read_stack_bases(by_tid)
+
+    def _read_stack_bases(self, by_tid: dict[int, int]) -> dict[int, int]:
+        """Thread::_stack_base: the top (highest address) of each thread's stack."""
+        if not self.lay.has("JavaThread._stack_base"):
+            return {}
+        off = self.lay.offset("JavaThread._stack_base")
+        out = {}
+        for tid, thread in by_tid.items():
+            try:
+                out[tid] = self.r.ptr(thread + off)
+            except MemoryReadError:
+                continue
+        return out
 
     def _read_names(self, by_tid: dict[int, int]) -> dict[int, str]:
         names = {}
@@ -111,12 +126,17 @@ class JavaThreads:
     def tids(self) -> list[int]:
         return list(self._by_tid)
 
-    def anchor_addresses(self) -> dict[int, tuple[int, int, int]]:
-        """tid -> addresses of its JavaThread's _last_Java_sp, _pc and _fp (for the BPF sampler, which
-        reads them at the moment of each sample)."""
+    def anchor_addresses(self) -> dict[int, tuple[int, int, int, int]]:
+        """tid -> addresses of its JavaThread's _last_Java_sp, _pc and _fp, and its stack base (for the
+        BPF sampler, which reads the anchor at the moment of each sample and copies the stack up to the
+        base)."""
         if not self.available:
             return {}
+        return {tid: (*self._anchor_fields(thread), self._stack_bases.get(tid, 0))
+                for tid, thread in self._by_tid.items()}
+
+    def _anchor_fields(self, thread: int) -> tuple[int, int, int]:
         lay = self.lay
-        base = lay.offset("JavaThread._anchor")
-        sp, pc, fp = (lay.offset(f"JavaFrameAnchor._last_Java_{k}") for k in ("sp", "pc", "fp"))
-        return {tid: (t + base + sp, t + base + pc, t + base + fp) for tid, t in self._by_tid.items()}
+        anchor = thread + lay.offset("JavaThread._anchor")
+        return tuple(anchor + lay.offset(f"JavaFrameAnchor._last_Java_{k}")  # type: ignore[return-value]
+                     for k in ("sp", "pc", "fp"))

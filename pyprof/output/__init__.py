@@ -1,0 +1,109 @@
+"""Output formats: choosing one from a file name, and writing a profile atomically.
+
+attach/record write "pprof" and "collapsed" through write_profile; `pyprof report` adds its own formats
+(flame graph, speedscope) on top and only uses format_for_path for them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from typing import Optional
+
+from pyprof.errors import UsageError
+from pyprof.model import ProfileData
+
+_SUFFIX_FORMATS = (
+    (".pb.gz", "pprof"), (".pprof", "pprof"), (".pb", "pprof"),
+    (".txt", "collapsed"), (".folded", "collapsed"), (".collapsed", "collapsed"),
+    (".html", "flamegraph"),
+)
+TEMP_ATTEMPTS = 16
+
+
+def format_for_path(path: str) -> Optional[str]:
+    """The format a file name asks for, or None when its extension says nothing we know."""
+    name = os.path.basename(path).lower()
+    for suffix, fmt in _SUFFIX_FORMATS:
+        if name.endswith(suffix):
+            return fmt
+    if name.endswith(".json") and "speedscope" in name:
+        return "speedscope"
+    return None
+
+
+def render(profile: ProfileData, fmt: str, tiers: bool = True) -> bytes:
+    """The file content of `profile` in format `fmt` ("pprof" or "collapsed")."""
+    if fmt == "pprof":
+        from pyprof.output import pprof
+
+        return pprof.encode(profile, tiers=tiers)
+    if fmt == "collapsed":
+        from pyprof.output import collapsed
+
+        return collapsed.render(profile, tiers=tiers).encode("utf-8", errors="replace")
+    raise UsageError(f"unknown output format {fmt!r} (written here: pprof, collapsed)")
+
+
+def write_profile(profile: ProfileData, path: str, fmt: str, *, tiers: bool = True) -> None:
+    """Write `profile` to `path` atomically: readers see the old file or the complete new one, never a
+    partial one, and a failed write leaves nothing behind."""
+    write_atomically(path, render(profile, fmt, tiers))
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Temp file next to `path` (same filesystem, so the rename is atomic), fsync, rename over `path`.
+
+    Raises UsageError (one line) when the file cannot be written; the temp file never survives an error.
+    """
+    fd, temp = _create_temp(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException as e:
+        _remove_quietly(temp)
+        if isinstance(e, OSError):
+            raise UsageError(f"cannot write {path}: {e.strerror or e}") from e
+        raise
+    _sync_directory(os.path.dirname(os.path.abspath(path)))
+
+
+def _create_temp(path: str) -> tuple[int, str]:
+    directory = os.path.dirname(os.path.abspath(path))
+    # A dot name so that globs like *.pb.gz never pick up a half-written file.
+    prefix = os.path.join(directory, f".{os.path.basename(path)}.")
+    for _ in range(TEMP_ATTEMPTS):
+        temp = f"{prefix}{secrets.token_hex(4)}.tmp"
+        try:
+            # O_EXCL: never follow or reuse something already there; 0644 (before umask) unlike
+            # mkstemp's 0600, because a profile is meant to be read by other users' tools.
+            return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644), temp
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise UsageError(f"cannot write {path}: {e.strerror or e}") from e
+    raise UsageError(f"cannot write {path}: no free temporary name in {directory}")
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _sync_directory(directory: str) -> None:
+    """Make the rename itself durable; best effort (some filesystems refuse fsync on directories)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -45,7 +45,7 @@ class ProcessMemory:
         self.pid = pid
         try:
             self._fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError as e:
+        except (FileNotFoundError, ProcessLookupError) as e:   # ESRCH: exited, or exec replaces its mm
             raise NoSuchProcess(f"no such process: {pid}") from e
         except PermissionError as e:
             raise PermissionDenied(

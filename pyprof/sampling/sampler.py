@@ -101,14 +101,16 @@ class Sampler:
         self._callback = None
 
     def start(self) -> None:
+        """Compile, load and attach; samples flow once a target pid is set (the constructor's, or
+        set_target() later: `record` attaches before it starts the JVM)."""
         features.require_sampling(force=self.force)
-        if not os.path.exists(f"/proc/{self.pid}"):
+        if self.pid and not os.path.exists(f"/proc/{self.pid}"):
             raise NoSuchProcess(f"no such process: {self.pid}")
         from bcc import PerfSWConfig, PerfType
 
         record = _STACK_OFFSET + self.stack_bytes
         cpus = os.cpu_count() or 1
-        cflags = [f"-DTARGET_PID={self.pid}", f"-DSTACK_BYTES={self.stack_bytes}",
+        cflags = [f"-DSTACK_BYTES={self.stack_bytes}",
                   f"-DKSTACK_DEPTH={KSTACK_DEPTH}",
                   f"-DRINGBUF_PAGES={ringbuf_pages(self.rate_hz, record, cpus)}"]
         bpf = load_bpf("sampler.c", cflags)
@@ -121,6 +123,14 @@ class Sampler:
             close_bpf(bpf)
             raise MissingKernelFeature(f"cannot attach the cpu-clock perf event: {e}") from e
         self._bpf = bpf
+        if self.pid:
+            self.set_target(self.pid)
+
+    def set_target(self, pid: int) -> None:
+        self.pid = pid
+        if self._bpf is not None:
+            table = self._bpf["target"]
+            table[ctypes.c_int(0)] = ctypes.c_uint32(pid)
 
     def _on_sample(self, _ctx, data, size) -> int:
         self._pending.append(decode_sample(data, size))
@@ -139,8 +149,9 @@ class Sampler:
         out, self._pending = self._pending, []
         return out
 
-    def set_java_threads(self, anchors: dict[int, tuple[int, int, int]]) -> None:
-        """tid -> addresses of its JavaThread's last_Java_sp/pc/fp; threads no longer listed are removed."""
+    def set_java_threads(self, anchors: dict[int, tuple[int, int, int, int]]) -> None:
+        """tid -> addresses of its JavaThread's last_Java_sp/pc/fp and its stack base; threads no longer
+        listed are removed."""
         if self._bpf is None:
             return
         table = self._bpf["java_threads"]
@@ -151,8 +162,8 @@ class Sampler:
                     del table[key]
                 except KeyError:
                     pass
-        for tid, (sp, pc, fp) in anchors.items():
-            table[key_type(tid)] = leaf_type(sp, pc, fp)
+        for tid, (sp, pc, fp, base) in anchors.items():
+            table[key_type(tid)] = leaf_type(sp, pc, fp, base)
 
     def counters(self) -> SamplerCounters:
         if self._bpf is None:

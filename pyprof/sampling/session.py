@@ -7,7 +7,6 @@ meanwhile is still in the live map's graveyard).
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pyprof.hotspot.jvm import HotSpotJvm
 from pyprof.hotspot.method import MethodResolver
 from pyprof.hotspot.threads import JavaThreads
 from pyprof.model import FrameKind, ProfileData, StackKey
+from pyprof.procfs.process import is_running
 from pyprof.sampling.threadnames import ThreadNames
 from pyprof.sampling.unwind import Unwinder
 from pyprof.sources.live import LiveCodeCache
@@ -46,6 +46,9 @@ class SessionStats:
     code_events_lost: int = 0
     dropped_early: int = 0       # samples taken before the JVM was readable, over the buffer bound
     first_sample_s: Optional[float] = None
+    startup_s: float = 0.0         # wall time from the start to sampling with the code-cache map live
+    startup_cpu_s: float = 0.0     # pyprof's CPU for that (BPF compilation, the code-cache walk)
+    sampling_cpu_s: float = 0.0    # pyprof's CPU from then to the end (unwinding, aggregation)
     self_counts: Counter = field(default_factory=Counter)   # leaf Java/native function -> samples
 
     @property
@@ -66,8 +69,9 @@ class ProfileSession:
         self.names = ThreadNames(pid)
         self.threads: Optional[JavaThreads] = None
         self._started_monotonic = 0.0
+        self._started_cpu = time.process_time()
         self._threads_refreshed = 0.0
-        self._pushed_anchors: dict[int, tuple[int, int, int]] = {}
+        self._pushed_anchors: dict[int, tuple[int, int, int, int]] = {}
         self._closed = False
         self._buffered: list = []
 
@@ -81,6 +85,19 @@ class ProfileSession:
         self.attach_jvm()
         self.start_sampler()
         self._push_threads()
+        self._mark_ready()
+
+    def _mark_ready(self) -> None:
+        """Start-up is over: the sampler runs and the code-cache map is live."""
+        self.stats.startup_s = time.monotonic() - self._started_monotonic
+        self.stats.startup_cpu_s = time.process_time() - self._started_cpu
+
+    def retarget(self, pid: int) -> None:
+        """Sample `pid` from now on (record: the sampler runs before the JVM exists)."""
+        self.pid = pid
+        self.names = ThreadNames(pid)
+        if self.sampler is not None:
+            self.sampler.set_target(pid)
 
     def start_sampler(self) -> None:
         from pyprof.sampling.sampler import Sampler
@@ -101,11 +118,12 @@ class ProfileSession:
             self._started_monotonic = time.monotonic()
             self.profile.start_time_ns = time.time_ns()
         jvm = jvm or HotSpotJvm.open(self.pid)
+        resolver = MethodResolver(jvm.reader, jvm.layout)
+        live = LiveCodeCache(jvm, CodeCache(jvm, resolver))
         try:
-            resolver = MethodResolver(jvm.reader, jvm.layout)
-            live = LiveCodeCache(jvm, CodeCache(jvm, resolver))
-            live.start()
+            live.start(require_probes=False)
         except BaseException:
+            live.close()   # the probes may be attached already when the walk fails
             jvm.close()
             raise
         self.jvm, self.live = jvm, live
@@ -123,6 +141,8 @@ class ProfileSession:
         ]
         buffered, self._buffered = self._buffered, []
         self._process(buffered)
+        if self.sampler is not None:   # record: the sampler ran while the JVM booted
+            self._mark_ready()
 
     def buffer_step(self, timeout_ms: int) -> None:
         """Before the JVM is readable (record): keep raw samples, bounded."""
@@ -191,7 +211,7 @@ class ProfileSession:
             self.stats.self_counts[frames[0].frames[0].name] += 1
 
     def target_alive(self) -> bool:
-        return os.path.exists(f"/proc/{self.pid}")
+        return is_running(self.pid)
 
     def finish(self) -> ProfileData:
         """Drain what is left, close everything, fill in the profile's totals. Safe to call twice."""
@@ -204,6 +224,8 @@ class ProfileSession:
         except (MemoryReadError, NoSuchProcess):
             pass
         self._collect_counters()
+        if self.stats.startup_s:
+            self.stats.sampling_cpu_s = time.process_time() - self._started_cpu - self.stats.startup_cpu_s
         for closer in (self.sampler, self.live, self.jvm):
             if closer is not None:
                 try:

@@ -324,7 +324,7 @@ class Unwinder:
         if not blob.is_nmethod:
             return (LogicalFrame(f"[{blob.name}]", FrameKind.JVM_STUB, blob.kind.value),)
         tier = _tier_kind(blob.level)
-        scopes = self.debug.scopes_at(blob, pc, exact=not top)
+        scopes = self.debug.scopes_at(blob, pc)
         if scopes:
             last = len(scopes) - 1
             return tuple(self._logical_for(s.method_ptr, s.method, tier if i == last else FrameKind.INLINED,

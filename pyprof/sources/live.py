@@ -87,11 +87,21 @@ class LiveCodeCache:
     _pending: list[CodeCacheChange] = field(default_factory=list)
     _not_entrant: set = field(default_factory=set)      # (address, compile_id) already reported
     _bpf: object = None
+    degraded: str = ""     # why there are no live probes ("" when they work)
 
     # ---- life cycle ------------------------------------------------------------------------------
-    def start(self) -> CodeCacheSnapshot:
-        """Attach the probes, then walk the cache and apply what happened meanwhile."""
-        self._attach()
+    def start(self, require_probes: bool = True) -> CodeCacheSnapshot:
+        """Attach the probes, then walk the cache and apply what happened meanwhile.
+
+        Without probes (stripped libjvm, no uprobes, an attach that failed) and `require_probes` False,
+        the map still works: a PC that misses it is looked up in the target's segment map (lookup()).
+        """
+        try:
+            self._attach()
+        except SourceUnavailable as e:
+            if require_probes:
+                raise
+            self.degraded = str(e)
         snap = self.cache.walk()
         self.snapshot = snap
         for blob in snap.blobs:
@@ -108,15 +118,19 @@ class LiveCodeCache:
             raise SourceUnavailable("libjvm has no register_nmethod/CodeCache::free symbols (stripped?): "
                                     "live updates need an unstripped libjvm")
         bpf = load_bpf("nmethod_events.c")
-        for handler, names in symbols.items():
-            for name in names:
-                sym = self.jvm.symbols.lookup(name)
-                # By link-time address (bcc turns it into a file offset): local and .part.0 symbols
-                # need no name resolution, and the path is the file the JVM really mapped.
-                bpf.attach_uprobe(name=self.jvm.libjvm_open_path, addr=sym.value, fn_name=handler,
-                                  pid=self.jvm.pid)
-                self.counters["probes"] += 1
-        bpf["events"].open_ring_buffer(self._on_event)
+        try:
+            for handler, names in symbols.items():
+                for name in names:
+                    sym = self.jvm.symbols.lookup(name)
+                    # By link-time address (bcc turns it into a file offset): local and .part.0 symbols
+                    # need no name resolution, and the path is the file the JVM really mapped.
+                    bpf.attach_uprobe(name=self.jvm.libjvm_open_path, addr=sym.value, fn_name=handler,
+                                      pid=self.jvm.pid)
+                    self.counters["probes"] += 1
+            bpf["events"].open_ring_buffer(self._on_event)
+        except Exception as e:  # bcc raises plain Exception
+            close_bpf(bpf)
+            raise SourceUnavailable(f"cannot attach uprobes to libjvm of {self.jvm.pid}: {e}") from e
         self._bpf = bpf
 
     def close(self) -> None:
@@ -219,7 +233,12 @@ class LiveCodeCache:
         return [self._by_address[a] for a in self._starts]
 
     def lookup(self, pc: int, time_ns: Optional[int] = None) -> Optional[CodeBlobInfo]:
-        """The blob that held `pc` at `time_ns` (now if None)."""
+        """The blob that held `pc` at `time_ns` (now if None).
+
+        A miss is looked up in the target's own segment map (a couple of reads): code compiled after the
+        walk whose event has not arrived, or all new code when there are no probes. PCs outside the code
+        heaps return at once.
+        """
         i = bisect.bisect_right(self._starts, pc) - 1
         if i >= 0:
             blob = self._by_address[self._starts[i]]
@@ -229,7 +248,21 @@ class LiveCodeCache:
             for freed_at, blob in reversed(self._graveyard):
                 if freed_at >= time_ns and blob.contains(pc):
                     return blob
-        return None
+        return self._lookup_in_target(pc)
+
+    def _lookup_in_target(self, pc: int) -> Optional[CodeBlobInfo]:
+        try:
+            blob = self.cache.blob_at(pc)
+        except MemoryReadError:
+            self.counters["segmap_failures"] += 1
+            return None
+        if blob is None:
+            return None
+        self.counters["segmap_lookups"] += 1
+        if blob.address not in self._by_address:
+            bisect.insort(self._starts, blob.address)
+        self._by_address[blob.address] = blob
+        return blob
 
 
 def monotonic_ns() -> int:

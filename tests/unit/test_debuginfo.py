@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pyprof.errors import MemoryReadError
-from pyprof.hotspot.debuginfo import parse_line_table, read_unsigned5
+from pyprof.hotspot.debuginfo import nearest_scope, parse_line_table, read_unsigned5
 
 
 def encode_unsigned5(value: int, excludes_zero: bool) -> bytes:
@@ -65,3 +65,25 @@ def test_line_table_without_terminator_raises_index_error() -> None:
     # GIVEN a truncated table  WHEN parsed  THEN the caller is told to read more (IndexError)
     with pytest.raises(IndexError):
         parse_line_table(bytes([0x0D, 0x21]), False)
+
+
+# PcDesc tables as HotSpot lays them out: a sentinel at pc -1 and one at the end, both without a scope.
+OFFSETS = [-1, 40, 96, 170, 281]
+SCOPES = [0, 12, 30, 18, 0]
+
+
+@pytest.mark.parametrize("pc_offset, scope", [
+    (96, 30),     # a return address: its own PcDesc
+    (50, 30),     # the top frame inside the body: the next safepoint's PcDesc
+    (0, 12),      # before the first PcDesc (prologue): the first one
+    (186, 18),    # past the last real PcDesc (loop tail, epilogue): the last one before it
+    (500, 18),    # past everything
+])
+def test_nearest_scope(pc_offset: int, scope: int) -> None:
+    # GIVEN an nmethod's PcDescs  WHEN a PC is described  THEN the scope is the one HotSpot would use,
+    # or, past the last PcDesc, the last real one instead of none
+    assert nearest_scope(OFFSETS, SCOPES, pc_offset) == scope
+
+
+def test_nearest_scope_of_a_table_without_scopes_is_none() -> None:
+    assert nearest_scope([-1, 50], [0, 0], 10) == 0

@@ -1,0 +1,344 @@
+"""pprof (profile.proto, gzip-compressed): the writer, and a reader for pyprof's and other tools' files.
+
+What the writer puts in, and why:
+- two sample types, `samples/count` and `cpu/nanoseconds` ([n, n * period]); the default is `cpu`;
+- every native library as a Mapping flagged as already symbolized, so `go tool pprof` never tries (and
+  warns about failing) to re-symbolize it from files that may not exist on the reading machine;
+- one Location per machine frame, with one Line per logical frame (innermost first, pprof's order for
+  inlining), so a C2 frame with inlined callees is one address and several functions;
+- JIT code, the interpreter and the kernel have no file: their Locations have no mapping (mapping_id
+  0). `go tool pprof` only ever symbolizes Locations through their mapping, so these are left alone and
+  cause no warning (checked with go 1.19's pprof and upstream's symbolizer); a synthetic "[jit]" mapping
+  would only add a fake address range and could become the profile's "main binary" in pprof's header;
+- `thread` / `tid` labels on every sample; lost samples and unknown frames as parseable comments.
+
+The output is deterministic: samples are sorted, ids follow that order, and the gzip header has no time.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+from typing import Optional, Union
+
+from pyprof.errors import UsageError
+from pyprof.model import (
+    FrameKind,
+    LogicalFrame,
+    Mapping,
+    PhysicalFrame,
+    ProfileData,
+    StackKey,
+    display_name,
+    split_display_name,
+)
+from pyprof.output.proto import profile_pb2
+
+KERNEL_START = 0xFFFF_8000_0000_0000   # x86_64: every kernel address is above the canonical hole
+KERNEL_MAPPING = "[kernel.kallsyms]"    # perf's name for the kernel (pprof allows a suffix: "..._text")
+_GZIP_MAGIC = b"\x1f\x8b"
+_COUNTER_COMMENT = re.compile(r"(lost_samples|unknown_frames)=(\d+)")
+# async-profiler's frame-type annotations (`--cstack`, `-a`), and perf's kernel marker
+_MARKERS: dict[str, FrameKind] = {
+    "_[j]": FrameKind.C2, "_[1]": FrameKind.C1, "_[0]": FrameKind.INTERPRETED, "_[i]": FrameKind.INLINED,
+    "_[k]": FrameKind.KERNEL, " [k]": FrameKind.KERNEL,
+}
+_THREAD_LABELS = ("thread", "thread_name", "thread name")
+_TID_LABELS = ("tid", "thread_id", "thread id")
+
+
+# ---- writing ---------------------------------------------------------------------------------------
+
+class _Strings:
+    """The string table: index 0 is "", every string stored once."""
+
+    def __init__(self) -> None:
+        self.table: list[str] = [""]
+        self._index: dict[str, int] = {"": 0}
+
+    def __call__(self, text: str) -> int:
+        index = self._index.get(text)
+        if index is None:
+            index = self._index[text] = len(self.table)
+            self.table.append(_valid_utf8(text))
+        return index
+
+
+def _valid_utf8(text: str) -> str:
+    """protobuf strings must be UTF-8: a Java thread name can hold a lone surrogate, a comm raw bytes."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", errors="replace").decode("utf-8")
+
+
+def _sample_order(key: StackKey) -> tuple:
+    """Sort key making the output independent of the order samples were aggregated in."""
+    return key.thread_name, key.tid, tuple(frame.address for frame in key.frames)
+
+
+class _Encoder:
+    def __init__(self, profile: ProfileData, tiers: bool) -> None:
+        self.profile = profile
+        self.tiers = tiers
+        self.pb = profile_pb2.Profile()
+        self.s = _Strings()
+        self.keys = sorted(profile.counts, key=_sample_order)
+        self.mapping_ids: dict[Mapping, int] = {}
+        self.function_ids: dict[tuple[str, str, str], int] = {}
+        self.location_ids: dict[PhysicalFrame, int] = {}
+        # The profile keeps every frame alive while we encode, so id() is a stable key, and much cheaper
+        # than hashing frames (stacks share frame objects: most lookups hit here).
+        self.location_by_identity: dict[int, int] = {}
+
+    def encode(self) -> bytes:
+        self._header()
+        self._mappings()
+        for key in self.keys:
+            self._sample(key, self.profile.counts[key])
+        self._comments()
+        self.pb.string_table.extend(self.s.table)
+        # mtime=0: the same profile gives the same bytes
+        return gzip.compress(self.pb.SerializeToString(), compresslevel=6, mtime=0)
+
+    def _header(self) -> None:
+        pb, s = self.pb, self.s
+        pb.sample_type.add(type=s("samples"), unit=s("count"))
+        pb.sample_type.add(type=s("cpu"), unit=s("nanoseconds"))
+        pb.period_type.type = s("cpu")
+        pb.period_type.unit = s("nanoseconds")
+        pb.period = self.profile.period_ns
+        pb.time_nanos = self.profile.start_time_ns
+        pb.duration_nanos = self.profile.duration_ns
+        pb.default_sample_type = s("cpu")
+
+    def _mappings(self) -> None:
+        """Every mapping some frame is in, sorted by address (ids do not depend on sample order)."""
+        used = {frame.mapping for key in self.keys for frame in key.frames if frame.mapping is not None}
+        for m in sorted(used, key=lambda m: (m.start, m.limit, m.offset, m.filename, m.build_id)):
+            # Every frame we write is already symbolized: the has_* flags stop pprof from opening the
+            # file (which warns when it is missing, or differs, on the machine reading the profile).
+            self.mapping_ids[m] = len(self.pb.mapping) + 1
+            self.pb.mapping.add(id=self.mapping_ids[m], memory_start=m.start, memory_limit=m.limit,
+                                file_offset=m.offset, filename=self.s(m.filename),
+                                build_id=self.s(m.build_id), has_functions=True, has_filenames=True,
+                                has_line_numbers=True, has_inline_frames=True)
+
+    def _sample(self, key: StackKey, count: int) -> None:
+        sample = self.pb.sample.add()
+        known = self.location_by_identity
+        sample.location_id.extend([known.get(id(frame)) or self._location(frame) for frame in key.frames])
+        sample.value.extend((count, count * self.profile.period_ns))
+        sample.label.add(key=self.s("thread"), str=self.s(key.thread_name))
+        sample.label.add(key=self.s("tid"), num=key.tid)
+
+    def _location(self, frame: PhysicalFrame) -> int:
+        location_id = self.location_ids.get(frame)   # an equal frame, as another object
+        if location_id is None:
+            location_id = self.location_ids[frame] = self._add_location(frame)
+        self.location_by_identity[id(frame)] = location_id
+        return location_id
+
+    def _add_location(self, frame: PhysicalFrame) -> int:
+        location_id = len(self.pb.location) + 1
+        mapping_id = self.mapping_ids[frame.mapping] if frame.mapping is not None else 0
+        location = self.pb.location.add(id=location_id, address=frame.address, mapping_id=mapping_id)
+        for logical in frame.frames:   # innermost first, as pprof wants: the last Line is the caller
+            location.line.add(function_id=self._function(logical), line=max(logical.line, 0))
+        return location_id
+
+    def _function(self, logical: LogicalFrame) -> int:
+        name = display_name(logical, self.tiers)
+        key = (name, logical.system_name or logical.name, logical.filename)
+        function_id = self.function_ids.get(key)
+        if function_id is None:
+            function_id = self.function_ids[key] = len(self.pb.function) + 1
+            self.pb.function.add(id=function_id, name=self.s(key[0]), system_name=self.s(key[1]),
+                                 filename=self.s(key[2]))
+        return function_id
+
+    def _comments(self) -> None:
+        p = self.profile
+        texts = [*p.comments, f"lost_samples={p.lost_samples}", f"unknown_frames={p.unknown_frames}"]
+        self.pb.comment.extend(self.s(text) for text in texts)
+
+
+def encode(profile: ProfileData, tiers: bool = True) -> bytes:
+    """The profile as gzip-compressed profile.proto."""
+    return _Encoder(profile, tiers).encode()
+
+
+# ---- reading ---------------------------------------------------------------------------------------
+
+def _load(source: Union[str, os.PathLike, bytes]) -> tuple[bytes, str]:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source), "profile data"
+    try:
+        with open(source, "rb") as f:
+            return f.read(), os.fspath(source)
+    except OSError as e:
+        raise UsageError(f"cannot read {os.fspath(source)}: {e.strerror}") from e
+
+
+def _parse(data: bytes, what: str) -> profile_pb2.Profile:
+    try:
+        if data.startswith(_GZIP_MAGIC):
+            data = gzip.decompress(data)
+        return profile_pb2.Profile.FromString(data)
+    except Exception as e:  # noqa: BLE001 - gzip, zlib and protobuf each raise their own errors
+        raise UsageError(f"cannot read {what}: not a pprof profile ({e})") from e
+
+
+def _strip_marker(name: str) -> tuple[str, Optional[FrameKind]]:
+    for marker, kind in _MARKERS.items():
+        if name.endswith(marker):
+            return name[: -len(marker)], kind
+    return name, None
+
+
+def _kind_of(name: str, address: int, mapping_file: str) -> tuple[str, FrameKind]:
+    """(plain name, kind) of a function read from any tool's pprof, best effort for other tools."""
+    plain, kind = split_display_name(name)
+    if kind is None:
+        plain, kind = _strip_marker(name)
+    if kind is not None:
+        return plain, kind
+    if address >= KERNEL_START or mapping_file.startswith(KERNEL_MAPPING):
+        return name, FrameKind.KERNEL
+    if mapping_file:
+        return name, FrameKind.NATIVE
+    if not name or name.startswith("[unknown"):
+        return name or "[unknown]", FrameKind.UNKNOWN
+    if name.startswith("[") and name.endswith("]"):
+        return name, FrameKind.JVM_STUB   # pyprof names stubs "[StubRoutines]", "[Interpreter]", ...
+    return name, FrameKind.NATIVE
+
+
+class _Decoder:
+    def __init__(self, pb: profile_pb2.Profile) -> None:
+        self.pb = pb
+        self.strings = list(pb.string_table)
+        self.mappings = {m.id: m for m in pb.mapping}
+        self.functions = {f.id: f for f in pb.function}
+        self.locations = {loc.id: loc for loc in pb.location}
+        self.frames: dict[int, PhysicalFrame] = {}
+        self.model_mappings: dict[int, Optional[Mapping]] = {}
+
+    def _s(self, index: int) -> str:
+        """A string-table entry; a bad index (a broken writer) reads as ""."""
+        return self.strings[index] if 0 <= index < len(self.strings) else ""
+
+    def decode(self) -> ProfileData:
+        profile = ProfileData()
+        self._header(profile)
+        count_index, ns_index = self._value_indexes()
+        for sample in self.pb.sample:
+            count = self._count(sample, count_index, ns_index, profile.period_ns)
+            if count > 0:
+                profile.add(self._key(sample), count)
+        return profile
+
+    def _header(self, profile: ProfileData) -> None:
+        pb = self.pb
+        if pb.period > 0 and self._s(pb.period_type.unit) == "nanoseconds":
+            profile.period_ns = pb.period
+        profile.start_time_ns = pb.time_nanos
+        profile.duration_ns = pb.duration_nanos
+        for index in pb.comment:
+            text = self._s(index)
+            counter = _COUNTER_COMMENT.fullmatch(text)
+            if counter is None:
+                profile.comments.append(text)
+            else:
+                setattr(profile, counter.group(1), int(counter.group(2)))
+
+    def _value_indexes(self) -> tuple[Optional[int], Optional[int]]:
+        """Where the sample count is, and where CPU time in ns is (either may be missing)."""
+        count_index = ns_index = None
+        for i, vt in enumerate(self.pb.sample_type):
+            unit = self._s(vt.unit)
+            if unit == "count" and count_index is None:
+                count_index = i
+            elif unit == "nanoseconds" and ns_index is None:
+                ns_index = i
+        return count_index, ns_index
+
+    @staticmethod
+    def _count(sample: profile_pb2.Sample, count_index: Optional[int], ns_index: Optional[int],
+               period_ns: int) -> int:
+        values = sample.value
+        if count_index is not None and count_index < len(values):
+            return values[count_index]
+        if ns_index is not None and ns_index < len(values) and period_ns > 0:
+            return round(values[ns_index] / period_ns)
+        return values[0] if values else 0
+
+    def _key(self, sample: profile_pb2.Sample) -> StackKey:
+        thread_name, tid = "", 0
+        for label in sample.label:
+            key = self._s(label.key)
+            if key in _THREAD_LABELS and label.str:
+                thread_name = self._s(label.str)
+            elif key in _TID_LABELS:
+                tid = self._number(label, tid)
+        frames = tuple(self._frame(location_id) for location_id in sample.location_id)
+        return StackKey(frames, thread_name, tid)
+
+    def _number(self, label: profile_pb2.Label, default: int) -> int:
+        """A numeric label's value; some tools write numbers as string labels."""
+        if label.num:
+            return label.num
+        text = self._s(label.str)
+        return int(text) if text.isdigit() else default
+
+    def _frame(self, location_id: int) -> PhysicalFrame:
+        frame = self.frames.get(location_id)
+        if frame is None:
+            frame = self.frames[location_id] = self._build_frame(location_id)
+        return frame
+
+    def _build_frame(self, location_id: int) -> PhysicalFrame:
+        location = self.locations.get(location_id)
+        if location is None:
+            return PhysicalFrame(0, (LogicalFrame("[unknown]", FrameKind.UNKNOWN),))
+        pb_mapping = self.mappings.get(location.mapping_id)
+        mapping_file = self._s(pb_mapping.filename) if pb_mapping is not None else ""
+        logical = tuple(self._logical(line, location.address, mapping_file) for line in location.line)
+        if not logical:
+            logical = (self._unsymbolized(location.address, pb_mapping),)
+        return PhysicalFrame(location.address, logical, self._mapping(location.mapping_id))
+
+    def _logical(self, line: profile_pb2.Line, address: int, mapping_file: str) -> LogicalFrame:
+        function = self.functions.get(line.function_id)
+        if function is None:
+            return LogicalFrame("[unknown]", FrameKind.UNKNOWN, line=max(line.line, 0))
+        name, kind = _kind_of(self._s(function.name), address, mapping_file)
+        return LogicalFrame(name, kind, self._s(function.system_name), self._s(function.filename),
+                            max(line.line, 0))
+
+    def _unsymbolized(self, address: int, pb_mapping: Optional[profile_pb2.Mapping]) -> LogicalFrame:
+        """A Location without Lines (an unsymbolized profile): `library+0xFILE_OFFSET`, or its address."""
+        if address >= KERNEL_START:
+            return LogicalFrame(f"[kernel 0x{address:x}]", FrameKind.KERNEL)
+        if pb_mapping is None or not self._s(pb_mapping.filename):
+            return LogicalFrame(f"[unknown 0x{address:x}]", FrameKind.UNKNOWN)
+        library = self._s(pb_mapping.filename)
+        offset = address - pb_mapping.memory_start + pb_mapping.file_offset
+        return LogicalFrame(f"{library.rsplit('/', 1)[-1]}+0x{offset:x}", FrameKind.NATIVE, "", library)
+
+    def _mapping(self, mapping_id: int) -> Optional[Mapping]:
+        if mapping_id not in self.model_mappings:
+            m = self.mappings.get(mapping_id)
+            filename = self._s(m.filename) if m is not None else ""
+            self.model_mappings[mapping_id] = (
+                None if m is None or filename.startswith(KERNEL_MAPPING)
+                else Mapping(m.memory_start, m.memory_limit, m.file_offset, filename, self._s(m.build_id)))
+        return self.model_mappings[mapping_id]
+
+
+def read_pprof(source: Union[str, os.PathLike, bytes]) -> ProfileData:
+    """A ProfileData from a pprof file (gzip-compressed or raw profile.proto) or its bytes."""
+    data, what = _load(source)
+    return _Decoder(_parse(data, what)).decode()
