@@ -12,7 +12,9 @@ import click
 
 from pyprof.cli.common import PID, emit_json, human_bytes, parse_address
 from pyprof.errors import MemoryReadError, ProcessExited, PyprofError, SourceUnavailable, UsageError
-from pyprof.hotspot.codecache import BlobKind, CodeBlobInfo, CodeCacheSnapshot, state_name
+from pyprof.hotspot.codecache import BlobKind, CodeBlobInfo, CodeCacheSnapshot
+from pyprof.hotspot.layout import nmethod_state_name
+from pyprof.procfs.process import is_running
 from pyprof.sources import open_source
 from pyprof.sources.base import SOURCE_NAMES
 
@@ -41,7 +43,7 @@ def _snapshot(pid: int, source: str, announce: bool) -> CodeCacheSnapshot:
     try:
         snap = choice.source.snapshot()
     except (MemoryReadError, SourceUnavailable) as e:
-        if not _alive(pid):
+        if not is_running(pid):
             raise ProcessExited(f"process {pid} exited while its code cache was read") from e
         if isinstance(e, SourceUnavailable):
             raise
@@ -49,7 +51,7 @@ def _snapshot(pid: int, source: str, announce: bool) -> CodeCacheSnapshot:
     finally:
         choice.source.close()
     # A JVM that exits mid-walk makes the rest of its heap unreadable: that is no partial answer.
-    if not _alive(pid):
+    if not is_running(pid):
         raise ProcessExited(f"process {pid} exited while its code cache was read")
     if announce and source == "auto":
         click.echo(f"# source: {choice.source.name} ({choice.reason})", err=True)
@@ -57,17 +59,6 @@ def _snapshot(pid: int, source: str, announce: bool) -> CodeCacheSnapshot:
         click.echo(f"# {snap.stats.invalid_total} unreadable blob(s) skipped: "
                    f"{dict(snap.stats.invalid)}", err=True)
     return snap
-
-
-def _alive(pid: int) -> bool:
-    """Still running: /proc/PID exists and is not a zombie (whose memory is gone already)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    state = stat[stat.rfind(")") + 2 : stat.rfind(")") + 3]
-    return state not in ("Z", "X")
 
 
 def blob_json(b: CodeBlobInfo, snap: Optional[CodeCacheSnapshot] = None) -> dict[str, Any]:
@@ -90,7 +81,7 @@ def blob_json(b: CodeBlobInfo, snap: Optional[CodeCacheSnapshot] = None) -> dict
 def _text_row(b: CodeBlobInfo, major: int) -> str:
     if b.is_nmethod:
         osr = f" %{b.entry_bci}" if b.is_osr else ""
-        state = state_name(major, b.state) if b.state >= 0 else ""
+        state = nmethod_state_name(major, b.state) if b.state >= 0 else ""
         return (f"0x{b.code_begin:012x} {b.code_end - b.code_begin:>7} {b.level:>2} {b.compile_id:>6} "
                 f"{state:<11} {b.method_name or '?'}{osr}")
     return f"0x{b.code_begin:012x} {b.code_end - b.code_begin:>7}  -      - {b.kind.value:<11} {b.name}"
@@ -306,7 +297,7 @@ def watch(pid: int, as_json: bool, duration: Optional[float], source: str) -> No
         while not stop["now"] and (deadline is None or time.monotonic() < deadline):
             for change in live.poll(200):
                 show(change)
-            if not _alive(pid):
+            if not is_running(pid):
                 click.echo(f"# process {pid} exited", err=True)
                 break
     except KeyboardInterrupt:

@@ -76,28 +76,6 @@ KIND_CONSTANTS = {
 }
 
 
-class NMethodState(int, enum.Enum):
-    IN_USE = 0
-    NOT_ENTRANT = 1
-    ZOMBIE = 2   # numbering is per JDK; see state_name()
-
-
-def dead_states(major: int) -> frozenset[int]:
-    """nmethod::_state values of nmethods that are no longer code (`jcmd Compiler.codelist` skips them):
-    unloaded (3) and zombie (4) before JDK 20 removed the sweeper; none since (they are freed at once)."""
-    return frozenset((3, 4)) if major < 23 else frozenset()
-
-
-def state_name(major: int, state: int) -> str:
-    """nmethod::_state values: 17: 0 in_use, 1 not_used, 2 not_entrant, 3 unloaded, 4 zombie;
-    21: 0 in_use, 1 not_used, 2 not_entrant; 25: 0 in_use, 1 not_entrant."""
-    if major >= 23:
-        names = {0: "in_use", 1: "not_entrant"}
-    else:
-        names = {0: "in_use", 1: "not_used", 2: "not_entrant", 3: "unloaded", 4: "zombie"}
-    return names.get(state, f"state_{state}")
-
-
 @dataclass(frozen=True)
 class CodeBlobInfo:
     address: int                  # the CodeBlob* (what jcmd prints first in brackets)
@@ -320,32 +298,10 @@ class CodeCache:
         return kind
 
     def _compile_decoders(self) -> None:
-        """One struct unpack per CodeBlob / nmethod header / HeapBlock (the walk decodes 50k of them)."""
-        lay = self.lay
-        self._relative_code = lay.has("CodeBlob._code_offset")        # 23+: offsets from the blob
-        code = (("CodeBlob._code_offset", "CodeBlob._data_offset") if self._relative_code
-                else ("CodeBlob._code_begin", "CodeBlob._code_end"))
-        self._has_kind_field = lay.has("CodeBlob._kind")
-        blob = ["CodeBlob._name", "CodeBlob._size", "CodeBlob._frame_size", "CodeBlob._frame_complete_offset",
-                *code, "CodeBlob._kind"]
-        self._dead_states = dead_states(self.jvm.major)
-        self._relative_entry = lay.has("nmethod._verified_entry_offset")   # 25: from code begin
-        self._relative_deopt = lay.has("nmethod._deopt_handler_offset")
-        nmethod = [
-            "nmethod._method", "nmethod._compile_id", "nmethod._comp_level", "nmethod._state",
-            "nmethod._entry_bci",
-            "nmethod._verified_entry_offset" if self._relative_entry else "nmethod._verified_entry_point",
-            "nmethod._orig_pc_offset",
-            "nmethod._deopt_handler_offset" if self._relative_deopt else "nmethod._deopt_handler_begin",
-        ]
-        self._blob_fields = lay.unpacker(blob)
-        self._all_fields = lay.unpacker(blob + nmethod)   # most blobs are nmethods: one unpack for both
-        if lay.has("HeapBlock._length"):       # 23+ publish HeapBlock::Header
-            fields = lay.unpacker(["HeapBlock._length", "HeapBlock._used"])
-            has_used = lay.has("HeapBlock._used")
-            self._heap_block = fields if has_used else (lambda buf, off: (fields(buf, off)[0], 1))
-        else:                                   # {size_t _length; bool _used}
-            self._heap_block = struct.Struct("<QB").unpack_from
+        self._heap_block = self.lay.heap_block_decoder()
+        self._decode_header = self.lay.blob_decoder()
+        self._dead_states = self.lay.dead_nmethod_states()
+        self._has_kind_field = self.lay.has("CodeBlob._kind")
 
     def decode_blob(self, buf: bytes, off: int, address: int, heap: int,
                     max_size: Optional[int] = None, resolve_method: bool = True,
@@ -355,16 +311,10 @@ class CodeCache:
         `metadata_reader`: what the method resolver reads metaspace through (a page cache during a walk).
         """
         try:
-            values = self._all_fields(buf, off)
-        except struct.error:   # too short for an nmethod: may still be a smaller blob
-            try:
-                values = self._blob_fields(buf, off)
-            except struct.error:
-                raise MemoryReadError("blob header truncated") from None
+            values = self._decode_header(buf, off, address)
+        except struct.error:
+            raise MemoryReadError("blob header truncated") from None
         name_ptr, size, frame_size, frame_complete, code_begin, code_end, kind_id = values[:7]
-        if self._relative_code:
-            code_begin += address
-            code_end += address
         if size <= 0 or (max_size is not None and size > max_size):
             raise MemoryReadError(f"blob size {size} outside its block")
         if not address <= code_begin <= code_end <= address + size:
@@ -378,7 +328,7 @@ class CodeCache:
         kind_key = (kind_id if self._has_kind_field else buf[off : off + 8], name_ptr)
         kind = self._kinds.get(kind_key)
         if kind is None:
-            kind = self._kind(buf, off, kind_id if self._has_kind_field else None, name)
+            kind = self._kind(buf, off, kind_id, name)
             self._kinds[kind_key] = kind
         if kind is not BlobKind.NMETHOD:
             return _new_blob({"address": address, "size": size, "kind": kind, "name": name,
@@ -387,10 +337,6 @@ class CodeCache:
         if len(values) == 7:
             raise MemoryReadError("nmethod header truncated")
         method_ptr, compile_id, level, state, entry_bci, verified, orig_pc, deopt = values[7:]
-        if self._relative_entry:
-            verified += code_begin
-        if self._relative_deopt:
-            deopt += code_begin
         method = None
         if resolve_method and method_ptr:
             try:

@@ -160,20 +160,6 @@ def _is_signed(type_string: str) -> bool:
 
 
 @dataclass(frozen=True)
-class BlobHeader:
-    """The version-independent view of a CodeBlob header."""
-
-    name_ptr: int
-    size: int
-    header_size: int
-    frame_size: int              # words
-    frame_complete_offset: int   # bytes from code_begin
-    code_begin: int
-    code_end: int
-    kind_id: Optional[int]       # CodeBlobKind on 23+, None before
-
-
-@dataclass(frozen=True)
 class DebugRanges:
     """Where an nmethod's debug information lives (absolute addresses, [begin, end))."""
 
@@ -186,16 +172,14 @@ class DebugRanges:
     unsigned5_excludes_zero: bool   # JDK 20+: UNSIGNED5 with X = 1
 
 
-@dataclass(frozen=True)
-class NMethodHeader:
-    method: int
-    compile_id: int
-    comp_level: int
-    state: int
-    entry_bci: int
-    verified_entry: int
-    orig_pc_offset: int
-    deopt_handler: int
+def nmethod_state_name(major: int, state: int) -> str:
+    """nmethod::_state values: 17: 0 in_use, 1 not_used, 2 not_entrant, 3 unloaded, 4 zombie;
+    21: 0 in_use, 1 not_used, 2 not_entrant; 25: 0 in_use, 1 not_entrant."""
+    if major >= 23:
+        names = {0: "in_use", 1: "not_entrant"}
+    else:
+        names = {0: "in_use", 1: "not_used", 2: "not_entrant", 3: "unloaded", 4: "zombie"}
+    return names.get(state, f"state_{state}")
 
 
 class Layout:
@@ -299,65 +283,71 @@ class Layout:
             return tuple(out)
         return unpack
 
-    # ---- HeapBlock -------------------------------------------------------------------------------
-    def heap_block(self, buf: bytes, off: int) -> tuple[int, bool]:
-        """(length in segments, used) of the HeapBlock at buf[off:].
+    # ---- HeapBlock, CodeBlob, nmethod headers ------------------------------------------------------
+    def heap_block_decoder(self) -> Callable[[bytes, int], tuple[int, int]]:
+        """f(buf, off) -> (length in segments, used) of the HeapBlock at buf[off:].
 
         23+ publish HeapBlock::Header; before, the header is {size_t _length; bool _used} (16 bytes).
         """
-        if self.has("HeapBlock._length"):
-            length = self.fields["HeapBlock._length"].get(buf, off)
-            used = self.fields["HeapBlock._used"].get(buf, off) if self.has("HeapBlock._used") else 1
-        else:
-            length = int.from_bytes(buf[off : off + 8], "little")
-            used = buf[off + 8]
-        return length, bool(used)
+        if not self.has("HeapBlock._length"):
+            return struct.Struct("<QB").unpack_from
+        fields = self.unpacker(["HeapBlock._length", "HeapBlock._used"])
+        if self.has("HeapBlock._used"):
+            return fields
+        return lambda buf, off: (fields(buf, off)[0], 1)
 
-    # ---- CodeBlob --------------------------------------------------------------------------------
-    def blob_header(self, buf: bytes, off: int, blob_address: int) -> BlobHeader:
-        """Decode a CodeBlob whose bytes start at buf[off:] and which lives at `blob_address`."""
-        f = self.fields
-        if "CodeBlob._code_offset" in f:  # 23+: offsets from the blob start
-            code_begin = blob_address + f["CodeBlob._code_offset"].get(buf, off)
-            code_end = blob_address + f["CodeBlob._data_offset"].get(buf, off)
-        else:
-            code_begin = f["CodeBlob._code_begin"].get(buf, off)
-            code_end = f["CodeBlob._code_end"].get(buf, off)
-        return BlobHeader(
-            name_ptr=f["CodeBlob._name"].get(buf, off),
-            size=f["CodeBlob._size"].get(buf, off),
-            header_size=f["CodeBlob._header_size"].get(buf, off) if "CodeBlob._header_size" in f else 0,
-            frame_size=f["CodeBlob._frame_size"].get(buf, off),
-            frame_complete_offset=f["CodeBlob._frame_complete_offset"].get(buf, off),
-            code_begin=code_begin,
-            code_end=code_end,
-            kind_id=f["CodeBlob._kind"].get(buf, off) if "CodeBlob._kind" in f else None,
-        )
+    def blob_decoder(self) -> Callable[[bytes, int, int], tuple]:
+        """f(buf, off, blob_address) -> the CodeBlob header at buf[off:], and the nmethod fields after it
+        when the buffer holds them (one struct unpack: the walk decodes 50k of these):
 
-    def nmethod_header(self, buf: bytes, off: int, code_begin: int) -> NMethodHeader:
-        f = self.fields
-        if "nmethod._verified_entry_offset" in f:
-            verified = code_begin + f["nmethod._verified_entry_offset"].get(buf, off)
-        elif "nmethod._verified_entry_point" in f:
-            verified = f["nmethod._verified_entry_point"].get(buf, off)
-        else:
-            verified = 0
-        if "nmethod._deopt_handler_offset" in f:
-            deopt = code_begin + f["nmethod._deopt_handler_offset"].get(buf, off)
-        elif "nmethod._deopt_handler_begin" in f:
-            deopt = f["nmethod._deopt_handler_begin"].get(buf, off)
-        else:
-            deopt = 0
-        return NMethodHeader(
-            method=f["nmethod._method"].get(buf, off),
-            compile_id=f["nmethod._compile_id"].get(buf, off),
-            comp_level=f["nmethod._comp_level"].get(buf, off),
-            state=f["nmethod._state"].get(buf, off),
-            entry_bci=f["nmethod._entry_bci"].get(buf, off),
-            verified_entry=verified,
-            orig_pc_offset=self._optional(buf, off, "nmethod._orig_pc_offset"),
-            deopt_handler=deopt,
-        )
+          (name_ptr, size, frame_size, frame_complete_offset, code_begin, code_end, kind_id,
+           [method, compile_id, comp_level, state, entry_bci, verified_entry, orig_pc_offset, deopt_handler])
+
+        Addresses come out absolute on every JDK: <= 22 store code_begin/code_end and the verified entry /
+        deopt handler as pointers; 23+ store the code range as offsets from the blob, 25 the entries as
+        offsets from code_begin. kind_id is CodeBlob::_kind (23+) or None. Raises struct.error when even
+        the CodeBlob part does not fit.
+        """
+        relative_code = self.has("CodeBlob._code_offset")
+        relative_entry = self.has("nmethod._verified_entry_offset")
+        relative_deopt = self.has("nmethod._deopt_handler_offset")
+        has_kind = self.has("CodeBlob._kind")
+        code = ("CodeBlob._code_offset", "CodeBlob._data_offset") if relative_code else (
+            "CodeBlob._code_begin", "CodeBlob._code_end")
+        blob = ["CodeBlob._name", "CodeBlob._size", "CodeBlob._frame_size", "CodeBlob._frame_complete_offset",
+                *code, "CodeBlob._kind"]
+        nmethod = [
+            "nmethod._method", "nmethod._compile_id", "nmethod._comp_level", "nmethod._state",
+            "nmethod._entry_bci",
+            "nmethod._verified_entry_offset" if relative_entry else "nmethod._verified_entry_point",
+            "nmethod._orig_pc_offset",
+            "nmethod._deopt_handler_offset" if relative_deopt else "nmethod._deopt_handler_begin",
+        ]
+        blob_only, blob_and_nmethod = self.unpacker(blob), self.unpacker(blob + nmethod)
+
+        def decode(buf: bytes, off: int, address: int) -> tuple:
+            try:
+                v = list(blob_and_nmethod(buf, off))
+            except struct.error:   # too short for an nmethod: may still be a smaller blob
+                v = list(blob_only(buf, off))
+            if relative_code:
+                v[4] += address
+                v[5] += address
+            if not has_kind:
+                v[6] = None
+            if len(v) > 7:
+                if relative_entry:
+                    v[12] += v[4]
+                if relative_deopt:
+                    v[14] += v[4]
+            return tuple(v)
+
+        return decode
+
+    def dead_nmethod_states(self) -> frozenset[int]:
+        """nmethod::_state values of nmethods that are no longer code (`jcmd Compiler.codelist` skips
+        them): unloaded (3) and zombie (4) before JDK 20 removed the sweeper; none since (freed at once)."""
+        return frozenset((3, 4)) if self.major < 23 else frozenset()
 
     def debug_ranges(self, buf: bytes, off: int, nmethod: int) -> DebugRanges:
         """PcDescs, scope data and metadata of the nmethod whose bytes are buf[off:].
