@@ -56,9 +56,11 @@ class LogicalFrame:
     system_name: str = ""     # Java: name with descriptor, "java.util.HashMap.get(Ljava/lang/Object;)..."
     filename: str = ""        # "HashMap.java", "/usr/lib/.../libc.so.6"
     line: int = 0             # 0 = unknown
+    osr: bool = False         # compiled code of an on-stack-replacement nmethod (entered in a loop)
 
     def __hash__(self) -> int:
-        return _cached_hash(self, lambda: (self.name, self.kind, self.system_name, self.filename, self.line))
+        return _cached_hash(self, lambda: (self.name, self.kind, self.system_name, self.filename, self.line,
+                                           self.osr))
 
 
 @dataclass(frozen=True)
@@ -118,15 +120,22 @@ TIER_SUFFIX: dict[FrameKind, str] = {
 _KIND_OF_SUFFIX: dict[str, FrameKind] = {suffix: kind for kind, suffix in TIER_SUFFIX.items()}
 
 
+OSR_SUFFIX = " OSR]"   # "[C2]" of an OSR nmethod reads "[C2 OSR]"
+
+
 def display_name(frame: LogicalFrame, tiers: bool = True) -> str:
-    """The name shown to users: `java.util.HashMap.get [C2]`, or the plain name."""
+    """The name shown to users: `java.util.HashMap.get [C2]`, `Foo.loop [C2 OSR]`, or the plain name."""
     suffix = TIER_SUFFIX.get(frame.kind) if tiers else None
+    if suffix and frame.osr:
+        suffix = suffix[:-1] + OSR_SUFFIX
     return f"{frame.name} {suffix}" if suffix else frame.name
 
 
-def split_display_name(text: str) -> tuple[str, Optional[FrameKind]]:
-    """The inverse of display_name: (plain name, kind) when `text` ends with a tier suffix, else
-    (text, None)."""
-    name, sep, suffix = text.rpartition(" ")
+def split_display_name(text: str) -> tuple[str, Optional[FrameKind], bool]:
+    """The inverse of display_name: (plain name, kind, osr) when `text` ends with a tier suffix, else
+    (text, None, False)."""
+    osr = text.endswith(OSR_SUFFIX)
+    core = text[: -len(OSR_SUFFIX)] + "]" if osr else text
+    name, sep, suffix = core.rpartition(" ")
     kind = _KIND_OF_SUFFIX.get(suffix) if sep else None
-    return (name, kind) if kind is not None else (text, None)
+    return (name, kind, osr) if kind is not None else (text, None, False)

@@ -200,7 +200,7 @@ def _strip_marker(name: str) -> tuple[str, Optional[FrameKind]]:
 
 def _kind_of(name: str, address: int, mapping_file: str) -> tuple[str, FrameKind]:
     """(plain name, kind) of a function read from any tool's pprof, best effort for other tools."""
-    plain, kind = split_display_name(name)
+    plain, kind, _osr = split_display_name(name)
     if kind is None:
         plain, kind = _strip_marker(name)
     if kind is not None:
@@ -315,8 +315,9 @@ class _Decoder:
         if function is None:
             return LogicalFrame("[unknown]", FrameKind.UNKNOWN, line=max(line.line, 0))
         name, kind = _kind_of(self._s(function.name), address, mapping_file)
+        osr = split_display_name(self._s(function.name))[2]
         return LogicalFrame(name, kind, self._s(function.system_name), self._s(function.filename),
-                            max(line.line, 0))
+                            max(line.line, 0), osr)
 
     def _unsymbolized(self, address: int, pb_mapping: Optional[profile_pb2.Mapping]) -> LogicalFrame:
         """A Location without Lines (an unsymbolized profile): `library+0xFILE_OFFSET`, or its address."""

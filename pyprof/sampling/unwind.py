@@ -125,7 +125,7 @@ class Unwinder:
         self._partial_slots: dict[tuple[int, int, int], Optional[int]] = {}
         self._native_frames: dict[int, tuple[PhysicalFrame, bool]] = {}
         self._kernel_frames: dict[int, PhysicalFrame] = {}
-        self._method_frames: dict[tuple[int, FrameKind, int], LogicalFrame] = {}
+        self._method_frames: dict[tuple[int, FrameKind, int, bool], LogicalFrame] = {}
 
     def _static_pointer(self, key: str) -> int:
         try:
@@ -206,7 +206,7 @@ class Unwinder:
                    sample: StackSample) -> tuple[PhysicalFrame, Optional[_Cursor]]:
         if blob.kind is BlobKind.INTERPRETER:
             return self._interpreted(cur, reader, sample)
-        frame = self._compiled_frame(blob, self._deoptimized_pc(blob, cur, reader), cur.top)
+        frame = self._compiled_frame(blob, self._deoptimized_pc(blob, cur, reader))
         if cur.pc == self.call_stub_return or (blob.kind is BlobKind.STUBS and blob.frame_size <= 0):
             return frame, self._fp_step(cur, reader)
         if blob.frame_size > 0:
@@ -309,28 +309,30 @@ class Unwinder:
             return None
 
     # ---- frame objects (cached) ------------------------------------------------------------------
-    def _compiled_frame(self, blob: CodeBlobInfo, pc: int, top: bool) -> PhysicalFrame:
-        key = (pc, blob.compile_id if blob.is_nmethod else -blob.address, top)
+    def _compiled_frame(self, blob: CodeBlobInfo, pc: int) -> PhysicalFrame:
+        key = (pc, blob.compile_id if blob.is_nmethod else -blob.address)
         frame = self._compiled_frames.get(key)
         if frame is None:
-            frame = PhysicalFrame(pc, self._compiled_logical(blob, pc, top))
+            frame = PhysicalFrame(pc, self._compiled_logical(blob, pc))
             if len(self._compiled_frames) > 500_000:
                 self._compiled_frames.clear()
             self._compiled_frames[key] = frame
         return frame
 
-    def _compiled_logical(self, blob: CodeBlobInfo, pc: int, top: bool) -> tuple[LogicalFrame, ...]:
-        """The inlining chain at pc, innermost first; the outermost is the nmethod's own method."""
+    def _compiled_logical(self, blob: CodeBlobInfo, pc: int) -> tuple[LogicalFrame, ...]:
+        """The inlining chain at pc, innermost first; the outermost is the nmethod's own method (marked
+        OSR when the nmethod is an on-stack-replacement compilation)."""
         if not blob.is_nmethod:
             return (LogicalFrame(f"[{blob.name}]", FrameKind.JVM_STUB, blob.kind.value),)
         tier = _tier_kind(blob.level)
         scopes = self.debug.scopes_at(blob, pc)
         if scopes:
             last = len(scopes) - 1
-            return tuple(self._logical_for(s.method_ptr, s.method, tier if i == last else FrameKind.INLINED,
-                                           s.line) for i, s in enumerate(scopes))
+            return tuple(self._logical_for(s.method_ptr, s.method, FrameKind.INLINED, s.line) if i < last
+                         else self._logical_for(s.method_ptr, s.method, tier, s.line, blob.is_osr)
+                         for i, s in enumerate(scopes))
         if blob.method is not None:
-            return (self._logical_for(blob.method_ptr, blob.method, tier),)
+            return (self._logical_for(blob.method_ptr, blob.method, tier, osr=blob.is_osr),)
         self.stats.unknown_frames["nmethod without method"] += 1
         return (LogicalFrame("[unknown nmethod]", FrameKind.UNKNOWN),)
 
@@ -338,11 +340,12 @@ class Unwinder:
                     ) -> PhysicalFrame:
         return PhysicalFrame(pc, (self._logical_for(method, info, kind, line),))
 
-    def _logical_for(self, method: int, info: MethodInfo, kind: FrameKind, line: int = 0) -> LogicalFrame:
-        key = (info.const_method or method, kind, line)
+    def _logical_for(self, method: int, info: MethodInfo, kind: FrameKind, line: int = 0, osr: bool = False
+                     ) -> LogicalFrame:
+        key = (info.const_method or method, kind, line, osr)
         frame = self._method_frames.get(key)
         if frame is None:
-            frame = LogicalFrame(info.java_name, kind, info.codelist_name, info.source_file, line)
+            frame = LogicalFrame(info.java_name, kind, info.codelist_name, info.source_file, line, osr)
             if len(self._method_frames) > 500_000:
                 self._method_frames.clear()
             self._method_frames[key] = frame
