@@ -55,6 +55,8 @@ def _snapshot(pid: int, source: str, announce: bool) -> CodeCacheSnapshot:
         raise ProcessExited(f"process {pid} exited while its code cache was read")
     if announce and source == "auto":
         click.echo(f"# source: {choice.source.name} ({choice.reason})", err=True)
+    for note in getattr(choice.source, "notes", ()):   # the agent source: "loaded the agent into ..."
+        click.echo(f"# {note}", err=True)
     if snap.stats.invalid_total:
         click.echo(f"# {snap.stats.invalid_total} unreadable blob(s) skipped: "
                    f"{dict(snap.stats.invalid)}", err=True)
