@@ -82,9 +82,10 @@ class StackKey:
     frames: tuple[PhysicalFrame, ...]   # leaf first
     thread_name: str
     tid: int
+    labels: tuple[tuple[str, str], ...] = ()   # more sample labels, sorted (e.g. from the Java agent)
 
     def __hash__(self) -> int:
-        return _cached_hash(self, lambda: (self.frames, self.thread_name, self.tid))
+        return _cached_hash(self, lambda: (self.frames, self.thread_name, self.tid, self.labels))
 
 
 @dataclass

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import bisect
 import time
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterator, Optional
 
 
 @dataclass
@@ -83,3 +84,57 @@ class PauseTimeline:
 
     def total_ns(self, kind: str = "gc") -> int:
         return sum(end - start for start, end, labels in self.intervals if labels["pause"] == kind)
+
+
+class AgentLabeler:
+    """Labels a profiling session's samples with what the agent knows (`pyprof attach --agent`): the
+    Java thread id and state, and the GC or safepoint pause a sample fell in.
+
+    JFR hands pause events over up to ~1 s after they end, so samples wait HOLD_NS before they are
+    labelled (finish() labels the rest after one last fetch). Agent failures never end the session:
+    they are counted, and the samples keep their other labels.
+    """
+
+    HOLD_NS = 2_000_000_000
+    REFRESH_S = 1.0
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.threads = ThreadLabels()
+        self.pauses: list[dict[str, Any]] = []
+        self.timeline = PauseTimeline()
+        self.failures = 0
+        self._since = 0
+        self._refreshed = 0.0
+        self._held: deque[tuple[int, Any]] = deque()   # (sample time_ns, StackKey)
+
+    def refresh(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self._refreshed < self.REFRESH_S:
+            return
+        self._refreshed = time.monotonic()
+        try:
+            self.threads = ThreadLabels.from_rows(self.client.threads())
+            rows, self._since, _dropped = self.client.pauses(self._since)
+        except Exception:  # noqa: BLE001 - the agent is optional: a failure costs labels, not samples
+            self.failures += 1
+            return
+        if rows:
+            self.pauses += rows
+            self.timeline = PauseTimeline.from_pauses(self.pauses)
+
+    def hold(self, time_ns: int, key: Any) -> None:
+        self._held.append((time_ns, key))
+
+    def release(self, now_ns: Optional[int] = None) -> Iterator[Any]:
+        """Labelled StackKeys of the samples old enough (all of them when now_ns is None)."""
+        cutoff = None if now_ns is None else now_ns - self.HOLD_NS
+        while self._held and (cutoff is None or self._held[0][0] < cutoff):
+            time_ns, key = self._held.popleft()
+            labels = {**self.threads.get(key.tid), **self.timeline.at(time_ns)}
+            labels.pop("java_thread", None)   # the session names threads already (current Java names)
+            yield replace(key, labels=tuple(sorted(labels.items())))
+
+    def summary(self) -> dict[str, Any]:
+        gc = [p for p in self.pauses if p.get("kind") == "gc"]
+        return {"gc_pauses": len(gc), "gc_pause_ms": round(self.timeline.total_ns("gc") / 1e6, 3),
+                "safepoints": len(self.pauses) - len(gc), "agent_failures": self.failures}

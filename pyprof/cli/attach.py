@@ -144,6 +144,8 @@ def write_and_summarize(session: ProfileSession, output: str, fmt: str, as_json:
         "cpu_us_per_sample": round(1e6 * s.sampling_cpu_s / s.samples, 1) if s.samples else None,
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
+    if session.agent is not None:
+        summary["agent"] = session.agent.summary()
     if as_json:
         emit_json(summary)
         return
@@ -152,6 +154,9 @@ def write_and_summarize(session: ProfileSession, output: str, fmt: str, as_json:
     err.write(f"  {s.samples} samples in {summary['duration_s']} s, {s.lost} lost, "
               f"{s.truncated} truncated stacks, unknown frames {s.unknown_pct:.2f}% "
               f"({s.unknown_frames}/{s.frames})\n")
+    if session.agent is not None:
+        a = summary["agent"]
+        err.write(f"  GC: {a['gc_pauses']} pauses, {a['gc_pause_ms']} ms (samples labelled pause=gc)\n")
     if top:
         err.write("  top self:\n")
         for row in top:
@@ -169,12 +174,16 @@ def _announce(session: ProfileSession, duration: Optional[float]) -> None:
 @click.argument("pid", type=PID)
 @click.option("-d", "--duration", type=click.FloatRange(min=0.1), default=None,
               help="seconds to sample (default: until Ctrl-C or the JVM exits)")
+@click.option("--agent", "use_agent", is_flag=True,
+              help="also label samples with the optional Java agent's data (Java thread id and state, GC "
+                   "and safepoint pauses); loads the agent into the JVM if it is not running")
 @_common_options
-def attach(pid: int, duration: Optional[float], output: Optional[str], fmt: Optional[str], rate: int,
-           stack_bytes: int, as_json: bool, force: bool, no_progress: bool) -> None:
+def attach(pid: int, duration: Optional[float], use_agent: bool, output: Optional[str], fmt: Optional[str],
+           rate: int, stack_bytes: int, as_json: bool, force: bool, no_progress: bool) -> None:
     """Profile the running JVM PID: no agent, no JVM flags, the target never stops."""
     output, fmt = _resolve_output(output, fmt, pid)
-    session = ProfileSession(pid, ProfileOptions(rate_hz=rate, stack_bytes=stack_bytes, force=force))
+    session = ProfileSession(pid, ProfileOptions(rate_hz=rate, stack_bytes=stack_bytes, force=force,
+                                                 agent=use_agent))
     with _Stop() as stop:
         try:
             session.start()

@@ -76,7 +76,7 @@ def _valid_utf8(text: str) -> str:
 
 def _sample_order(key: StackKey) -> tuple:
     """Sort key making the output independent of the order samples were aggregated in."""
-    return key.thread_name, key.tid, tuple(frame.address for frame in key.frames)
+    return key.thread_name, key.tid, tuple(frame.address for frame in key.frames), key.labels
 
 
 class _Encoder:
@@ -133,6 +133,8 @@ class _Encoder:
         sample.value.extend((count, count * self.profile.period_ns))
         sample.label.add(key=self.s("thread"), str=self.s(key.thread_name))
         sample.label.add(key=self.s("tid"), num=key.tid)
+        for name, value in key.labels:
+            sample.label.add(key=self.s(name), str=self.s(value))
 
     def _location(self, frame: PhysicalFrame) -> int:
         location_id = self.location_ids.get(frame)   # an equal frame, as another object
@@ -277,14 +279,17 @@ class _Decoder:
 
     def _key(self, sample: profile_pb2.Sample) -> StackKey:
         thread_name, tid = "", 0
+        others: list[tuple[str, str]] = []
         for label in sample.label:
             key = self._s(label.key)
             if key in _THREAD_LABELS and label.str:
                 thread_name = self._s(label.str)
             elif key in _TID_LABELS:
                 tid = self._number(label, tid)
+            elif label.str:
+                others.append((key, self._s(label.str)))
         frames = tuple(self._frame(location_id) for location_id in sample.location_id)
-        return StackKey(frames, thread_name, tid)
+        return StackKey(frames, thread_name, tid, tuple(sorted(others)))
 
     def _number(self, label: profile_pb2.Label, default: int) -> int:
         """A numeric label's value; some tools write numbers as string labels."""

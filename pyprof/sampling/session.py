@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from pyprof import __version__
 from pyprof.errors import MemoryReadError, NoSuchProcess
@@ -19,6 +19,9 @@ from pyprof.hotspot.jvm import HotSpotJvm
 from pyprof.hotspot.method import MethodResolver
 from pyprof.hotspot.threads import JavaThreads
 from pyprof.model import FrameKind, ProfileData, StackKey
+
+if TYPE_CHECKING:
+    from pyprof.agent.labels import AgentLabeler
 from pyprof.procfs.process import is_running
 from pyprof.sampling.threadnames import ThreadNames
 from pyprof.sampling.unwind import Unwinder
@@ -33,6 +36,7 @@ class ProfileOptions:
     rate_hz: int = 99
     stack_bytes: int = 32768
     force: bool = False          # sample even on kernels with the known BPF copy freeze
+    agent: bool = False          # label samples with the Java agent's thread states and GC pauses
 
 
 @dataclass
@@ -68,6 +72,8 @@ class ProfileSession:
         self.unwinder: Optional[Unwinder] = None
         self.names = ThreadNames(pid)
         self.threads: Optional[JavaThreads] = None
+        self.agent: Optional[AgentLabeler] = None
+        self.agent_source = None
         self._started_monotonic = 0.0
         self._started_cpu = time.process_time()
         self._threads_refreshed = 0.0
@@ -83,9 +89,20 @@ class ProfileSession:
         concurrent BPF() constructions crash the process).
         """
         self.attach_jvm()
+        if self.options.agent:
+            self._start_agent()
         self.start_sampler()
         self._push_threads()
         self._mark_ready()
+
+    def _start_agent(self) -> None:
+        """Load (or reuse) the Java agent; its labels are optional, its failure to load is not silent."""
+        from pyprof.agent.labels import AgentLabeler
+        from pyprof.sources.agent import AgentSource
+
+        self.agent_source = AgentSource.open(self.pid)
+        self.agent = AgentLabeler(self.agent_source.client)
+        self.agent.refresh(force=True)
 
     def _mark_ready(self) -> None:
         """Start-up is over: the sampler runs and the code-cache map is live."""
@@ -193,9 +210,21 @@ class ProfileSession:
                 frames = self.unwinder.unwind(sample)
             except MemoryReadError:
                 frames = (self.unwinder._unknown("unwind failed"),)
-            self.profile.add(StackKey(frames, self.names.name(sample.tid), sample.tid))
+            key = StackKey(frames, self.names.name(sample.tid), sample.tid)
+            if self.agent is not None:
+                self.agent.hold(sample.time_ns, key)
+            else:
+                self.profile.add(key)
             self._count_self(frames)
         self.stats.samples += len(raw)
+        if self.agent is not None:
+            self.agent.refresh()
+            self._add_labelled(time.monotonic_ns())
+
+    def _add_labelled(self, now_ns: Optional[int]) -> None:
+        assert self.agent is not None
+        for key in self.agent.release(now_ns):
+            self.profile.add(key)
 
     def _note_first(self, raw: list) -> None:
         if raw and self.stats.first_sample_s is None:
@@ -223,10 +252,13 @@ class ProfileSession:
                 self.step(0)
         except (MemoryReadError, NoSuchProcess):
             pass
+        if self.agent is not None:
+            self.agent.refresh(force=True)
+            self._add_labelled(None)
         self._collect_counters()
         if self.stats.startup_s:
             self.stats.sampling_cpu_s = time.process_time() - self._started_cpu - self.stats.startup_cpu_s
-        for closer in (self.sampler, self.live, self.jvm):
+        for closer in (self.sampler, self.live, self.jvm, self.agent_source):
             if closer is not None:
                 try:
                     closer.close()

@@ -15,6 +15,7 @@ import select
 import socket
 import stat
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ import pytest
 from pyprof.agent.client import AgentClient, open_gateway
 from pyprof.agent.connection import find_connection, listeners
 from pyprof.errors import SourceUnavailable
+from pyprof.output.pprof import read_pprof
 from pyprof.sources.jcmd import parse_codelist
 from tests.conftest import JDK_VERSIONS, ROOT, JavaProcess, java_bin, pyprof, require
 
@@ -618,3 +620,39 @@ def test_record_agent_starts_the_jvm_with_the_agent(agent_jar, root_and_bpf, tmp
         if proc.poll() is None:
             proc.kill()
         jp.stop()
+
+
+# ---- pyprof attach --agent: samples labelled with the agent's data -------------------------------------
+def test_attach_with_agent_labels_thread_states_and_gc_pauses(agent_jar, target_factory, tmp_path):
+    # GIVEN a JVM with a known busy thread, and pyprof attached with --agent
+    t = target_factory(21)
+    out = tmp_path / "agent.pb.gz"
+    cmd = [sys.executable, "-m", "pyprof.cli.main", "attach", str(t.pid), "-d", "7", "-r", "499", "--agent",
+           "-o", str(out), "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert proc.stderr is not None
+        announced = ""
+        while not announced.startswith("pyprof: sampling"):
+            announced = proc.stderr.readline()
+            assert announced, "attach ended before sampling"
+        # WHEN the JVM collects garbage (full, stop-the-world) while sampled
+        for _ in range(3):
+            t.send("gc")
+            time.sleep(1)
+        stdout, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    summary = json.loads(stdout)
+    profile = read_pprof(str(out))
+    labels = {key: dict(key.labels) for key in profile.counts}
+    # THEN the busy thread's samples carry its Java thread id and state
+    busy = [lab for key, lab in labels.items() if key.thread_name == "target-busy"]
+    assert busy and all(lab.get("java_thread_id") == str(t.threads["target-busy"]) for lab in busy), busy[:3]
+    assert all(lab.get("thread_state") for lab in busy)
+    # AND the agent saw the pauses, and samples taken inside one are labelled with it
+    assert summary["agent"]["gc_pauses"] >= 3, summary["agent"]
+    in_gc = sum(n for key, n in profile.counts.items() if labels[key].get("pause") == "gc")
+    assert in_gc > 0, summary["agent"]
