@@ -42,7 +42,7 @@ def _common_options(f):
     return f
 
 
-def _resolve_output(output: Optional[str], fmt: Optional[str], pid: int) -> tuple[str, str]:
+def resolve_output(output: Optional[str], fmt: Optional[str], pid: int) -> tuple[str, str]:
     from pyprof.output import format_for_path
 
     if output is None:
@@ -121,15 +121,21 @@ def run_session(session: ProfileSession, duration: Optional[float], stop: _Stop,
     return why
 
 
-def write_and_summarize(session: ProfileSession, output: str, fmt: str, as_json: bool, why: str) -> None:
+def save_profile(profile, output: str, fmt: str) -> None:
+    """Write a session's profile in any format attach, record and top accept (atomically)."""
     from pyprof.output import write_profile
     from pyprof.reporters import SESSION_FORMATS, write_report
 
-    profile = session.finish()
     if fmt in SESSION_FORMATS:
         write_report(profile, output, fmt)
     else:
         write_profile(profile, output, fmt)
+
+
+def write_and_summarize(session: ProfileSession, output: str, fmt: str, as_json: bool, why: str) -> None:
+
+    profile = session.finish()
+    save_profile(profile, output, fmt)
     s = session.stats
     top = [{"function": name, "samples": n, "percent": round(100.0 * n / max(s.samples, 1), 2)}
            for name, n in s.self_counts.most_common(10)]
@@ -168,6 +174,9 @@ def _announce(session: ProfileSession, duration: Optional[float]) -> None:
     jvm = session.jvm.description if session.jvm is not None else "starting JVM"
     until = f"for {duration:g} s" if duration else "until Ctrl-C or the JVM exits"
     click.echo(f"pyprof: sampling {session.pid} ({jvm}) at {session.options.rate_hz} Hz {until}", err=True)
+    if session.live is not None and session.live.degraded:
+        click.echo(f"pyprof: note: no live code-cache probes ({session.live.degraded}); new JIT code is "
+                   "found through the JVM's segment map instead", err=True)
 
 
 @click.command("attach")
@@ -180,8 +189,8 @@ def _announce(session: ProfileSession, duration: Optional[float]) -> None:
 @_common_options
 def attach(pid: int, duration: Optional[float], use_agent: bool, output: Optional[str], fmt: Optional[str],
            rate: int, stack_bytes: int, as_json: bool, force: bool, no_progress: bool) -> None:
-    """Profile the running JVM PID: no agent, no JVM flags, the target never stops."""
-    output, fmt = _resolve_output(output, fmt, pid)
+    """Profile the running JVM PID: no agent needed, no JVM flags, the target never stops."""
+    output, fmt = resolve_output(output, fmt, pid)
     session = ProfileSession(pid, ProfileOptions(rate_hz=rate, stack_bytes=stack_bytes, force=force,
                                                  agent=use_agent))
     with _Stop() as stop:
@@ -228,7 +237,7 @@ def record(duration: Optional[float], output: Optional[str], fmt: Optional[str],
             session.finish()
             raise
         try:
-            output, fmt = _resolve_output(output, fmt, child.pid)
+            output, fmt = resolve_output(output, fmt, child.pid)
             session.retarget(child.pid)
             os.write(gate, b"go\n")
             os.close(gate)

@@ -70,7 +70,7 @@ def jvm_lines(pid: int) -> list[Line]:
                           f"uprobes on {sum(len(v) for v in probes.values())} libjvm symbols "
                           f"({jvm.gc_name} GC)"
                           if live_ok else "libjvm has no .symtab (stripped): no register_nmethod symbols",
-                          "" if live_ok else "install the JDK's debug symbols, or rely on periodic walks",
+                          "" if live_ok else "optional: new JIT code is found through the segment map",
                           required=False))
         threads = JavaThreads(jvm)
         threads.refresh()

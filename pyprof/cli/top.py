@@ -277,9 +277,9 @@ def top(pid: int, rate: int, duration: Optional[float], interval: float, sort: s
     from pyprof.sampling.session import ProfileOptions, ProfileSession
 
     if output is not None:
-        from pyprof.cli.attach import _resolve_output
+        from pyprof.cli.attach import resolve_output
 
-        output, out_fmt = _resolve_output(output, None, pid)
+        output, out_fmt = resolve_output(output, None, pid)
     live_top = LiveTop(tiers=not no_tiers, thread=thread)   # validates --thread before any BPF work
     state = ViewState(sort=sort, per_thread=per_thread)
     session = ProfileSession(pid, ProfileOptions(rate_hz=rate, stack_bytes=stack_bytes, force=force))
@@ -297,9 +297,9 @@ def top(pid: int, rate: int, duration: Optional[float], interval: float, sort: s
         finally:
             profile = session.finish()
     if output is not None:
-        from pyprof.output import write_profile
+        from pyprof.cli.attach import save_profile
 
-        write_profile(profile, output, out_fmt)
+        save_profile(profile, output, out_fmt)
     err = click.get_text_stream("stderr")
     saved = f", profile written to {output}" if output is not None else ""
     err.write(f"pyprof top: ended by {why}: {session.stats.samples:,} samples, "

@@ -17,7 +17,6 @@ from pyprof.procfs.elf import ElfSymbols
 from pyprof.procfs.maps import MapEntry, library_entries, load_base, open_mapped_file, read_maps
 from pyprof.procfs.memory import ProcessMemory, Reader
 
-SUPPORTED_MAJORS = (17, 21, 25)
 TESTED_RANGE = (17, 25)
 MAX_FLAGS = 10_000
 

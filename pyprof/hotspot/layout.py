@@ -58,7 +58,7 @@ FIELD_SPECS: dict[str, tuple[str, tuple[str, ...]]] = {
     "VirtualSpace._high_boundary": ("VirtualSpace", ("_high_boundary",)),
     "VirtualSpace._low": ("VirtualSpace", ("_low",)),
     "VirtualSpace._high": ("VirtualSpace", ("_high",)),
-    "HeapBlock._length": ("HeapBlock::Header", ("_length",)),   # published on 23+ only
+    "HeapBlock._length": ("HeapBlock::Header", ("_length",)),   # 17 and 21 publish it too (16 bytes)
     "HeapBlock._used": ("HeapBlock::Header", ("_used",)),
     # CodeBlob
     "CodeBlob._name": ("CodeBlob", ("_name",)),
@@ -135,7 +135,7 @@ FIELD_SPECS: dict[str, tuple[str, tuple[str, ...]]] = {
     "JavaFrameAnchor._last_Java_fp": ("JavaFrameAnchor", ("_last_Java_fp",)),
     "OSThread._thread_id": ("OSThread", ("_thread_id",)),
     "OopHandle._obj": ("OopHandle", ("_obj",)),
-    # compressed oops: 17 publishes the NarrowPtrStruct members, 21+ the flattened statics
+    # compressed oops: 17 and 21 publish the NarrowPtrStruct members (_narrow_oop._base), 25 flat statics
     "CompressedOops._base": ("CompressedOops", ("_base", "_narrow_oop._base")),
     "CompressedOops._shift": ("CompressedOops", ("_shift", "_narrow_oop._shift")),
 }
@@ -347,7 +347,7 @@ class Layout:
     def dead_nmethod_states(self) -> frozenset[int]:
         """nmethod::_state values of nmethods that are no longer code (`jcmd Compiler.codelist` skips
         them): unloaded (3) and zombie (4) before JDK 20 removed the sweeper; none since (freed at once)."""
-        return frozenset((3, 4)) if self.major < 23 else frozenset()
+        return frozenset((3, 4)) if self.major < 20 else frozenset()
 
     def debug_ranges(self, buf: bytes, off: int, nmethod: int) -> DebugRanges:
         """PcDescs, scope data and metadata of the nmethod whose bytes are buf[off:].

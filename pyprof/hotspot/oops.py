@@ -14,7 +14,7 @@ from typing import Optional
 from pyprof.errors import MemoryReadError
 from pyprof.hotspot.jvm import HotSpotJvm
 
-MAX_STRING_BYTES = 4096      # a thread name longer than this is cut (and anything longer is suspect)
+MAX_STRING_BYTES = 4096      # a longer "thread name" is taken for garbage: /proc comm names it instead
 LATIN1, UTF16 = 0, 1
 
 _STATIC_INTS = {

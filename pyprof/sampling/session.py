@@ -23,6 +23,7 @@ from pyprof.model import FrameKind, ProfileData, StackKey
 if TYPE_CHECKING:
     from pyprof.agent.labels import AgentLabeler
 from pyprof.procfs.process import is_running
+from pyprof.sampling.sampler import stack_window
 from pyprof.sampling.threadnames import ThreadNames
 from pyprof.sampling.unwind import Unwinder
 from pyprof.sources.live import LiveCodeCache
@@ -75,6 +76,7 @@ class ProfileSession:
         self.agent: Optional[AgentLabeler] = None
         self.agent_source = None
         self._started_monotonic = 0.0
+        self._sampling_since = 0.0
         self._started_cpu = time.process_time()
         self._threads_refreshed = 0.0
         self._pushed_anchors: dict[int, tuple[int, int, int, int]] = {}
@@ -125,6 +127,9 @@ class ProfileSession:
         self.sampler = Sampler(self.pid, rate_hz=self.options.rate_hz,
                                stack_bytes=self.options.stack_bytes, force=self.options.force)
         self.sampler.start()
+        # The profile covers the time samples were taken: from now (not from pyprof's own start-up).
+        self._sampling_since = time.monotonic()
+        self.profile.start_time_ns = time.time_ns()
 
     def attach_jvm(self, jvm: Optional[HotSpotJvm] = None) -> None:
         """Open the JVM, start the live code-cache map and the unwinder; unwind buffered samples."""
@@ -154,7 +159,8 @@ class ProfileSession:
         self.profile.comments += [
             f"pyprof {__version__}",
             f"JVM: {jvm.description}",
-            f"pid {self.pid}, cpu-clock at {self.options.rate_hz} Hz, {self.options.stack_bytes} B stacks",
+            f"pid {self.pid}, cpu-clock at {self.options.rate_hz} Hz, "
+            f"{stack_window(self.options.stack_bytes)} B stack copies",
         ]
         buffered, self._buffered = self._buffered, []
         self._process(buffered)
@@ -255,6 +261,10 @@ class ProfileSession:
         if self.agent is not None:
             self.agent.refresh(force=True)
             self._add_labelled(None)
+        if self.unwinder is None and self._buffered:
+            # record: the process ended before it became a readable JVM; its samples cannot be named
+            self.stats.dropped_early += len(self._buffered)
+            self._buffered = []
         self._collect_counters()
         if self.stats.startup_s:
             self.stats.sampling_cpu_s = time.process_time() - self._started_cpu - self.stats.startup_cpu_s
@@ -264,7 +274,8 @@ class ProfileSession:
                     closer.close()
                 except Exception:  # noqa: BLE001 - closing must not lose the profile
                     pass
-        self.profile.duration_ns = int((time.monotonic() - self._started_monotonic) * 1e9)
+        since = self._sampling_since or self._started_monotonic
+        self.profile.duration_ns = int((time.monotonic() - since) * 1e9)
         self.profile.lost_samples = self.stats.lost
         self.profile.unknown_frames = self.stats.unknown_frames
         self.profile.comments.append(

@@ -52,8 +52,9 @@ def find_jcmd(pid: int) -> str:
     except PermissionError as e:
         raise SourceUnavailable(f"cannot read /proc/{pid}/exe: run as root") from e
     exe = exe.removesuffix(" (deleted)")
-    for candidate in (Path(exe).parent / "jcmd", Path(f"/proc/{pid}/root") / exe.lstrip("/")):
-        jcmd = candidate.parent / "jcmd" if candidate.name != "jcmd" else candidate
+    # The target's own file system first: in a container, the host path may be another JDK or nothing.
+    for java in (Path(f"/proc/{pid}/root") / exe.lstrip("/"), Path(exe)):
+        jcmd = java.parent / "jcmd"
         if jcmd.is_file() and os.access(jcmd, os.X_OK):
             return str(jcmd)
     raise SourceUnavailable(f"no jcmd next to {exe} (a JRE without jcmd?)")
@@ -124,9 +125,26 @@ def parse_perfmap(text: str, nmethod_ranges: set[int]) -> list[CodeBlobInfo]:
     return out
 
 
+def namespace_pid(pid: int) -> int:
+    """The JVM's pid as the JVM sees it (its own PID namespace: the last NSpid of /proc/PID/status)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return int(line.split()[-1])
+    except (OSError, ValueError):
+        pass
+    return pid
+
+
+def perfmap_path(pid: int) -> str:
+    """/tmp/perf-<its own pid>.map in the JVM's mount namespace, seen from here."""
+    return f"/proc/{pid}/root/tmp/perf-{namespace_pid(pid)}.map"
+
+
 def read_perfmap_safely(pid: int) -> str:
-    """/tmp/perf-PID.map of the JVM's mount namespace; never through a symlink, never another user's file."""
-    path = f"/proc/{pid}/root/tmp/perf-{pid}.map"
+    """The JVM's perf map; never through a symlink, never another user's file."""
+    path = perfmap_path(pid)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
@@ -140,6 +158,15 @@ def read_perfmap_safely(pid: int) -> str:
             return f.read(MAX_PERFMAP_BYTES).decode("utf-8", "replace")
     finally:
         os.close(fd)
+
+
+def _remove_our_perfmap(pid: int) -> None:
+    """Remove the perf map our Compiler.perfmap wrote (a user's own perf map is left alone: callers only
+    call this when none existed before); a symlink is removed, never followed."""
+    try:
+        os.unlink(perfmap_path(pid))
+    except OSError:
+        pass
 
 
 @dataclass
@@ -160,11 +187,15 @@ class JcmdSource:
         nmethods = parse_codelist(run_jcmd(self.pid, "Compiler.codelist", jcmd=self.jcmd))
         blobs = list(nmethods)
         if self.with_perfmap:
+            existed = os.path.lexists(perfmap_path(self.pid))
             try:
                 run_jcmd(self.pid, "Compiler.perfmap", jcmd=self.jcmd)
                 blobs += parse_perfmap(read_perfmap_safely(self.pid), {b.code_begin for b in nmethods})
             except SourceUnavailable:
                 pass  # codelist alone still names every nmethod
+            finally:
+                if not existed:
+                    _remove_our_perfmap(self.pid)
         stats = WalkStats(blocks=len(blobs), seconds=time.perf_counter() - started)
         return CodeCacheSnapshot([], blobs, {}, stats, time.time(), source=self.name)
 

@@ -29,6 +29,13 @@ EVENT_REGISTER, EVENT_UNREGISTER, EVENT_FREE, EVENT_NOT_ENTRANT, EVENT_NOT_ENTRA
 GRAVEYARD_NS = 5_000_000_000      # keep freed blobs findable for samples up to 5 s old
 MAX_GRAVEYARD = 100_000
 
+# The CollectedHeap subclass of each GC (the -XX:+Use<GC>GC flag names the GC): Serial's heap was
+# GenCollectedHeap until JDK 23 renamed it SerialHeap.
+HEAP_CLASSES_OF_GC = {
+    "G1": ("G1CollectedHeap",), "Parallel": ("ParallelScavengeHeap",),
+    "Serial": ("SerialHeap", "GenCollectedHeap"), "Shenandoah": ("ShenandoahHeap",), "Z": ("ZCollectedHeap",),
+    "Epsilon": ("EpsilonHeap",),
+}
 GC_HEAP_CLASSES = ("G1CollectedHeap", "ParallelScavengeHeap", "GenCollectedHeap", "SerialHeap",
                    "ShenandoahHeap", "ZCollectedHeap", "EpsilonHeap")
 
@@ -40,7 +47,7 @@ class _Event(ctypes.Structure):
 
 @dataclass(frozen=True)
 class CodeCacheChange:
-    kind: str                  # "compile", "unload", "not_entrant", "zombie"
+    kind: str                  # "compile", "unload", "not_entrant"
     time_ns: int               # bpf ktime (CLOCK_MONOTONIC)
     tid: int
     address: int
@@ -53,7 +60,7 @@ def _mangle(cls: str, method: str, args: str) -> str:
 
 def probe_symbols(jvm: HotSpotJvm) -> dict[str, list[str]]:
     """handler name -> libjvm symbols to attach it to (only those present in this libjvm)."""
-    gc_classes = [c for c in GC_HEAP_CLASSES if c.startswith(jvm.gc_name)] or list(GC_HEAP_CLASSES)
+    gc_classes = list(HEAP_CLASSES_OF_GC.get(jvm.gc_name, GC_HEAP_CLASSES))
     wanted = {
         "on_register": [_mangle(c, "register_nmethod", "P7nmethod") for c in gc_classes],
         "on_unregister": [_mangle(c, "unregister_nmethod", "P7nmethod") for c in gc_classes],

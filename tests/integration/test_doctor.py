@@ -49,3 +49,15 @@ def test_doctor_on_a_process_that_is_not_a_jvm_fails_with_the_fix() -> None:
     # THEN doctor says so, with the fix, and exits non-zero
     assert done.returncode == 1
     assert "is not a HotSpot JVM" in done.stdout and "fix:" in done.stdout
+
+
+@pytest.mark.jvm
+@pytest.mark.parametrize("gc", ["Serial", "Parallel", "G1"])
+def test_live_code_cache_probes_exist_for_every_gc(jdk, gc, java_workload) -> None:
+    # GIVEN a JVM running with a given collector (Serial's heap class is GenCollectedHeap before JDK 23)
+    jvm = java_workload(jdk, "Throughput", jvm_flags=(f"-XX:+Use{gc}GC",))
+    # WHEN doctor looks at it
+    report = {c["name"]: c for c in json.loads(pyprof("doctor", str(jvm.pid), "--json").stdout)["checks"]}
+    # THEN it found that GC's register_nmethod to probe
+    assert report["live code-cache updates"]["status"] == "ok", report["live code-cache updates"]
+    assert f"({gc} GC)" in report["live code-cache updates"]["detail"]
