@@ -194,11 +194,7 @@ def attach(pid: int, duration: Optional[float], use_agent: bool, output: Optiona
     session = ProfileSession(pid, ProfileOptions(rate_hz=rate, stack_bytes=stack_bytes, force=force,
                                                  agent=use_agent))
     with _Stop() as stop:
-        try:
-            session.start()
-        except BaseException:
-            session.finish()
-            raise
+        session.start()
         _announce(session, duration)
         why = run_session(session, duration, stop, not no_progress and not as_json)
         write_and_summarize(session, output, fmt, as_json, why)

@@ -286,11 +286,7 @@ def top(pid: int, rate: int, duration: Optional[float], interval: float, sort: s
     tty = sys.stdout.isatty()
     why = "q"
     with _Stop() as stop:
-        try:
-            session.start()
-        except BaseException:
-            session.finish()
-            raise
+        session.start()
         description = next((c for c in session.profile.comments if c.startswith("JVM:")), "")
         try:
             why = _loop(session, live_top, state, stop, duration, interval, limit, tty, description)

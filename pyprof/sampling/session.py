@@ -90,11 +90,15 @@ class ProfileSession:
         BPF programs are compiled one after the other: bcc's compiler is not thread-safe (two
         concurrent BPF() constructions crash the process).
         """
-        self.attach_jvm()
-        if self.options.agent:
-            self._start_agent()
-        self.start_sampler()
-        self._push_threads()
+        try:
+            self.attach_jvm()
+            if self.options.agent:
+                self._start_agent()
+            self.start_sampler()
+            self._push_threads()
+        except BaseException:
+            self.finish()   # release whatever was attached already (probes, BPF programs, the agent)
+            raise
         self._mark_ready()
 
     def _start_agent(self) -> None:
