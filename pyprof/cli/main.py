@@ -47,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except click.exceptions.Exit as e:
         return e.exit_code
+    except click.UsageError as e:
+        # one line, like every other error; the command's --help is named for the rest
+        where = e.ctx.command_path if e.ctx is not None else "pyprof"
+        click.echo(f"pyprof: error: {e.format_message()} (see `{where} --help`)", err=True)
+        return e.exit_code
     except click.ClickException as e:
         e.show()
         return e.exit_code

@@ -181,6 +181,8 @@ def test_bad_input_is_one_line_and_an_exit_code(tmp_path) -> None:
             (["attach", "4000000", "-d", "1"], 3),
             (["attach", str(sleeper.pid), "-d", "1", "-o", str(tmp_path / "x.pb.gz")], 4),
             (["attach", str(os.getpid()), "-d", "1", "-o", "/proc/nonexistent/x.pb.gz"], 2),
+            (["attach", "not-a-pid"], 2),
+            (["attach", "1", "--format", "xml"], 2),
         ]
         for args, code in cases:
             # WHEN pyprof is pointed at it
