@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 
-def _cached_hash(obj: object, fields: Callable[[], tuple]) -> int:
-    """Hash of a frozen dataclass, computed once: stacks are aggregated per sample (the hot path) and
-    would otherwise re-hash every nested frame every time."""
-    try:
-        return obj.__dict__["_hash"]
-    except KeyError:
-        value = hash(fields())
-        object.__setattr__(obj, "_hash", value)
-        return value
+class _HashedOnce:
+    """Frozen dataclasses whose hash is computed once, at construction: stacks are aggregated per
+    sample (the hot path) and would otherwise re-hash every nested frame every time. Subclasses list
+    the fields in _hash_fields() and set `__hash__ = _HashedOnce.__hash__`; equality stays the
+    dataclass's."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash(self._hash_fields()))
+
+    def _hash_fields(self) -> tuple:
+        raise NotImplementedError
+
+    def __hash__(self) -> int:
+        return self._hash  # type: ignore[attr-defined]
 
 
 class FrameKind(str, enum.Enum):
@@ -48,7 +53,7 @@ class Mapping:
 
 
 @dataclass(frozen=True)
-class LogicalFrame:
+class LogicalFrame(_HashedOnce):
     """One function as a user reads it in a stack trace."""
 
     name: str                 # "java.util.HashMap.get", "memcpy", "do_syscall_64"
@@ -58,25 +63,28 @@ class LogicalFrame:
     line: int = 0             # 0 = unknown
     osr: bool = False         # compiled code of an on-stack-replacement nmethod (entered in a loop)
 
-    def __hash__(self) -> int:
-        return _cached_hash(self, lambda: (self.name, self.kind, self.system_name, self.filename, self.line,
-                                           self.osr))
+    def _hash_fields(self) -> tuple:
+        return self.name, self.kind, self.system_name, self.filename, self.line, self.osr
+
+    __hash__ = _HashedOnce.__hash__   # a frozen dataclass replaces any __hash__ not in its own body
 
 
 @dataclass(frozen=True)
-class PhysicalFrame:
+class PhysicalFrame(_HashedOnce):
     """One machine frame: an address, and the logical frames it stands for (innermost first)."""
 
     address: int
     frames: tuple[LogicalFrame, ...]
     mapping: Optional[Mapping] = None
 
-    def __hash__(self) -> int:
-        return _cached_hash(self, lambda: (self.address, self.frames, self.mapping))
+    def _hash_fields(self) -> tuple:
+        return self.address, self.frames, self.mapping
+
+    __hash__ = _HashedOnce.__hash__   # a frozen dataclass replaces any __hash__ not in its own body
 
 
 @dataclass(frozen=True)
-class StackKey:
+class StackKey(_HashedOnce):
     """What makes two samples the same for aggregation."""
 
     frames: tuple[PhysicalFrame, ...]   # leaf first
@@ -84,8 +92,10 @@ class StackKey:
     tid: int
     labels: tuple[tuple[str, str], ...] = ()   # more sample labels, sorted (e.g. from the Java agent)
 
-    def __hash__(self) -> int:
-        return _cached_hash(self, lambda: (self.frames, self.thread_name, self.tid, self.labels))
+    def _hash_fields(self) -> tuple:
+        return self.frames, self.thread_name, self.tid, self.labels
+
+    __hash__ = _HashedOnce.__hash__   # a frozen dataclass replaces any __hash__ not in its own body
 
 
 @dataclass

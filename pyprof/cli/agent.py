@@ -14,6 +14,7 @@ import click
 
 from pyprof.cli.common import PID, emit_json
 from pyprof.errors import NoSuchProcess
+from pyprof.procfs.process import is_running
 
 json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 
@@ -211,7 +212,7 @@ def watch_agent(pid: int, as_json: bool, duration: Optional[float], poll_s: floa
                     except NoSuchProcess:
                         pass
                 _show(ev, tids.get(os_tid, os_tid), as_json)
-            if not _alive(pid):
+            if not is_running(pid):
                 click.echo(f"# process {pid} exited", err=True)
                 break
             time.sleep(poll_s)
@@ -223,14 +224,6 @@ def watch_agent(pid: int, as_json: bool, duration: Optional[float], poll_s: floa
         signal.signal(signal.SIGTERM, previous)
         if dropped:
             click.echo(f"# {dropped} event(s) lost (the agent's ring overflowed)", err=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat"):
-            return True
-    except OSError:
-        return False
 
 
 def _show(ev: Any, tid: Optional[int], as_json: bool) -> None:

@@ -20,6 +20,7 @@ import click
 from pyprof.cli.common import PID, emit_json
 from pyprof.errors import MemoryReadError, PyprofError, UsageError
 from pyprof.sampling.session import ProfileOptions, ProfileSession
+from pyprof.sampling.unwind import UnwindStats
 
 FORMATS = ("pprof", "collapsed", "flamegraph", "speedscope")   # the last two: pyprof.reporters
 JVM_START_TIMEOUT = 60.0
@@ -132,6 +133,17 @@ def save_profile(profile, output: str, fmt: str) -> None:
         write_profile(profile, output, fmt)
 
 
+def _unwind_summary(u: Optional[UnwindStats]) -> dict[str, Any]:
+    """How complete the stacks are: what users need to trust the profile (and to report a bug)."""
+    if u is None:
+        return {}
+    complete = 100.0 * u.java_reached_root / u.java_samples if u.java_samples else None
+    return {"java_samples": u.java_samples,
+            "java_stacks_complete_percent": round(complete, 2) if complete is not None else None,
+            "anchor_used": u.anchor_used, "deoptimized_frames": u.deoptimized_frames,
+            "live_stack_reads": u.live_reads, "unknown_frame_reasons": dict(u.unknown_frames)}
+
+
 def write_and_summarize(session: ProfileSession, output: str, fmt: str, as_json: bool, why: str) -> None:
 
     profile = session.finish()
@@ -144,7 +156,8 @@ def write_and_summarize(session: ProfileSession, output: str, fmt: str, as_json:
         "truncated_stacks": s.truncated, "unknown_frames": s.unknown_frames, "frames": s.frames,
         "unknown_frames_percent": round(s.unknown_pct, 3), "duration_s": round(profile.duration_ns / 1e9, 3),
         "first_sample_s": round(s.first_sample_s, 3) if s.first_sample_s is not None else None,
-        "code_cache_events": s.code_events, "top_self": top,
+        "code_cache_events": s.code_events, "code_cache_events_lost": s.code_events_lost,
+        "no_user_regs": s.no_user_regs, "unwind": _unwind_summary(s.unwind), "top_self": top,
         "startup_s": round(s.startup_s, 3), "startup_cpu_s": round(s.startup_cpu_s, 3),
         "sampling_cpu_s": round(s.sampling_cpu_s, 3),
         "cpu_us_per_sample": round(1e6 * s.sampling_cpu_s / s.samples, 1) if s.samples else None,
@@ -160,6 +173,9 @@ def write_and_summarize(session: ProfileSession, output: str, fmt: str, as_json:
     err.write(f"  {s.samples} samples in {summary['duration_s']} s, {s.lost} lost, "
               f"{s.truncated} truncated stacks, unknown frames {s.unknown_pct:.2f}% "
               f"({s.unknown_frames}/{s.frames})\n")
+    complete = summary["unwind"].get("java_stacks_complete_percent")
+    if complete is not None:
+        err.write(f"  {complete:.2f}% of Java-thread stacks reach the thread's root frame\n")
     if session.agent is not None:
         a = summary["agent"]
         err.write(f"  GC: {a['gc_pauses']} pauses, {a['gc_pause_ms']} ms (samples labelled pause=gc)\n")

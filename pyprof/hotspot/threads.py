@@ -1,15 +1,18 @@
-"""JavaThreads of the target, read attach-free: OS tid -> JavaThread*, and its last-Java-frame anchor.
+"""JavaThreads of the target, read attach-free: OS tid -> JavaThread*, its Java name, its stack base and
+where its last-Java-frame anchor lives.
 
 ThreadsSMRSupport::_java_thread_list -> ThreadsList {_length, _threads[]} -> JavaThread ->
 _osthread -> OSThread::_thread_id. The anchor (JavaThread::_anchor: _last_Java_sp/pc/fp) is where a
-thread that left Java (into the VM, a JNI library or a blocking call) last was in Java code: the
-unwinder resumes Java unwinding there when native frames have no usable frame pointers.
+thread that left Java (into the VM, a JNI library or a blocking call) last was in Java code. The BPF
+sampler reads it at the moment of each sample (anchor_addresses()); the unwinder resumes Java
+unwinding there when native frames have no usable frame pointers.
+
+Whoever owns a JavaThreads refreshes it (the profiling session, every 0.5 s); lookups never read the
+target, so they are safe on the per-sample path.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
 from typing import Optional
 
 from pyprof.errors import MemoryReadError
@@ -17,15 +20,6 @@ from pyprof.hotspot.jvm import HotSpotJvm
 from pyprof.hotspot.oops import JavaObjects
 
 MAX_THREADS = 100_000
-REFRESH_INTERVAL = 0.5   # s: re-read the threads list at most this often on a miss
-
-
-@dataclass(frozen=True)
-class Anchor:
-    sp: int
-    pc: int
-    fp: int
-
 
 class JavaThreads:
     def __init__(self, jvm: HotSpotJvm) -> None:
@@ -36,7 +30,6 @@ class JavaThreads:
         self._names: dict[int, str] = {}
         self._stack_bases: dict[int, int] = {}
         self.objects = JavaObjects(jvm)
-        self._last_refresh = 0.0
         self.available = all(self.lay.has(k) for k in (
             "ThreadsSMRSupport._java_thread_list", "ThreadsList._length", "ThreadsList._threads",
             "JavaThread._osthread", "OSThread._thread_id", "JavaThread._anchor",
@@ -44,7 +37,6 @@ class JavaThreads:
             "JavaFrameAnchor._last_Java_fp"))
 
     def refresh(self) -> None:
-        self._last_refresh = time.monotonic()
         if not self.available:
             return
         lay = self.lay
@@ -96,32 +88,9 @@ class JavaThreads:
         """The Java name of thread `tid` as of the last refresh (None: not a Java thread, or unreadable)."""
         return self._names.get(tid)
 
-    def java_thread(self, tid: int) -> Optional[int]:
-        thread = self._by_tid.get(tid)
-        if thread is None and time.monotonic() - self._last_refresh > REFRESH_INTERVAL:
-            self.refresh()
-            thread = self._by_tid.get(tid)
-        return thread
-
     def is_java_thread(self, tid: int) -> bool:
-        return self.java_thread(tid) is not None
-
-    def anchor(self, tid: int) -> Optional[Anchor]:
-        """The thread's last Java frame, or None (not a Java thread, or currently in Java code)."""
-        thread = self.java_thread(tid)
-        if thread is None:
-            return None
-        lay = self.lay
-        base = thread + lay.offset("JavaThread._anchor")
-        try:
-            raw = self.r.bytes(base, 24)
-        except MemoryReadError:
-            return None
-        sp = lay["JavaFrameAnchor._last_Java_sp"].get(raw)
-        if sp == 0:
-            return None
-        return Anchor(sp, lay["JavaFrameAnchor._last_Java_pc"].get(raw),
-                      lay["JavaFrameAnchor._last_Java_fp"].get(raw))
+        """As of the last refresh."""
+        return tid in self._by_tid
 
     def tids(self) -> list[int]:
         return list(self._by_tid)

@@ -19,14 +19,14 @@ from pyprof.hotspot.jvm import HotSpotJvm
 from pyprof.hotspot.method import MethodResolver
 from pyprof.hotspot.threads import JavaThreads
 from pyprof.model import FrameKind, ProfileData, StackKey
-
-if TYPE_CHECKING:
-    from pyprof.agent.labels import AgentLabeler
 from pyprof.procfs.process import is_running
 from pyprof.sampling.sampler import stack_window
 from pyprof.sampling.threadnames import ThreadNames
-from pyprof.sampling.unwind import Unwinder
+from pyprof.sampling.unwind import Unwinder, UnwindStats
 from pyprof.sources.live import LiveCodeCache
+
+if TYPE_CHECKING:
+    from pyprof.agent.labels import AgentLabeler
 
 MAX_BUFFERED = 2_000   # raw samples kept while a recorded JVM boots: 2000 x 32 KiB stacks = 64 MiB at most
 THREADS_REFRESH_S = 0.5  # how often the JavaThreads list (tids, anchors for the BPF program) is re-read
@@ -51,6 +51,8 @@ class SessionStats:
     code_events_lost: int = 0
     dropped_early: int = 0       # samples taken before the JVM was readable, over the buffer bound
     first_sample_s: Optional[float] = None
+    no_user_regs: int = 0          # samples without user registers (exiting threads)
+    unwind: Optional[UnwindStats] = None   # the unwinder's own counters (roots reached, anchors, ...)
     startup_s: float = 0.0         # wall time from the start to sampling with the code-cache map live
     startup_cpu_s: float = 0.0     # pyprof's CPU for that (BPF compilation, the code-cache walk)
     sampling_cpu_s: float = 0.0    # pyprof's CPU from then to the end (unwinding, aggregation)
@@ -154,7 +156,6 @@ class ProfileSession:
             raise
         self.jvm, self.live = jvm, live
         threads = JavaThreads(jvm)
-        threads.refresh()
         self.threads = threads
         self.names.java_names = threads.name
         self._push_threads()
@@ -203,11 +204,14 @@ class ProfileSession:
         return len(raw)
 
     def _push_threads(self) -> None:
-        """Tell the BPF program where each Java thread keeps its last Java frame (new threads appear)."""
+        """Re-read the JVM's threads (new ones appear, names change) and tell the BPF program where each
+        keeps its last Java frame. The one place the thread list is refreshed."""
         self._threads_refreshed = time.monotonic()
-        if self.threads is None or self.sampler is None:
+        if self.threads is None:
             return
         self.threads.refresh()
+        if self.sampler is None:
+            return
         anchors = self.threads.anchor_addresses()
         if anchors != self._pushed_anchors:
             self.sampler.set_java_threads(anchors)
@@ -219,7 +223,7 @@ class ProfileSession:
             try:
                 frames = self.unwinder.unwind(sample)
             except MemoryReadError:
-                frames = (self.unwinder._unknown("unwind failed"),)
+                frames = (self.unwinder.unknown_frame("unwind failed"),)
             key = StackKey(frames, self.names.name(sample.tid), sample.tid)
             if self.agent is not None:
                 self.agent.hold(sample.time_ns, key)
@@ -293,11 +297,13 @@ class ProfileSession:
                 c = self.sampler.counters()
                 self.stats.lost = c.lost + self.stats.dropped_early
                 self.stats.truncated = c.truncated
+                self.stats.no_user_regs = c.no_user_regs
             except Exception:  # noqa: BLE001 - the BPF maps may already be gone
                 pass
         if self.unwinder is not None:
             self.stats.unknown_frames = self.unwinder.stats.unknown_total
             self.stats.frames = self.unwinder.stats.frames
+            self.stats.unwind = self.unwinder.stats
         if self.live is not None:
             self.stats.code_events = self.live.counters["events"]
             self.stats.code_events_lost = self.live.lost_events

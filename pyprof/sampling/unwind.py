@@ -139,7 +139,7 @@ class Unwinder:
         self.stats.samples += 1
         frames: list[PhysicalFrame] = [self._kernel_frame(ip) for ip in sample.kernel_ips]
         if sample.sp == 0:
-            frames.append(self._unknown("no user registers"))
+            frames.append(self.unknown_frame("no user registers"))
             self.stats.frames += len(frames)
             return tuple(frames)
         reader = _StackReader(sample, self.r, self.stats)
@@ -156,11 +156,11 @@ class Unwinder:
             if walk.reached_root or nxt is None:
                 break
             if nxt.sp <= cursor.sp or nxt.sp - cursor.sp > MAX_FRAME_BYTES:
-                frames.append(self._unknown("stack went backwards"))
+                frames.append(self.unknown_frame("stack went backwards"))
                 break
             cursor = nxt
         else:
-            frames.append(self._unknown("depth limit"))
+            frames.append(self.unknown_frame("depth limit"))
         self._count(sample, frames, walk)
         return tuple(frames)
 
@@ -281,11 +281,11 @@ class Unwinder:
                      sample: StackSample) -> tuple[PhysicalFrame, Optional[_Cursor]]:
         fp = cur.fp
         if fp <= cur.sp or fp - cur.sp > MAX_FRAME_BYTES:
-            return self._unknown("interpreter frame without frame pointer"), None
+            return self.unknown_frame("interpreter frame without frame pointer"), None
         method = reader.word(fp + self.slot_method)
         info = self._method(method) if method else None
         if info is None:
-            frame = self._unknown("interpreted frame with unreadable Method*")
+            frame = self.unknown_frame("interpreted frame with unreadable Method*")
         else:
             # In the top frame the live bcp is in r13; deeper frames saved it in their bcp slot.
             bcp = sample.r13 if cur.top else reader.word(fp + self.slot_bcp)
@@ -351,7 +351,7 @@ class Unwinder:
             self._method_frames[key] = frame
         return frame
 
-    def _unknown(self, why: str) -> PhysicalFrame:
+    def unknown_frame(self, why: str) -> PhysicalFrame:
         self.stats.unknown_frames[why] += 1
         return PhysicalFrame(0, (LogicalFrame("[unknown]", FrameKind.UNKNOWN, why),))
 

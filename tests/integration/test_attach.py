@@ -93,6 +93,7 @@ def test_phase_shares_stacks_and_pprof(jdk, java_workload, tmp_path) -> None:
     # AND the summary counts what it must
     assert summary["samples"] == sum(profile.counts.values())
     assert summary["lost"] == 0 and summary["unknown_frames_percent"] < 0.5
+    assert summary["unwind"]["java_stacks_complete_percent"] >= 99.0, summary["unwind"]
     assert summary["top_self"][0]["function"].startswith("pyproftest.Phases.phaseA")
 
 
