@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pyprof.hotspot.method import MethodResolver  # noqa: E402
-from pyprof.sampling.session import ProfileOptions, ProfileSession  # noqa: E402
 from pyprof.sampling.unwind import Unwinder  # noqa: E402
+from pyprof.session.session import ProfileOptions, ProfileSession  # noqa: E402
 from pyprof.symbols.kernel import KernelSymbols  # noqa: E402
 from pyprof.symbols.native import NativeSymbolizer  # noqa: E402
 from tests.conftest import CLASSES, JDK_HOMES, NATIVE_LIBS  # noqa: E402

@@ -1,4 +1,4 @@
-// nmethod lifecycle events of one JVM, from uprobes on libjvm (pyprof/sources/live.py loads this).
+// nmethod lifecycle events of one JVM, from uprobes on libjvm (pyprof/codemap/live.py loads this).
 //
 // Probes (attached by symbol, per JDK and GC; see live.py):
 //   EVENT_REGISTER      <GC>Heap::register_nmethod(this, nmethod* nm)   -> nm = 2nd argument

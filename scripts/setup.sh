@@ -29,7 +29,7 @@ fi
 # --- kernel headers for bcc ------------------------------------------------------------------
 # bcc compiles BPF C at run time against /lib/modules/$(uname -r)/build. Kernels without their own
 # header package (this one) work with Debian's newest linux-headers-*-amd64 exposed there.
-PYTHONPATH=. /usr/bin/python3 -m pyprof.sampling.kheaders --install
+PYTHONPATH=. /usr/bin/python3 -m pyprof.kernel.kheaders --install
 
 # --- the virtualenv --------------------------------------------------------------------------
 # Debian's python3 (not a pyenv one): bcc is installed for it.

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from pyprof.errors import NoSuchProcess, SourceUnavailable
+from pyprof.procfs.process import require_running
 
 ROOT_DIR = "run/pyprof"
 MAX_FILE_BYTES = 64 * 1024
@@ -148,8 +149,7 @@ def read_connection_file(path: str, pid: int, uid: Optional[int] = None,
 
 def find_connection(pid: int) -> Optional[ConnectionInfo]:
     """The running agent's connection file, or None when there is none (no agent)."""
-    if not os.path.exists(f"/proc/{pid}"):
-        raise NoSuchProcess(f"no such process: {pid}")
+    require_running(pid)
     uid = jvm_uid(pid)
     problems = []
     for path in candidate_paths(pid):
@@ -248,11 +248,3 @@ def host_tids(pid: int) -> dict[int, int]:
         except OSError:
             continue
     return out
-
-
-def thread_comm(pid: int, tid: int) -> Optional[str]:
-    try:
-        with open(f"/proc/{pid}/task/{tid}/comm") as f:
-            return f.read().rstrip("\n")
-    except OSError:
-        return None

@@ -24,6 +24,8 @@ from pyprof.agent.client import AgentClient
 from pyprof.agent.connection import find_connection, jvm_uid
 from pyprof.agent.jar import find_agent_jar
 from pyprof.errors import NoSuchProcess, NotAJvm, PermissionDenied, SourceUnavailable
+from pyprof.jvmtools.jcmd import find_jcmd, run_jcmd
+from pyprof.procfs.process import comm, require_running
 
 LOAD_TIMEOUT = 60.0
 UNLOAD_TIMEOUT = 30.0
@@ -39,11 +41,6 @@ class LoadResult:
     already_running: bool
     jar: str
     notes: list[str] = field(default_factory=list)
-
-
-def _require_process(pid: int) -> None:
-    if not os.path.exists(f"/proc/{pid}"):
-        raise NoSuchProcess(f"no such process: {pid}")
 
 
 def _require_jvm(pid: int) -> None:
@@ -74,8 +71,6 @@ def _cmdline(pid: int) -> list[str]:
 def check_dynamic_loading(pid: int, jar: Path, jcmd: Optional[str] = None) -> bool:
     """SourceUnavailable (one line) when the JVM refuses dynamic agents or attach; else whether it was
     started with -XX:+EnableDynamicAgentLoading (then JDK 21+ loads agents without a warning)."""
-    from pyprof.sources.jcmd import run_jcmd
-
     args = _cmdline(pid)
     if NO_ATTACH_FLAG in args:
         raise SourceUnavailable(f"JVM {pid} refuses attach ({NO_ATTACH_FLAG}): start it with "
@@ -145,10 +140,30 @@ def running_status(pid: int) -> Optional[dict[str, Any]]:
         return None
 
 
+@dataclass
+class AgentConnection:
+    """A connected agent client, and what connecting took (whether it was loaded now, notes)."""
+    client: AgentClient
+    loaded_now: bool
+    notes: list[str]
+
+
+def connect_agent(pid: int, load: bool = True) -> AgentConnection:
+    """Connect to the agent in `pid`; load it first (jcmd) when none runs and `load` is set."""
+    require_running(pid)
+    loaded_now = False
+    notes: list[str] = []
+    if load:
+        result = load_agent(pid)      # a no-op when one runs already
+        loaded_now = not result.already_running
+        if loaded_now:
+            notes.append(f"loaded the pyprof agent into {pid} (`pyprof agent unload {pid}` stops it)")
+        notes += result.notes
+    return AgentConnection(AgentClient.connect(pid), loaded_now, notes)
+
+
 def load_agent(pid: int, options: str = "", timeout: float = LOAD_TIMEOUT) -> LoadResult:
     """Load the agent into running JVM `pid` (a no-op when it already runs)."""
-    from pyprof.sources.jcmd import find_jcmd, run_jcmd
-
     _require_jvm(pid)
     jar = find_agent_jar()
     status = running_status(pid)
@@ -176,8 +191,7 @@ def load_agent(pid: int, options: str = "", timeout: float = LOAD_TIMEOUT) -> Lo
         status = running_status(pid)
         if status is not None:
             break
-        if not os.path.exists(f"/proc/{pid}"):
-            raise NoSuchProcess(f"process {pid} exited while the agent was loaded")
+        require_running(pid, f"process {pid} exited while the agent was loaded")
         time.sleep(0.1)
     if status is None:
         raise SourceUnavailable(f"the agent did not start in {pid} within {timeout:.0f} s "
@@ -203,19 +217,15 @@ def agent_threads(pid: int) -> list[tuple[int, str]]:
     except FileNotFoundError as e:
         raise NoSuchProcess(f"no such process: {pid}") from e
     for t in tids:
-        try:
-            with open(f"/proc/{pid}/task/{t}/comm") as f:
-                comm = f.read().rstrip("\n")
-        except OSError:
-            continue
-        if comm.startswith(THREAD_PREFIX):
-            out.append((int(t), comm))
+        name = comm(pid, int(t))
+        if name is not None and name.startswith(THREAD_PREFIX):
+            out.append((int(t), name))
     return out
 
 
 def unload_agent(pid: int, timeout: float = UNLOAD_TIMEOUT) -> bool:
     """Stop the agent; returns False when none was running. Waits until its threads are gone."""
-    _require_process(pid)
+    require_running(pid)
     info = find_connection(pid)
     if info is None:
         return False

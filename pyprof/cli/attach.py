@@ -19,8 +19,8 @@ import click
 
 from pyprof.cli.common import PID, emit_json
 from pyprof.errors import MemoryReadError, PyprofError, UsageError
-from pyprof.sampling.session import ProfileOptions, ProfileSession
 from pyprof.sampling.unwind import UnwindStats
+from pyprof.session.session import ProfileOptions, ProfileSession
 
 FORMATS = ("pprof", "collapsed", "flamegraph", "speedscope")   # the last two: pyprof.reporters
 JVM_START_TIMEOUT = 60.0

@@ -255,9 +255,9 @@ def watch(pid: int, as_json: bool, duration: Optional[float], source: str) -> No
 
         watch_agent(pid, as_json, duration)
         return
+    from pyprof.codemap.live import CodeCacheChange, LiveCodeCache, monotonic_ns
     from pyprof.hotspot.codecache import CodeCache
     from pyprof.hotspot.jvm import HotSpotJvm
-    from pyprof.sources.live import CodeCacheChange, LiveCodeCache, monotonic_ns
 
     stop = {"now": False}
 

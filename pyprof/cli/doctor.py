@@ -24,7 +24,7 @@ class Line:
 
 
 def system_lines() -> list[Line]:
-    from pyprof.sampling import features
+    from pyprof.kernel import features
 
     out = []
     for check in features.run_all():
@@ -35,11 +35,11 @@ def system_lines() -> list[Line]:
 
 
 def jvm_lines(pid: int) -> list[Line]:
+    from pyprof.codemap.live import probe_symbols
     from pyprof.hotspot.codecache import CodeCache
     from pyprof.hotspot.jvm import HotSpotJvm
     from pyprof.hotspot.threads import JavaThreads
-    from pyprof.sources.jcmd import find_jcmd
-    from pyprof.sources.live import probe_symbols
+    from pyprof.jvmtools.jcmd import find_jcmd
 
     lines: list[Line] = []
     try:

@@ -274,7 +274,7 @@ def top(pid: int, rate: int, duration: Optional[float], interval: float, sort: s
           q  quit (Ctrl-C too)
     """
     from pyprof.cli.attach import _Stop
-    from pyprof.sampling.session import ProfileOptions, ProfileSession
+    from pyprof.session.session import ProfileOptions, ProfileSession
 
     if output is not None:
         from pyprof.cli.attach import resolve_output

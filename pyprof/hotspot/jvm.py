@@ -5,34 +5,21 @@ Opening one never stops or signals the target: it reads /proc/PID/{maps,mem,map_
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
-from typing import Optional
 
 from pyprof.errors import MemoryReadError, NoSuchProcess, NotAJvm, PermissionDenied, UnsupportedJvm
 from pyprof.hotspot.layout import Layout
 from pyprof.hotspot.vmstructs import VMStructs, read_vmstructs
-from pyprof.procfs.elf import ElfSymbols
+from pyprof.procfs.elf import ElfSymbols, load_symbols_cached
 from pyprof.procfs.maps import MapEntry, library_entries, load_base, open_mapped_file, read_maps
 from pyprof.procfs.memory import ProcessMemory, Reader
+from pyprof.procfs.process import comm, is_running, require_running
 
 TESTED_RANGE = (17, 25)
 MAX_FLAGS = 10_000
 
 GC_FLAGS = ("UseG1GC", "UseParallelGC", "UseSerialGC", "UseShenandoahGC", "UseZGC", "UseEpsilonGC")
-
-_symbols_cache: dict[tuple[str, int, int], ElfSymbols] = {}
-
-
-def load_symbols_cached(path: str) -> ElfSymbols:
-    """ELF symbols, cached per (path, inode, size): a JVM is often opened several times per run."""
-    st = os.stat(path)
-    key = (os.path.realpath(path) if not path.startswith("/proc/") else path, st.st_ino, st.st_size)
-    if key not in _symbols_cache:
-        _symbols_cache[key] = ElfSymbols.load(path)
-    return _symbols_cache[key]
-
 
 @dataclass
 class HotSpotJvm:
@@ -53,14 +40,11 @@ class HotSpotJvm:
     # ---- opening ---------------------------------------------------------------------------------
     @classmethod
     def open(cls, pid: int) -> HotSpotJvm:
-        if pid <= 0:
-            raise NoSuchProcess(f"no such process: {pid}")
-        if not os.path.exists(f"/proc/{pid}"):
-            raise NoSuchProcess(f"no such process: {pid}")
+        require_running(pid)
         maps = read_maps(pid)
         entries = library_entries(maps, "libjvm.so")
         if not entries:
-            raise NotAJvm(f"process {pid} ({_comm(pid)}) is not a HotSpot JVM: no libjvm.so mapped")
+            raise NotAJvm(f"process {pid} ({comm(pid) or '?'}) is not a HotSpot JVM: no libjvm.so mapped")
         _how, open_path = open_mapped_file(pid, entries)
         try:
             symbols = load_symbols_cached(str(open_path))
@@ -77,7 +61,7 @@ class HotSpotJvm:
             vm = read_vmstructs(reader, symbols, base)
         except MemoryReadError as e:
             memory.close()
-            if not os.path.exists(f"/proc/{pid}"):
+            if not is_running(pid):
                 raise NoSuchProcess(f"process {pid} exited") from e
             raise UnsupportedJvm(f"process {pid}: cannot read VMStructs ({e}); JVM still starting?") from e
         jvm = cls(pid, reader, memory, entries[0].path, str(open_path), base, entries, symbols, vm,
@@ -171,19 +155,3 @@ def _major_of(release: str, published: int) -> int:
         return published
     m = re.match(r"(\d+)", release)
     return int(m.group(1)) if m else 0
-
-
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return "?"
-
-
-def is_jvm_process(pid: int) -> Optional[bool]:
-    """True/False, or None when we cannot tell (no permission)."""
-    try:
-        return bool(library_entries(read_maps(pid), "libjvm.so"))
-    except (NoSuchProcess, PermissionDenied):
-        return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import io
+import os
 import struct
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterator, Optional
@@ -121,3 +122,16 @@ def _build_id(elf: ELFFile) -> str:
         if note["n_type"] == "NT_GNU_BUILD_ID":
             return str(note["n_desc"])
     return ""
+
+
+_symbols_cache: dict[tuple[str, int, int], ElfSymbols] = {}
+
+
+def load_symbols_cached(path: str) -> ElfSymbols:
+    """ELF symbols, cached per (path, inode, size): a JVM is often opened several times per run, and
+    the native symbolizer opens the same libjvm again."""
+    st = os.stat(path)
+    key = (os.path.realpath(path) if not path.startswith("/proc/") else path, st.st_ino, st.st_size)
+    if key not in _symbols_cache:
+        _symbols_cache[key] = ElfSymbols.load(path)
+    return _symbols_cache[key]

@@ -13,9 +13,10 @@ import struct
 import time
 from dataclasses import dataclass
 
-from pyprof.errors import MissingKernelFeature, NoSuchProcess
-from pyprof.sampling import features
-from pyprof.sampling.bpf_loader import close_bpf, load_bpf
+from pyprof.errors import MissingKernelFeature
+from pyprof.kernel import features
+from pyprof.kernel.bpf_loader import close_bpf, load_bpf
+from pyprof.procfs.process import require_running
 
 KSTACK_DEPTH = 64
 MIN_STACK_BYTES, MAX_STACK_BYTES = 1024, 65536
@@ -104,8 +105,8 @@ class Sampler:
         """Compile, load and attach; samples flow once a target pid is set (the constructor's, or
         set_target() later: `record` attaches before it starts the JVM)."""
         features.require_sampling(force=self.force)
-        if self.pid and not os.path.exists(f"/proc/{self.pid}"):
-            raise NoSuchProcess(f"no such process: {self.pid}")
+        if self.pid:
+            require_running(self.pid)
         from bcc import PerfSWConfig, PerfType
 
         record = _STACK_OFFSET + self.stack_bytes

@@ -13,6 +13,8 @@ from __future__ import annotations
 import time
 from typing import Callable, Optional
 
+from pyprof.procfs.process import comm
+
 TTL = 1.0
 
 
@@ -40,8 +42,4 @@ class ThreadNames:
         return name
 
     def _read(self, tid: int) -> Optional[str]:
-        try:
-            with open(f"/proc/{self.pid}/task/{tid}/comm", "rb") as f:
-                return f.read(64).decode("utf-8", "replace").strip()
-        except OSError:
-            return None
+        return comm(self.pid, tid)

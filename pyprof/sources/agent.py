@@ -13,13 +13,12 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Optional
 
 from pyprof.agent.client import AgentClient, JitEvent
-from pyprof.errors import NoSuchProcess
+from pyprof.agent.control import connect_agent
 from pyprof.hotspot.codecache import CodeCacheSnapshot, WalkStats
 from pyprof.sources.jcmd import parse_codelist
 
@@ -37,19 +36,8 @@ class AgentSource:
     @classmethod
     def open(cls, pid: int, load: bool = True) -> AgentSource:
         """Connect to the agent in `pid`; load it first (jcmd) when none runs and `load` is set."""
-        if not os.path.exists(f"/proc/{pid}"):
-            raise NoSuchProcess(f"no such process: {pid}")
-        loaded_now = False
-        notes: list[str] = []
-        if load:
-            from pyprof.agent.control import load_agent
-
-            result = load_agent(pid)      # a no-op when one runs already
-            loaded_now = not result.already_running
-            if loaded_now:
-                notes.append(f"loaded the pyprof agent into {pid} (`pyprof agent unload {pid}` stops it)")
-            notes += result.notes
-        return cls(pid, AgentClient.connect(pid), loaded_now, notes)
+        connection = connect_agent(pid, load)
+        return cls(pid, connection.client, connection.loaded_now, connection.notes)
 
     def snapshot(self) -> CodeCacheSnapshot:
         started = time.perf_counter()

@@ -11,17 +11,15 @@ from __future__ import annotations
 import os
 import re
 import stat
-import subprocess
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Optional
 
-from pyprof.errors import NoSuchProcess, SourceUnavailable
+from pyprof.errors import SourceUnavailable
 from pyprof.hotspot.codecache import BlobKind, CodeBlobInfo, CodeCacheSnapshot, WalkStats
 from pyprof.hotspot.method import MethodInfo
+from pyprof.jvmtools.jcmd import find_jcmd, run_jcmd
+from pyprof.procfs.process import namespace_pid, require_running
 
-JCMD_TIMEOUT = 30.0
 MAX_PERFMAP_BYTES = 256 * 1024 * 1024
 
 CODELIST_LINE = re.compile(
@@ -41,38 +39,6 @@ PERFMAP_KINDS = (
     ("ExceptionBlob", BlobKind.EXCEPTION),
     ("UncommonTrapBlob", BlobKind.UNCOMMON_TRAP),
 )
-
-
-def find_jcmd(pid: int) -> str:
-    """The jcmd of the target's own JDK (a jcmd of another version may refuse to attach)."""
-    try:
-        exe = os.readlink(f"/proc/{pid}/exe")
-    except FileNotFoundError as e:
-        raise NoSuchProcess(f"no such process: {pid}") from e
-    except PermissionError as e:
-        raise SourceUnavailable(f"cannot read /proc/{pid}/exe: run as root") from e
-    exe = exe.removesuffix(" (deleted)")
-    # The target's own file system first: in a container, the host path may be another JDK or nothing.
-    for java in (Path(f"/proc/{pid}/root") / exe.lstrip("/"), Path(exe)):
-        jcmd = java.parent / "jcmd"
-        if jcmd.is_file() and os.access(jcmd, os.X_OK):
-            return str(jcmd)
-    raise SourceUnavailable(f"no jcmd next to {exe} (a JRE without jcmd?)")
-
-
-def run_jcmd(pid: int, *command: str, jcmd: Optional[str] = None, timeout: float = JCMD_TIMEOUT) -> str:
-    jcmd = jcmd or find_jcmd(pid)
-    try:
-        done = subprocess.run([jcmd, str(pid), *command], capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as e:
-        raise SourceUnavailable(f"jcmd {' '.join(command)} timed out after {timeout:.0f} s") from e
-    except OSError as e:
-        raise SourceUnavailable(f"cannot run {jcmd}: {e.strerror}") from e
-    if done.returncode != 0:
-        first = (done.stdout + done.stderr).strip().splitlines()
-        raise SourceUnavailable(f"jcmd {' '.join(command)} failed: {first[-1] if first else done.returncode}")
-    return done.stdout
 
 
 def parse_method(text: str) -> MethodInfo:
@@ -125,18 +91,6 @@ def parse_perfmap(text: str, nmethod_ranges: set[int]) -> list[CodeBlobInfo]:
     return out
 
 
-def namespace_pid(pid: int) -> int:
-    """The JVM's pid as the JVM sees it (its own PID namespace: the last NSpid of /proc/PID/status)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("NSpid:"):
-                    return int(line.split()[-1])
-    except (OSError, ValueError):
-        pass
-    return pid
-
-
 def perfmap_path(pid: int) -> str:
     """/tmp/perf-<its own pid>.map in the JVM's mount namespace, seen from here."""
     return f"/proc/{pid}/root/tmp/perf-{namespace_pid(pid)}.map"
@@ -178,8 +132,7 @@ class JcmdSource:
 
     @classmethod
     def open(cls, pid: int, with_perfmap: bool = True) -> JcmdSource:
-        if not os.path.exists(f"/proc/{pid}"):
-            raise NoSuchProcess(f"no such process: {pid}")
+        require_running(pid)
         return cls(pid, find_jcmd(pid), with_perfmap)
 
     def snapshot(self) -> CodeCacheSnapshot:

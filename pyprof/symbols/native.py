@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from pyprof.errors import MemoryReadError, NoSuchProcess, PermissionDenied
-from pyprof.hotspot.jvm import load_symbols_cached
 from pyprof.model import Mapping
-from pyprof.procfs.elf import ElfSymbols
+from pyprof.procfs.elf import ElfSymbols, load_symbols_cached
 from pyprof.procfs.maps import MapEntry, load_base, open_mapped_file, read_maps
 from pyprof.procfs.memory import ProcessMemory
 from pyprof.symbols.demangle import demangle

@@ -1,10 +1,10 @@
-"""Finding Debian's kernel headers for bcc (pyprof.sampling.kheaders)."""
+"""Finding Debian's kernel headers for bcc (pyprof.kernel.kheaders)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pyprof.sampling import kheaders
+from pyprof.kernel import kheaders
 
 
 def make_headers(root: Path, version: str) -> Path:

@@ -1,6 +1,6 @@
 """Compiling bpf/*.c with bcc, and releasing what bcc attached.
 
-bcc compiles BPF C at run time against kernel headers (pyprof.sampling.kheaders finds them); every
+bcc compiles BPF C at run time against kernel headers (pyprof.kernel.kheaders finds them); every
 failure becomes one line the user can act on: MissingKernelFeature (no bcc, no headers, a compile or
 load error) or PermissionDenied (not root / no CAP_BPF).
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pyprof.errors import MissingKernelFeature, PermissionDenied
-from pyprof.sampling import kheaders
+from pyprof.kernel import kheaders
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 

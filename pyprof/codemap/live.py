@@ -23,7 +23,7 @@ from typing import Callable, Optional
 from pyprof.errors import MemoryReadError, SourceUnavailable
 from pyprof.hotspot.codecache import CodeBlobInfo, CodeCache, CodeCacheSnapshot
 from pyprof.hotspot.jvm import HotSpotJvm
-from pyprof.sampling.bpf_loader import close_bpf
+from pyprof.kernel.bpf_loader import close_bpf
 
 EVENT_REGISTER, EVENT_UNREGISTER, EVENT_FREE, EVENT_NOT_ENTRANT, EVENT_NOT_ENTRANT_OR_ZOMBIE = 1, 2, 3, 4, 5
 GRAVEYARD_NS = 5_000_000_000      # keep freed blobs findable for samples up to 5 s old
@@ -118,7 +118,7 @@ class LiveCodeCache:
         return snap
 
     def _attach(self) -> None:
-        from pyprof.sampling.bpf_loader import load_bpf
+        from pyprof.kernel.bpf_loader import load_bpf
 
         symbols = probe_symbols(self.jvm)
         if "on_register" not in symbols or "on_free" not in symbols:

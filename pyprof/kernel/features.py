@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from pyprof.errors import MissingKernelFeature, PermissionDenied
-from pyprof.sampling import kheaders
+from pyprof.kernel import kheaders
 
 MIN_KERNEL = (5, 15)          # BPF ring buffer (5.8), bpf_task_pt_regs (5.15)
 FREEZE_RANGE = ((5, 19), (6, 2))   # copy_from_user_nofault from BPF could freeze (Debian #1033398)
@@ -143,7 +143,7 @@ def check_headers() -> Check:
 def check_compile() -> Check:
     """Compile and load a trivial program: proves headers, clang (in libbcc) and the bpf() syscall."""
     from pyprof.errors import PyprofError
-    from pyprof.sampling.bpf_loader import close_bpf, load_bpf_text
+    from pyprof.kernel.bpf_loader import close_bpf, load_bpf_text
 
     try:
         bpf = load_bpf_text("int probe(void *ctx) { return 0; }")

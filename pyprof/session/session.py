@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
 from pyprof import __version__
+from pyprof.codemap.live import LiveCodeCache
 from pyprof.errors import MemoryReadError, NoSuchProcess
 from pyprof.hotspot.codecache import CodeCache
 from pyprof.hotspot.jvm import HotSpotJvm
@@ -23,7 +24,6 @@ from pyprof.procfs.process import is_running
 from pyprof.sampling.sampler import stack_window
 from pyprof.sampling.threadnames import ThreadNames
 from pyprof.sampling.unwind import Unwinder, UnwindStats
-from pyprof.sources.live import LiveCodeCache
 
 if TYPE_CHECKING:
     from pyprof.agent.labels import AgentLabeler

@@ -6,7 +6,7 @@ outside the distribution (like the 6.18 one here) ship no headers; Debian's newe
 need stable UAPI types. ``ensure()`` finds them and, as root, links them into place; ``status()`` explains
 what is missing for ``pyprof doctor``.
 
-Run as ``python -m pyprof.sampling.kheaders --install`` from ``make setup``.
+Run as ``python -m pyprof.kernel.kheaders --install`` from ``make setup``.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def status(release: Optional[str] = None) -> HeaderStatus:
     if found:
         return HeaderStatus(
             False, found, f"{build} missing; {found} is installed but not exposed",
-            "run `make setup` (or: python -m pyprof.sampling.kheaders --install as root)",
+            "run `make setup` (or: python -m pyprof.kernel.kheaders --install as root)",
         )
     return HeaderStatus(
         False, None, f"{build} missing and no linux-headers-*-amd64 in /usr/src",
