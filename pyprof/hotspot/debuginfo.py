@@ -24,6 +24,7 @@ from pyprof.errors import MemoryReadError
 from pyprof.hotspot.codecache import CodeBlobInfo
 from pyprof.hotspot.layout import DebugRanges, Layout
 from pyprof.hotspot.method import MethodInfo, MethodResolver
+from pyprof.lru import LRUCache
 from pyprof.procfs.memory import Reader
 
 MAX_SCOPES = 64
@@ -132,9 +133,12 @@ class DebugInfo:
         self.resolver = resolver
         self.const_method_size = layout.type_size("ConstMethod", 56)
         self.line_bit = layout.has_linenumber_table_bit()
-        self._pcdescs: dict[tuple[int, int], tuple[list[int], list[int], DebugRanges]] = {}
-        self._chains: dict[tuple[int, int, int], tuple[JavaScope, ...]] = {}
-        self._lines: dict[int, Optional[list[tuple[int, int]]]] = {}
+        self._pcdescs: LRUCache[tuple[int, int], tuple[list[int], list[int], DebugRanges]] = LRUCache(
+            "nmethod -> PcDescs", 100_000)
+        self._chains: LRUCache[tuple[int, int, int], tuple[JavaScope, ...]] = LRUCache(
+            "pc -> inlining chain", 200_000)
+        self._lines: LRUCache[int, Optional[list[tuple[int, int]]]] = LRUCache(
+            "ConstMethod* -> lines", 200_000)
         self._generation = resolver.generation
         self.failures = 0
         self.available = all(layout.has(k) for k in ("nmethod._scopes_pcs_offset",)) and (
@@ -154,9 +158,7 @@ class DebugInfo:
         except (MemoryReadError, IndexError, struct.error):
             self.failures += 1
             chain = ()
-        if len(self._chains) > 200_000:
-            self._chains.clear()
-        self._chains[key] = chain
+        self._chains.put(key, chain)
         return chain
 
     def _pcdesc_table(self, blob: CodeBlobInfo) -> tuple[list[int], list[int], DebugRanges]:
@@ -174,9 +176,7 @@ class DebugInfo:
                 offsets.append(pc_offset)
                 scopes.append(scope_offset)
             table = (offsets, scopes, ranges)
-            if len(self._pcdescs) > 100_000:
-                self._pcdescs.clear()
-            self._pcdescs[key] = table
+            self._pcdescs.put(key, table)
         return table
 
     def _decode_chain(self, blob: CodeBlobInfo, pc_offset: int) -> tuple[JavaScope, ...]:
@@ -240,18 +240,16 @@ class DebugInfo:
         if self._generation != self.resolver.generation:   # ConstMethods may have been freed and reused
             self._lines.clear()
             self._generation = self.resolver.generation
-        if key in self._lines:
-            return self._lines[key]
+        found, cached = self._lines.lookup(key)
+        if found:
+            return cached
         table = None
         if method.flags & self.line_bit:
             try:
                 table = self._read_line_table(method)
             except (MemoryReadError, IndexError):
                 self.failures += 1
-        if len(self._lines) > 200_000:
-            self._lines.clear()
-        self._lines[key] = table
-        return table
+        return self._lines.put(key, table)
 
     def _read_line_table(self, method: MethodInfo) -> list[tuple[int, int]]:
         """Read a growing prefix of the table until it parses to its terminator (bounded)."""

@@ -15,6 +15,7 @@ from typing import Optional, Union
 
 from pyprof.errors import MemoryReadError
 from pyprof.hotspot.layout import Layout
+from pyprof.lru import LRUCache
 from pyprof.procfs.memory import MemoryReader, Reader, check_range
 
 MAX_SYMBOL = 65535           # Symbol::_length is a u2
@@ -69,22 +70,16 @@ class PagedMemory:
 
     def __init__(self, mem: MemoryReader, max_pages: int = MAX_PAGES) -> None:
         self.mem = mem
-        self.max_pages = max_pages
-        self._pages: dict[int, Optional[bytes]] = {}
-        self.misses = 0
+        self._pages: LRUCache[int, Optional[bytes]] = LRUCache("metaspace pages (walk)", max_pages)
 
     def _page(self, number: int) -> bytes:
-        if number in self._pages:
-            page = self._pages[number]
-        else:
-            if len(self._pages) >= self.max_pages:
-                self._pages.clear()
-            self.misses += 1
+        found, page = self._pages.lookup(number)
+        if not found:
             try:
                 page = self.mem.read(number * PAGE, PAGE)
             except MemoryReadError:
-                page = None
-            self._pages[number] = page
+                page = None   # remembered: every read touching it fails without another pread
+            self._pages.put(number, page)
         if page is None:
             raise MemoryReadError(f"page 0x{number * PAGE:x} unreadable")
         return page
@@ -105,7 +100,7 @@ class PagedMemory:
     def view(self, address: int, size: int) -> tuple[bytes, int]:
         """(buffer, offset) holding `size` bytes at `address`: the cached page itself when they fit in it."""
         off = address & (PAGE - 1)
-        page = self._pages.get(address // PAGE) if address > 0 and off <= PAGE - size else None
+        page = self._pages.peek(address // PAGE) if address > 0 and off <= PAGE - size else None
         if page is None:
             return self.read(address, size), 0
         return page, off
@@ -116,7 +111,7 @@ class PagedMemory:
 
     def ptr(self, address: int) -> int:
         off = address & (PAGE - 1)
-        page = self._pages.get(address // PAGE) if address > 0 and off <= PAGE - 8 else None
+        page = self._pages.peek(address // PAGE) if address > 0 and off <= PAGE - 8 else None
         if page is None:
             return _U64.unpack(self.read(address, 8))[0]
         return _U64.unpack_from(page, off)[0]
@@ -158,9 +153,10 @@ class MethodResolver:
         self._const_method_fields = layout.unpacker([
             "ConstMethod._constants", "ConstMethod._name_index", "ConstMethod._signature_index",
             "ConstMethod._code_size", "ConstMethod._flags"])
-        self._methods: dict[int, tuple[int, MethodInfo]] = {}
-        self._symbols: dict[int, str] = {}
-        self._holders: dict[int, tuple[str, str, int]] = {}   # ConstantPool* -> (class, source, length)
+        self._methods: LRUCache[int, tuple[int, MethodInfo]] = LRUCache("Method* -> method", MAX_CACHE)
+        self._symbols: LRUCache[int, str] = LRUCache("Symbol* -> text", MAX_CACHE)
+        # ConstantPool* -> (class, source, length)
+        self._holders: LRUCache[int, tuple[str, str, int]] = LRUCache("ConstantPool* -> class", MAX_CACHE)
         self.failures = 0
         self.generation = 0
         self._gc_count_address: Optional[int] = None
@@ -212,9 +208,7 @@ class MethodResolver:
         except MemoryReadError:
             self.failures += 1
             raise
-        if len(self._methods) > MAX_CACHE:
-            self._methods.clear()
-        self._methods[method] = (const_method, info)
+        self._methods.put(method, (const_method, info))
         return info
 
     def try_resolve(self, method: int) -> Optional[MethodInfo]:
@@ -265,9 +259,7 @@ class MethodResolver:
                     source = self._cp_symbol(cp, index, r, cp_length)
                 except MemoryReadError:
                     source = ""
-        if len(self._holders) > MAX_CACHE:
-            self._holders.clear()
-        self._holders[cp] = (holder, source, cp_length)
+        self._holders.put(cp, (holder, source, cp_length))
         return holder, source, cp_length
 
     def _cp_symbol(self, cp: int, index: int, r: Reads, cp_length: int) -> str:
@@ -296,7 +288,5 @@ class MethodResolver:
         body = head[self.symbol_body_off : end] if end <= len(head) else r.bytes(
             address + self.symbol_body_off, length)
         text = body.decode("utf-8", "replace")
-        if len(self._symbols) > MAX_CACHE:
-            self._symbols.clear()
-        self._symbols[address] = text
+        self._symbols.put(address, text)
         return text

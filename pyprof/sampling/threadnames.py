@@ -13,9 +13,11 @@ from __future__ import annotations
 import time
 from typing import Callable, Optional
 
+from pyprof.lru import LRUCache
 from pyprof.procfs.process import comm
 
 TTL = 1.0
+MAX_THREADS = 100_000
 
 
 class ThreadNames:
@@ -24,22 +26,18 @@ class ThreadNames:
         self.pid = pid
         self.ttl = ttl
         self.java_names = java_names
-        self._cache: dict[int, tuple[float, str]] = {}
-        self._last_seen: dict[int, str] = {}
+        # tid -> (read at, name); an exited thread keeps its last name (thread pools churn: bounded)
+        self._names: LRUCache[int, tuple[float, str]] = LRUCache("tid -> thread name", MAX_THREADS)
 
     def name(self, tid: int) -> str:
         now = time.monotonic()
-        cached = self._cache.get(tid)
+        cached = self._names.get(tid)
         if cached is not None and now - cached[0] < self.ttl:
             return cached[1]
         name = self.java_names(tid) if self.java_names is not None else None
         if name is None:
-            name = self._read(tid)
+            name = comm(self.pid, tid)
         if name is None:   # the thread has exited: keep the last name we saw
-            name = self._last_seen.get(tid, f"tid-{tid}")
-        self._cache[tid] = (now, name)
-        self._last_seen[tid] = name
+            name = cached[1] if cached is not None else f"tid-{tid}"
+        self._names.put(tid, (now, name))
         return name
-
-    def _read(self, tid: int) -> Optional[str]:
-        return comm(self.pid, tid)

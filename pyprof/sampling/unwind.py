@@ -28,6 +28,7 @@ from pyprof.hotspot.debuginfo import DebugInfo
 from pyprof.hotspot.jvm import HotSpotJvm
 from pyprof.hotspot.method import MethodInfo, MethodResolver
 from pyprof.hotspot.threads import JavaThreads
+from pyprof.lru import LRUCache
 from pyprof.model import FrameKind, LogicalFrame, PhysicalFrame
 
 MAX_DEPTH = 256
@@ -121,11 +122,15 @@ class Unwinder:
         self.slot_bcp = slots["bcp"] * WORD
         self.slot_sender_sp = slots["sender_sp"] * WORD
         self.call_stub_return = self._static_pointer("StubRoutines._call_stub_return_address")
-        self._compiled_frames: dict[tuple[int, int], PhysicalFrame] = {}
-        self._partial_slots: dict[tuple[int, int, int], Optional[int]] = {}
-        self._native_frames: dict[int, tuple[PhysicalFrame, bool]] = {}
-        self._kernel_frames: dict[int, PhysicalFrame] = {}
-        self._method_frames: dict[tuple[int, FrameKind, int, bool], LogicalFrame] = {}
+        self._compiled_frames: LRUCache[tuple[int, int], PhysicalFrame] = LRUCache(
+            "pc -> compiled frame", 500_000)
+        self._partial_slots: LRUCache[tuple[int, int, int], Optional[int]] = LRUCache(
+            "pc -> prologue/epilogue slot", 200_000)
+        self._native_frames: LRUCache[int, tuple[PhysicalFrame, bool]] = LRUCache(
+            "pc -> native frame", 500_000)
+        self._kernel_frames: LRUCache[int, PhysicalFrame] = LRUCache("pc -> kernel frame", 100_000)
+        self._method_frames: LRUCache[tuple[int, FrameKind, int, bool], LogicalFrame] = LRUCache(
+            "method -> logical frame", 500_000)
 
     def _static_pointer(self, key: str) -> int:
         try:
@@ -232,8 +237,9 @@ class Unwinder:
         """Where the return address is when the top frame is not complete: 0 ([sp]), 1 ([sp+8]), or
         None (the frame is complete: use its frame size). Decided from the code bytes, cached per pc."""
         key = (pc, blob.address, blob.compile_id)
-        if key in self._partial_slots:
-            return self._partial_slots[key]
+        found, cached = self._partial_slots.lookup(key)
+        if found:
+            return cached
         try:
             if pc < blob.code_begin + max(blob.frame_complete_offset, 0):
                 slot = self._prologue_slot(blob, pc)
@@ -241,10 +247,7 @@ class Unwinder:
                 slot = epilogue_slot(self.r.bytes(pc, 16))
         except MemoryReadError:
             slot = None
-        if len(self._partial_slots) > 200_000:
-            self._partial_slots.clear()
-        self._partial_slots[key] = slot
-        return slot
+        return self._partial_slots.put(key, slot)
 
     def _prologue_slot(self, blob: CodeBlobInfo, pc: int) -> int:
         """C1/C2 prologue (x86_64 MacroAssembler::verified_entry / build_frame): the inline-cache check
@@ -313,10 +316,7 @@ class Unwinder:
         key = (pc, blob.compile_id if blob.is_nmethod else -blob.address)
         frame = self._compiled_frames.get(key)
         if frame is None:
-            frame = PhysicalFrame(pc, self._compiled_logical(blob, pc))
-            if len(self._compiled_frames) > 500_000:
-                self._compiled_frames.clear()
-            self._compiled_frames[key] = frame
+            frame = self._compiled_frames.put(key, PhysicalFrame(pc, self._compiled_logical(blob, pc)))
         return frame
 
     def _compiled_logical(self, blob: CodeBlobInfo, pc: int) -> tuple[LogicalFrame, ...]:
@@ -345,10 +345,8 @@ class Unwinder:
         key = (info.const_method or method, kind, line, osr)
         frame = self._method_frames.get(key)
         if frame is None:
-            frame = LogicalFrame(info.java_name, kind, info.codelist_name, info.source_file, line, osr)
-            if len(self._method_frames) > 500_000:
-                self._method_frames.clear()
-            self._method_frames[key] = frame
+            frame = self._method_frames.put(
+                key, LogicalFrame(info.java_name, kind, info.codelist_name, info.source_file, line, osr))
         return frame
 
     def unknown_frame(self, why: str) -> PhysicalFrame:
@@ -359,8 +357,8 @@ class Unwinder:
         frame = self._kernel_frames.get(ip)
         if frame is None:
             name = self.kernel.lookup(ip) if self.kernel is not None else None
-            frame = PhysicalFrame(ip, (LogicalFrame(name or f"[kernel 0x{ip:x}]", FrameKind.KERNEL),))
-            self._kernel_frames[ip] = frame
+            frame = self._kernel_frames.put(
+                ip, PhysicalFrame(ip, (LogicalFrame(name or f"[kernel 0x{ip:x}]", FrameKind.KERNEL),)))
         return frame
 
     # ---- native frames ---------------------------------------------------------------------------
@@ -392,10 +390,7 @@ class Unwinder:
             is_root = name.split("(", 1)[0] in ROOT_SYMBOLS
             logical = LogicalFrame(name, FrameKind.NATIVE, system_name or name, library)
             result = (PhysicalFrame(pc, (logical,), mapping), is_root)
-        if len(self._native_frames) > 500_000:
-            self._native_frames.clear()
-        self._native_frames[pc] = result
-        return result
+        return self._native_frames.put(pc, result)
 
 
 def epilogue_slot(code: bytes) -> Optional[int]:
