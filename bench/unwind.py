@@ -42,20 +42,20 @@ def start(jdk: int, workload: str) -> subprocess.Popen:
 
 
 def record(pid: int, seconds: float, rate: int) -> tuple[ProfileSession, list]:
-    session = ProfileSession(pid, ProfileOptions(rate_hz=rate))
-    session.start()
-    assert session.sampler is not None
+    session = ProfileSession.attach(pid, ProfileOptions(rate_hz=rate))
+    assert session.sampler is not None and session.target is not None
     raw: list = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         raw += session.sampler.poll(100)
-        session.live.poll(0)
+        session.target.live.poll(0)
     return session, raw
 
 
 def fresh_unwinder(session: ProfileSession, kernel: KernelSymbols, debug_info: bool) -> Unwinder:
-    jvm = session.jvm
-    unwinder = Unwinder(jvm, session.live.lookup, MethodResolver(jvm.reader, jvm.layout), session.threads,
+    assert session.target is not None
+    jvm, live = session.target.jvm, session.target.live
+    unwinder = Unwinder(jvm, live.lookup, MethodResolver(jvm.reader, jvm.layout), session.target.threads,
                         NativeSymbolizer(session.pid), kernel)
     unwinder.debug.available = debug_info
     return unwinder

@@ -8,6 +8,7 @@ pprof expresses as one Location with several Line entries.
 from __future__ import annotations
 
 import enum
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -116,6 +117,17 @@ class ProfileData:
     @property
     def total_samples(self) -> int:
         return sum(self.counts.values())
+
+    def self_counts(self) -> Counter:
+        """Samples per innermost non-kernel function (its plain name, no tier): the "top self" of a
+        run's summary. Computed from the aggregated stacks, not per sample."""
+        out: Counter = Counter()
+        for key, count in self.counts.items():
+            leaf = next((f.frames[0] for f in key.frames if f.frames[0].kind is not FrameKind.KERNEL),
+                        key.frames[0].frames[0] if key.frames else None)
+            if leaf is not None:
+                out[leaf.name] += count
+        return out
 
 
 # The JIT tier of every Java frame is part of its displayed name in every output format (a product

@@ -5,7 +5,6 @@ pyprof works without it; see docs/agent.md for what it adds and how it is secure
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
 from typing import Any, Optional
@@ -13,8 +12,9 @@ from typing import Any, Optional
 import click
 
 from pyprof.cli.common import PID, emit_json
-from pyprof.errors import NoSuchProcess
+from pyprof.errors import NoSuchProcess, SourceUnavailable
 from pyprof.procfs.process import is_running
+from pyprof.session.runloop import TARGET_EXITED, StopSignals, run_until_stopped
 
 json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 
@@ -181,49 +181,40 @@ def watch_agent(pid: int, as_json: bool, duration: Optional[float], poll_s: floa
     from pyprof.agent.connection import host_tids
     from pyprof.sources.agent import AgentSource
 
-    stop = {"now": False}
-
-    def _stop(*_: object) -> None:
-        stop["now"] = True
-
-    previous = signal.signal(signal.SIGTERM, _stop)
     source = AgentSource.open(pid, load=True)
     tids: dict[int, int] = {}
-    try:
-        for note in source.notes:
-            click.echo(f"# {note}", err=True)
-        status = source.client.status()
-        jfr = status.get("jfr") or {}
-        if "jdk.Compilation" not in (jfr.get("enabled") or []):
-            from pyprof.errors import SourceUnavailable
 
-            raise SourceUnavailable(f"the agent in {pid} has no JFR compilation events "
-                                    f"({jfr.get('error') or 'not enabled'})")
-        source.start_changes(from_now=True)
-        click.echo(f"# watching {pid} through the agent (JFR: {_jfr_summary(status)}); Ctrl-C stops",
-                   err=True)
-        deadline = None if duration is None else time.monotonic() + duration
-        while not stop["now"] and (deadline is None or time.monotonic() < deadline):
-            for ev in source.changes():
-                os_tid = ev.data.get("os_tid")
-                if os_tid is not None and os_tid not in tids:
-                    try:
-                        tids.update(host_tids(pid))
-                    except NoSuchProcess:
-                        pass
-                _show(ev, tids.get(os_tid, os_tid), as_json)
-            if not is_running(pid):
+    def step() -> None:
+        for ev in source.changes():
+            os_tid = ev.data.get("os_tid")
+            if os_tid is not None and os_tid not in tids:
+                try:
+                    tids.update(host_tids(pid))
+                except NoSuchProcess:
+                    pass
+            _show(ev, tids.get(os_tid, os_tid), as_json)
+        time.sleep(poll_s)
+
+    with StopSignals() as stop:
+        try:
+            for note in source.notes:
+                click.echo(f"# {note}", err=True)
+            status = source.client.status()
+            jfr = status.get("jfr") or {}
+            if "jdk.Compilation" not in (jfr.get("enabled") or []):
+                raise SourceUnavailable(f"the agent in {pid} has no JFR compilation events "
+                                        f"({jfr.get('error') or 'not enabled'})")
+            source.start_changes(from_now=True)
+            click.echo(f"# watching {pid} through the agent (JFR: {_jfr_summary(status)}); Ctrl-C stops",
+                       err=True)
+            why = run_until_stopped(step, stop, duration=duration, target_alive=lambda: is_running(pid))
+            if why == TARGET_EXITED:
                 click.echo(f"# process {pid} exited", err=True)
-                break
-            time.sleep(poll_s)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        dropped = source.dropped
-        source.close()
-        signal.signal(signal.SIGTERM, previous)
-        if dropped:
-            click.echo(f"# {dropped} event(s) lost (the agent's ring overflowed)", err=True)
+        finally:
+            dropped = source.dropped
+            source.close()
+    if dropped:
+        click.echo(f"# {dropped} event(s) lost (the agent's ring overflowed)", err=True)
 
 
 def _show(ev: Any, tid: Optional[int], as_json: bool) -> None:

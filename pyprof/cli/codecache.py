@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
 from collections import Counter, defaultdict
@@ -15,6 +14,7 @@ from pyprof.errors import MemoryReadError, ProcessExited, PyprofError, SourceUna
 from pyprof.hotspot.codecache import BlobKind, CodeBlobInfo, CodeCacheSnapshot
 from pyprof.hotspot.layout import nmethod_state_name
 from pyprof.procfs.process import is_running
+from pyprof.session.runloop import TARGET_EXITED, StopSignals, run_until_stopped
 from pyprof.sources import open_source
 from pyprof.sources.base import SOURCE_NAMES
 
@@ -259,12 +259,6 @@ def watch(pid: int, as_json: bool, duration: Optional[float], source: str) -> No
     from pyprof.hotspot.codecache import CodeCache
     from pyprof.hotspot.jvm import HotSpotJvm
 
-    stop = {"now": False}
-
-    def _stop(*_: object) -> None:
-        stop["now"] = True
-
-    previous = signal.signal(signal.SIGTERM, _stop)
     jvm = HotSpotJvm.open(pid)
     live = LiveCodeCache(jvm, CodeCache(jvm))
     started_ns = monotonic_ns()
@@ -290,24 +284,22 @@ def watch(pid: int, as_json: bool, duration: Optional[float], source: str) -> No
                        f"{b.method_name or b.name}{osr}")
         sys.stdout.flush()
 
-    try:
-        snap = live.start()
-        # On stderr in --json mode too: it tells a consumer that the probes are attached.
-        click.echo(f"# watching {jvm.description}: {len(snap.live_nmethods)} nmethods now; Ctrl-C stops",
-                   err=True)
-        deadline = None if duration is None else time.monotonic() + duration
-        while not stop["now"] and (deadline is None or time.monotonic() < deadline):
-            for change in live.poll(200):
-                show(change)
-            if not is_running(pid):
+    def step() -> None:
+        for change in live.poll(200):
+            show(change)
+
+    with StopSignals() as stop:
+        try:
+            snap = live.start()
+            # On stderr in --json mode too: it tells a consumer that the probes are attached.
+            click.echo(f"# watching {jvm.description}: {len(snap.live_nmethods)} nmethods now; Ctrl-C stops",
+                       err=True)
+            why = run_until_stopped(step, stop, duration=duration, target_alive=lambda: is_running(pid))
+            if why == TARGET_EXITED:
                 click.echo(f"# process {pid} exited", err=True)
-                break
-    except KeyboardInterrupt:
-        pass
-    finally:
-        lost = live.lost_events
-        live.close()
-        jvm.close()
-        signal.signal(signal.SIGTERM, previous)
-        if lost:
+        finally:
+            lost = live.lost_events
+            live.close()
+            jvm.close()
+    if lost:
             click.echo(f"# {lost} event(s) lost (ring buffer full)", err=True)

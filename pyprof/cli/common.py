@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
-from typing import Any
+import time
+from typing import Any, Optional
 
 import click
 
 from pyprof.errors import UsageError
+from pyprof.output import FILE_FORMAT_NAMES, default_suffix, format_for_path
 
 
 class PidType(click.ParamType):
@@ -50,3 +53,20 @@ def human_bytes(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
+
+
+def resolve_output(output: Optional[str], fmt: Optional[str], pid: int) -> tuple[str, str]:
+    """The file and format a profiling command writes (attach, record, top -o): the format from --format,
+    else from the file name, else pprof; a default name pyprof-PID-TIME.<ext>. Checks the directory now,
+    so that a run never ends in a profile that cannot be written."""
+    if output is None:
+        fmt = fmt or "pprof"
+        output = f"pyprof-{pid}-{time.strftime('%Y%m%d-%H%M%S')}{default_suffix(fmt)}"
+    elif fmt is None:
+        fmt = format_for_path(output) or "pprof"
+    directory = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        raise UsageError(f"cannot write {output}: directory {directory} is not writable")
+    if fmt not in FILE_FORMAT_NAMES:
+        raise UsageError(f"format {fmt!r} is not a profile file format ({', '.join(FILE_FORMAT_NAMES)})")
+    return output, fmt

@@ -12,8 +12,9 @@ import click
 from pyprof.cli.common import emit_json
 from pyprof.errors import UsageError
 from pyprof.model import ProfileData
+from pyprof.reporters import REPORT_FORMATS
 
-FORMATS = ("top", "tree", "collapsed", "flamegraph", "speedscope", "pprof")
+FORMATS = REPORT_FORMATS
 DIFF_FORMATS = ("top", "flamegraph")
 BINARY_OR_PAGE = ("flamegraph", "speedscope", "pprof")
 
@@ -126,24 +127,12 @@ def report(profiles: tuple[str, ...], fmt: Optional[str], output: Optional[str],
             _emit_json(tree.to_json(view, min_percent), output)
         else:
             _emit(tree.render_text(view, min_percent, limit or None), output, fmt)
-    elif fmt == "collapsed":
-        from pyprof.output import collapsed
+    else:
+        from pyprof.reporters import render_file
 
-        _emit(collapsed.render(profile, tiers=tiers), output, fmt)
-    elif fmt == "flamegraph":
-        from pyprof.reporters import flamegraph
-
-        page_title = title or f"CPU flame graph: {os.path.basename(profiles[0])}"
-        _emit(flamegraph.render(profile, tiers=tiers, title=page_title), output, fmt)
-    elif fmt == "speedscope":
-        from pyprof.reporters import speedscope
-
-        _emit(speedscope.render(profile, tiers=tiers, name=os.path.basename(profiles[0])), output, fmt)
-    elif fmt == "pprof":
-        from pyprof.output import pprof
-
-        _emit(pprof.encode(profile, tiers=tiers), output, fmt)
-
+        name = os.path.basename(profiles[0])
+        label = title or (f"CPU flame graph: {name}" if fmt == "flamegraph" else name)
+        _emit(render_file(profile, fmt, tiers, label), output, fmt)
 
 def _filtered(profile: ProfileData, thread: Optional[str], focus: Optional[str], tiers: bool) -> ProfileData:
     from pyprof.reporters.aggregate import filter_profile

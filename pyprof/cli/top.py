@@ -18,10 +18,13 @@ from typing import Optional
 
 import click
 
-from pyprof.cli.common import PID
+from pyprof.cli.common import PID, resolve_output
 from pyprof.model import ProfileData, StackKey
+from pyprof.reporters import write_report
 from pyprof.reporters.aggregate import FrameTable, compile_regex, thread_label
 from pyprof.reporters.top import TopRow
+from pyprof.session.runloop import StopSignals, run_until_stopped
+from pyprof.session.session import ProfileOptions, ProfileSession
 
 REFRESH_S = 1.0
 
@@ -172,15 +175,9 @@ class Rates:
     threads: int
 
 
-def _rates(session, live: LiveTop, elapsed: float, recent: float) -> Rates:
-    lost = session.sampler_lost()
-    seen = session.stats.samples + lost
-    unknown = frames = 0
-    if session.unwinder is not None:
-        unknown = session.unwinder.stats.unknown_total
-        frames = session.unwinder.stats.frames
-    return Rates(elapsed, recent, lost, 100.0 * lost / seen if seen else 0.0,
-                 100.0 * unknown / frames if frames else 0.0, len(live.thread_samples))
+def _rates(session: ProfileSession, live: LiveTop, elapsed: float, recent: float) -> Rates:
+    c = session.counters()
+    return Rates(elapsed, recent, c.lost, c.lost_percent, c.unknown_percent, len(live.thread_samples))
 
 
 def _header(pid: int, rates: Rates, snap: LiveSnapshot, description: str) -> tuple[str, str]:
@@ -273,88 +270,82 @@ def top(pid: int, rate: int, duration: Optional[float], interval: float, sort: s
     Keys: s  sort by self / total      t  rows per function / per thread and function
           q  quit (Ctrl-C too)
     """
-    from pyprof.cli.attach import _Stop
-    from pyprof.session.session import ProfileOptions, ProfileSession
-
     if output is not None:
-        from pyprof.cli.attach import resolve_output
-
         output, out_fmt = resolve_output(output, None, pid)
     live_top = LiveTop(tiers=not no_tiers, thread=thread)   # validates --thread before any BPF work
     state = ViewState(sort=sort, per_thread=per_thread)
-    session = ProfileSession(pid, ProfileOptions(rate_hz=rate, stack_bytes=stack_bytes, force=force))
-    tty = sys.stdout.isatty()
-    why = "q"
-    with _Stop() as stop:
-        session.start()
-        description = next((c for c in session.profile.comments if c.startswith("JVM:")), "")
+    options = ProfileOptions(rate_hz=rate, stack_bytes=stack_bytes, force=force)
+    with StopSignals() as stop:
+        session = ProfileSession.attach(pid, options)
         try:
-            why = _loop(session, live_top, state, stop, duration, interval, limit, tty, description)
+            why = _loop(session, live_top, state, stop, duration, interval, limit, sys.stdout.isatty())
         finally:
             profile = session.finish()
     if output is not None:
-        from pyprof.cli.attach import save_profile
-
-        save_profile(profile, output, out_fmt)
+        write_report(profile, output, out_fmt)
+    c = session.counters()
     err = click.get_text_stream("stderr")
     saved = f", profile written to {output}" if output is not None else ""
-    err.write(f"pyprof top: ended by {why}: {session.stats.samples:,} samples, "
-              f"{session.stats.lost:,} lost{saved}\n")
+    err.write(f"pyprof top: ended by {why}: {c.samples:,} samples, {c.lost:,} lost{saved}\n")
 
 
-def _loop(session, live_top: LiveTop, state: ViewState, stop, duration: Optional[float], interval: float,
-          limit: Optional[int], tty: bool, description: str) -> str:
+class _Screen:
+    """Where the view goes: a full-screen rich Live on a terminal, a plain table every interval elsewhere."""
+
+    def __init__(self, tty: bool) -> None:
+        self.console = self.live = None
+        if tty:
+            from rich.console import Console
+            from rich.live import Live
+
+            self.console = Console()
+            self.live = Live(console=self.console, screen=True, auto_refresh=False, transient=True)
+
+    def __enter__(self) -> _Screen:
+        if self.live is not None:
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.stop()
+
+
+def _loop(session: ProfileSession, live_top: LiveTop, state: ViewState, stop: StopSignals,
+          duration: Optional[float], interval: float, limit: Optional[int], tty: bool) -> str:
     started = time.monotonic()
-    deadline = None if duration is None else started + duration
-    last_refresh = started
-    last_samples = 0
-    last_check = 0.0
-    rate_hz = 0.0
-    console = live = None
-    if tty:
-        from rich.console import Console
-        from rich.live import Live
+    last = {"refresh": started, "samples": 0, "rate": 0.0}
+    redraw = [True]
+    description = session.description
 
-        console = Console()
-        live = Live(console=console, screen=True, auto_refresh=False, transient=True)
-        live.start()
-    try:
-        with KeyReader() as reader:
-            redraw = True
-            while True:
-                if stop.reason:
-                    return stop.reason
-                if deadline is not None and time.monotonic() >= deadline:
-                    return "duration"
-                session.step(100)
-                if state.handle(reader.keys()):
-                    redraw = True
-                if state.quit:
-                    return "q"
-                now = time.monotonic()
-                if now - last_check > 0.25:
-                    last_check = now
-                    if not session.target_alive():
-                        return "target exited"
-                if now - last_refresh >= interval:
-                    live_top.update(session.profile)
-                    rate_hz = (session.stats.samples - last_samples) / (now - last_refresh)
-                    last_samples, last_refresh = session.stats.samples, now
-                    redraw = True
-                    if not tty:
-                        snap = live_top.snapshot(state.sort, state.per_thread, limit or 20)
-                        rates = _rates(session, live_top, now - started, rate_hz)
-                        sys.stdout.write(_render_plain(session.pid, rates, snap, state, description))
-                        sys.stdout.flush()
-                if redraw and live is not None and console is not None:
-                    redraw = False
-                    rows = limit or max(console.size.height - 5, 1)
-                    snap = live_top.snapshot(state.sort, state.per_thread, rows)
-                    rates = _rates(session, live_top, now - started, rate_hz)
-                    live.update(_render_rich(session.pid, rates, snap, state, description), refresh=True)
-    finally:
-        if live is not None:
-            live.stop()
+    def step(screen: _Screen, reader: KeyReader) -> Optional[str]:
+        session.step(100)
+        if state.handle(reader.keys()):
+            redraw[0] = True
+        if state.quit:
+            return "q"
+        now = time.monotonic()
+        if now - last["refresh"] >= interval:
+            live_top.update(session.profile)
+            last["rate"] = (session.samples - last["samples"]) / (now - last["refresh"])
+            last["samples"], last["refresh"] = session.samples, now
+            redraw[0] = True
+            if screen.live is None:
+                snap = live_top.snapshot(state.sort, state.per_thread, limit or 20)
+                rates = _rates(session, live_top, now - started, last["rate"])
+                sys.stdout.write(_render_plain(session.pid, rates, snap, state, description))
+                sys.stdout.flush()
+        if redraw[0] and screen.live is not None and screen.console is not None:
+            redraw[0] = False
+            rows = limit or max(screen.console.size.height - 5, 1)
+            snap = live_top.snapshot(state.sort, state.per_thread, rows)
+            rates = _rates(session, live_top, now - started, last["rate"])
+            screen.live.update(_render_rich(session.pid, rates, snap, state, description), refresh=True)
+        return None
+
+    with _Screen(tty) as screen, KeyReader() as reader:
+        return run_until_stopped(lambda: step(screen, reader), stop, duration=duration,
+                                 target_alive=session.target_alive)
 
 
 COMMANDS = [top]

@@ -1,35 +1,49 @@
-"""Output formats: choosing one from a file name, and writing a profile atomically.
+"""Profile file formats (the one table of them), choosing one from a file name, writing atomically.
 
-attach/record write "pprof" and "collapsed" through write_profile; `pyprof report` adds its own formats
-(flame graph, speedscope) on top and only uses format_for_path for them.
+This package renders the exchange formats, pprof and collapsed stacks; the flame graph and speedscope
+files are views rendered by pyprof.reporters (`reporters.render_file` writes any of the four).
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+from dataclasses import dataclass
 from typing import Optional
 
 from pyprof.errors import UsageError
 from pyprof.model import ProfileData
 
-_SUFFIX_FORMATS = (
-    (".pb.gz", "pprof"), (".pprof", "pprof"), (".pb", "pprof"),
-    (".txt", "collapsed"), (".folded", "collapsed"), (".collapsed", "collapsed"),
-    (".html", "flamegraph"),
+
+@dataclass(frozen=True)
+class FileFormat:
+    name: str
+    suffixes: tuple[str, ...]    # the first one is what a default file name gets
+
+
+FILE_FORMATS = (
+    FileFormat("pprof", (".pb.gz", ".pprof", ".pb")),
+    FileFormat("collapsed", (".txt", ".folded", ".collapsed")),
+    FileFormat("flamegraph", (".html",)),
+    FileFormat("speedscope", (".speedscope.json",)),
 )
+FILE_FORMAT_NAMES = tuple(f.name for f in FILE_FORMATS)
 TEMP_ATTEMPTS = 16
 
 
 def format_for_path(path: str) -> Optional[str]:
     """The format a file name asks for, or None when its extension says nothing we know."""
     name = os.path.basename(path).lower()
-    for suffix, fmt in _SUFFIX_FORMATS:
-        if name.endswith(suffix):
-            return fmt
+    for fmt in FILE_FORMATS:
+        if name.endswith(fmt.suffixes):
+            return fmt.name
     if name.endswith(".json") and "speedscope" in name:
         return "speedscope"
     return None
+
+
+def default_suffix(fmt: str) -> str:
+    return next(f.suffixes[0] for f in FILE_FORMATS if f.name == fmt)
 
 
 def render(profile: ProfileData, fmt: str, tiers: bool = True) -> bytes:

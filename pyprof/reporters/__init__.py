@@ -8,25 +8,34 @@ renderer (text, JSON, HTML).
 
 from __future__ import annotations
 
-REPORT_FORMATS = ("top", "tree", "collapsed", "flamegraph", "speedscope", "pprof")
+from typing import Optional
 
-# What `pyprof attach/record -o FILE` can write besides pyprof.output's own formats (pprof, collapsed).
-SESSION_FORMATS = ("flamegraph", "speedscope")
+from pyprof.errors import UsageError
+from pyprof.model import ProfileData
+from pyprof.output import FILE_FORMAT_NAMES, render, write_atomically
+
+# `pyprof report --format`: the text views, then every file format.
+REPORT_FORMATS = ("top", "tree", *FILE_FORMAT_NAMES)
 
 
-def write_report(profile, path: str, fmt: str, tiers: bool = True) -> None:
-    """Write a view of `profile` to `path` atomically (attach/record's -o x.html, -o x.speedscope.json)."""
-    from pyprof.errors import UsageError
-    from pyprof.output import write_atomically
-
+def render_file(profile: ProfileData, fmt: str, tiers: bool = True, title: Optional[str] = None) -> bytes:
+    """The content of a profile file in any FILE_FORMATS format (`title`: the flame graph's page title,
+    speedscope's profile name)."""
     if fmt == "flamegraph":
         from pyprof.reporters import flamegraph
 
-        text = flamegraph.render(profile, tiers=tiers)
+        text = flamegraph.render(profile, tiers=tiers, **({"title": title} if title else {}))
     elif fmt == "speedscope":
         from pyprof.reporters import speedscope
 
-        text = speedscope.render(profile, tiers=tiers)
+        text = speedscope.render(profile, tiers=tiers, **({"name": title} if title else {}))
+    elif fmt in FILE_FORMAT_NAMES:
+        return render(profile, fmt, tiers)
     else:
-        raise UsageError(f"unknown report format {fmt!r} (written here: {', '.join(SESSION_FORMATS)})")
-    write_atomically(path, text.encode("utf-8", errors="replace"))
+        raise UsageError(f"unknown file format {fmt!r} (written: {', '.join(FILE_FORMAT_NAMES)})")
+    return text.encode("utf-8", errors="replace")
+
+
+def write_report(profile: ProfileData, path: str, fmt: str, tiers: bool = True) -> None:
+    """Write `profile` to `path` atomically in any file format (attach/record/top's -o)."""
+    write_atomically(path, render_file(profile, fmt, tiers))

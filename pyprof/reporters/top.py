@@ -68,10 +68,6 @@ def aggregate(profile: ProfileData, tiers: bool = True, sort: str = "self", per_
     return TopReport(summarize(profile, table), rows, sort)
 
 
-def resort(report: TopReport, sort: str) -> TopReport:
-    return TopReport(report.summary, sorted(report.rows, key=_sort_key(sort)), sort)
-
-
 # ---- rendering -------------------------------------------------------------------------------------
 
 def render_text(report: TopReport, limit: Optional[int] = 20) -> str:
