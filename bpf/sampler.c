@@ -1,16 +1,16 @@
-// On-CPU samples of one process (pyprof/sampling/sampler.py loads this).
+// On-CPU samples of the target processes (pyprof/sampling/sampler.py loads this).
 //
-// Attached to a cpu-clock perf event on every CPU (sample_freq = --rate). A sample of a thread of the
-// target process (array `target`[0], set by Python: a map rather than a compile-time constant so that
-// `pyprof record` can compile and attach before it starts the JVM) sends one record through the ring
-// buffer `samples`:
+// Attached to a cpu-clock perf event on every CPU (sample_freq = --rate). A sample of a thread of a
+// target process (hash `targets`: tgid -> 1, set by Python: a map rather than a compile-time constant so
+// that `pyprof record` can compile and attach before it starts the JVM, and one program serves every JVM
+// of a host) sends one record through the ring buffer `samples`:
 //   u64 time_ns        bpf_ktime_get_ns() (CLOCK_MONOTONIC, the clock of the nmethod events)
 //   u32 tid, u32 cpu
 //   u64 ip, sp, bp, r13 user registers (r13 holds the interpreter's bcp on x86_64)
 //   u32 stack_len      bytes of user stack copied from sp (0 when nothing could be read)
 //   u32 kstack_len     bytes of kernel stack (u64 return addresses, innermost first)
 //   u32 flags          FLAG_* below
-//   u32 pad
+//   u32 pid            the target process (tgid) the sample belongs to
 //   u64 anchor_sp, anchor_pc, anchor_fp   the JavaThread's last Java frame at sample time (0 if none)
 //   u64 kstack[KSTACK_DEPTH]
 //   u8  stack[STACK_BYTES]
@@ -72,7 +72,7 @@ struct sample {
     u32 stack_len;
     u32 kstack_len;
     u32 flags;
-    u32 pad;
+    u32 pid;
     u64 anchor_sp;
     u64 anchor_pc;
     u64 anchor_fp;
@@ -82,7 +82,7 @@ struct sample {
 
 BPF_RINGBUF_OUTPUT(samples, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(counters, u64, 4);
-BPF_ARRAY(target, u32, 1);
+BPF_HASH(targets, u32, u8, 4096);
 struct anchor_addresses {
     u64 sp;
     u64 pc;
@@ -122,9 +122,8 @@ static __always_inline u32 copy_stack(struct sample *s, u64 sp, u64 base) {
 
 int on_sample(struct perf_sample_ctx *ctx) {
     u64 pid_tgid = bpf_get_current_pid_tgid();
-    int zero = 0;
-    u32 *target_pid = target.lookup(&zero);
-    if (!target_pid || *target_pid == 0 || (pid_tgid >> 32) != *target_pid)
+    u32 tgid = pid_tgid >> 32;
+    if (!targets.lookup(&tgid))
         return 0;
     count(C_SEEN);
 
@@ -137,7 +136,7 @@ int on_sample(struct perf_sample_ctx *ctx) {
     s->tid = (u32)pid_tgid;
     s->cpu = bpf_get_smp_processor_id();
     s->flags = 0;
-    s->pad = 0;
+    s->pid = tgid;
     s->stack_len = 0;
     s->kstack_len = 0;
 

@@ -1,4 +1,5 @@
-"""The eBPF CPU sampler (bpf/sampler.c): a cpu-clock perf event on every CPU, filtered to one process.
+"""The eBPF CPU sampler (bpf/sampler.c): a cpu-clock perf event on every CPU, filtered to the target
+processes (one for attach and record, every JVM of the host for a daemon).
 
 Each sample arrives through the BPF ring buffer as a fixed-size record (see the header of
 bpf/sampler.c); it is decoded into a RawSample holding only the bytes of stack actually copied. Lost and
@@ -21,7 +22,7 @@ from pyprof.procfs.process import require_running
 KSTACK_DEPTH = 64
 MIN_STACK_BYTES, MAX_STACK_BYTES = 1024, 65536
 # struct sample up to the kernel stack: time_ns, tid, cpu, ip, sp, bp, r13, stack_len, kstack_len, flags,
-# pad, anchor_sp, anchor_pc, anchor_fp
+# pid, anchor_sp, anchor_pc, anchor_fp
 _HEADER = struct.Struct("<QIIQQQQIIIIQQQ")
 _KSTACK_OFFSET = _HEADER.size
 _STACK_OFFSET = _KSTACK_OFFSET + 8 * KSTACK_DEPTH
@@ -48,10 +49,7 @@ class RawSample:
     anchor_sp: int = 0     # the JavaThread's last Java frame at sample time (0: none, or not Java)
     anchor_pc: int = 0
     anchor_fp: int = 0
-
-    @property
-    def in_kernel(self) -> bool:
-        return bool(self.flags & FLAG_KERNEL_MODE)
+    pid: int = 0           # the target process the sample belongs to
 
 
 @dataclass(frozen=True)
@@ -78,7 +76,7 @@ def ringbuf_pages(rate_hz: int, record_bytes: int, cpus: int) -> int:
 def decode_sample(data: int, size: int) -> RawSample:
     """A ring-buffer record (at address `data`) -> RawSample, copying only what the program filled."""
     head = ctypes.string_at(data, _HEADER.size)
-    (time_ns, tid, cpu, ip, sp, bp, r13, stack_len, kstack_len, flags, _pad, anchor_sp, anchor_pc,
+    (time_ns, tid, cpu, ip, sp, bp, r13, stack_len, kstack_len, flags, pid, anchor_sp, anchor_pc,
      anchor_fp) = _HEADER.unpack(head)
     kstack_len = min(kstack_len, 8 * KSTACK_DEPTH) & ~7
     stack_len = min(stack_len, max(0, size - _STACK_OFFSET))
@@ -88,7 +86,7 @@ def decode_sample(data: int, size: int) -> RawSample:
         kernel_ips = tuple(ip for ip in struct.unpack(f"<{kstack_len // 8}Q", raw) if ip)
     stack = ctypes.string_at(data + _STACK_OFFSET, stack_len) if stack_len else b""
     return RawSample(time_ns, tid, cpu, ip, sp, bp, r13, flags, kernel_ips, stack, anchor_sp, anchor_pc,
-                     anchor_fp)
+                     anchor_fp, pid)
 
 
 class Sampler:
@@ -100,6 +98,7 @@ class Sampler:
         self._bpf = None
         self._pending: list[RawSample] = []
         self._callback = None
+        self.targets: set[int] = set()
 
     def start(self) -> None:
         """Compile, load and attach; samples flow once a target pid is set (the constructor's, or
@@ -124,14 +123,32 @@ class Sampler:
             close_bpf(bpf)
             raise MissingKernelFeature(f"cannot attach the cpu-clock perf event: {e}") from e
         self._bpf = bpf
-        if self.pid:
-            self.set_target(self.pid)
+        for pid in [self.pid, *self.targets]:
+            self.add_target(pid)
 
     def set_target(self, pid: int) -> None:
+        """Sample `pid` and nothing else."""
+        for other in list(self.targets):
+            if other != pid:
+                self.remove_target(other)
         self.pid = pid
+        self.add_target(pid)
+
+    def add_target(self, pid: int) -> None:
+        """Sample `pid` too (a daemon: every JVM of the host through one program and one ring buffer)."""
+        if pid <= 0:
+            return
+        self.targets.add(pid)
         if self._bpf is not None:
-            table = self._bpf["target"]
-            table[ctypes.c_int(0)] = ctypes.c_uint32(pid)
+            self._bpf["targets"][ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
+
+    def remove_target(self, pid: int) -> None:
+        self.targets.discard(pid)
+        if self._bpf is not None:
+            try:
+                del self._bpf["targets"][ctypes.c_uint32(pid)]
+            except KeyError:
+                pass
 
     def _on_sample(self, _ctx, data, size) -> int:
         self._pending.append(decode_sample(data, size))
