@@ -20,7 +20,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("agent", "output", "discovery"),              # the Java agent's client; file formats; finding JVMs
     ("codemap", "sources", "sampling", "reporters", "export", "store"),
     ("session",),                                  # a profiling run: sampler + targets + run loop
-    ("cli", "daemon"),                             # commands: the only place errors become exit codes
+    ("daemon",),                                   # every JVM of the host, continuously
+    ("cli",),                                      # commands: the only place errors become exit codes
 ]
 LAYER_OF = {package: i for i, packages in enumerate(LAYERS) for package in packages}
 

@@ -1,0 +1,171 @@
+"""One sampler for every JVM of the host: one BPF program, the target pids in a map, one ring buffer.
+
+Per-JVM state (the opened JVM, its code-cache map with its probes, threads, unwinder: a JvmTarget) is
+made when the JVM is first seen and freed when it exits. Each target aggregates its samples into the
+window that is open for it; `close_window` hands the window over (to the store, the exporters) and opens
+the next one. Samples are routed by the pid the BPF program puts in each record.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Optional
+
+from pyprof import __version__
+from pyprof.errors import MemoryReadError, NoSuchProcess
+from pyprof.model import ProfileData
+from pyprof.procfs.process import is_running
+from pyprof.sampling.sampler import RawSample, Sampler, SamplerCounters
+from pyprof.session.session import THREADS_REFRESH_S, JvmTarget
+
+
+@dataclass
+class HostTarget:
+    """A JVM the host profiler samples, and its open window."""
+    pid: int
+    target: JvmTarget
+    window: ProfileData
+    window_started_monotonic: float
+    samples_total: int = 0
+    unknown_before_window: int = 0    # the unwinder's count of unknown frames when the window opened
+
+
+@dataclass
+class HostCounters:
+    samples: int = 0
+    unrouted: int = 0                 # samples of a pid that is no longer a target (it just left)
+    targets_added: int = 0
+    targets_removed: int = 0
+    by_pid: Counter = field(default_factory=Counter)
+
+
+class HostProfiler:
+    def __init__(self, rate_hz: int = 49, stack_bytes: int = 32768, force: bool = False) -> None:
+        self.rate_hz = rate_hz
+        self.period_ns = int(1e9 / rate_hz)
+        self.sampler = Sampler(0, rate_hz=rate_hz, stack_bytes=stack_bytes, force=force)
+        self.targets: dict[int, HostTarget] = {}
+        self.counters = HostCounters()
+        self._threads_refreshed = 0.0
+        self._pushed_anchors: dict[int, tuple[int, int, int, int]] = {}
+
+    def start(self) -> None:
+        """Compile and attach the one sampler (no targets yet)."""
+        self.sampler.start()
+
+    # ---- targets ---------------------------------------------------------------------------------
+    def add(self, pid: int) -> HostTarget:
+        """Open the JVM `pid` (PyprofError / MemoryReadError when it is not a JVM pyprof can read) and
+        sample it from now on."""
+        target = JvmTarget.open(pid)
+        host_target = HostTarget(pid, target, self._new_window(target), time.monotonic())
+        self.targets[pid] = host_target
+        self.sampler.add_target(pid)
+        self.counters.targets_added += 1
+        self._refresh_threads(force=True)
+        return host_target
+
+    def remove(self, pid: int) -> Optional[ProfileData]:
+        """Stop sampling `pid`, free its state; returns its last window (with what was still buffered)."""
+        host_target = self.targets.get(pid)
+        if host_target is None:
+            return None
+        self.sampler.remove_target(pid)
+        self._process(self.sampler.poll(0))
+        window = self._finish_window(host_target)
+        del self.targets[pid]
+        host_target.target.close()
+        self.counters.targets_removed += 1
+        return window
+
+    def exited(self) -> list[int]:
+        """Targets whose process has ended (zombies included)."""
+        return [pid for pid in self.targets if not is_running(pid)]
+
+    # ---- sampling --------------------------------------------------------------------------------
+    def step(self, timeout_ms: int = 100) -> int:
+        raw = self.sampler.poll(timeout_ms)
+        self._process(raw)
+        if time.monotonic() - self._threads_refreshed > THREADS_REFRESH_S:
+            self._refresh_threads()
+        return len(raw)
+
+    def _process(self, raw: list[RawSample]) -> None:
+        if not raw:
+            return
+        polled: set[int] = set()
+        for sample in raw:
+            host_target = self.targets.get(sample.pid)
+            if host_target is None:
+                self.counters.unrouted += 1
+                continue
+            if sample.pid not in polled:   # code-cache events before the samples they may name
+                polled.add(sample.pid)
+                self._poll_code_cache(host_target)
+            host_target.window.add(host_target.target.stack_key(sample))
+            host_target.samples_total += 1
+            self.counters.by_pid[sample.pid] += 1
+        self.counters.samples += len(raw)
+
+    @staticmethod
+    def _poll_code_cache(host_target: HostTarget) -> None:
+        try:
+            host_target.target.live.poll(0)
+        except (MemoryReadError, NoSuchProcess):
+            pass   # the JVM is exiting: its samples still unwind against the map it had
+
+    def _refresh_threads(self, force: bool = False) -> None:
+        """Re-read every target's threads; push the union of their anchors to the one BPF map (tids are
+        unique across the host)."""
+        self._threads_refreshed = time.monotonic()
+        anchors: dict[int, tuple[int, int, int, int]] = {}
+        for host_target in self.targets.values():
+            try:
+                host_target.target.threads.refresh()
+                anchors.update(host_target.target.threads.anchor_addresses())
+            except (MemoryReadError, NoSuchProcess):
+                continue
+        if force or anchors != self._pushed_anchors:
+            self.sampler.set_java_threads(anchors)
+            self._pushed_anchors = anchors
+
+    # ---- windows ---------------------------------------------------------------------------------
+    def _new_window(self, target: JvmTarget) -> ProfileData:
+        window = ProfileData(period_ns=self.period_ns, start_time_ns=time.time_ns())
+        window.comments += [f"pyprof {__version__} daemon", f"JVM: {target.description}",
+                            f"pid {target.jvm.pid}, cpu-clock at {self.rate_hz} Hz"]
+        return window
+
+    def _finish_window(self, host_target: HostTarget) -> ProfileData:
+        window = host_target.window
+        window.duration_ns = int((time.monotonic() - host_target.window_started_monotonic) * 1e9)
+        unknown = host_target.target.unwinder.stats.unknown_total
+        window.unknown_frames = unknown - host_target.unknown_before_window
+        host_target.unknown_before_window = unknown
+        return window
+
+    def close_window(self, pid: int) -> ProfileData:
+        """The window of `pid` so far; a new one starts now."""
+        host_target = self.targets[pid]
+        window = self._finish_window(host_target)
+        host_target.window = self._new_window(host_target.target)
+        host_target.window_started_monotonic = time.monotonic()
+        return window
+
+    def sampler_counters(self) -> SamplerCounters:
+        try:
+            return self.sampler.counters()
+        except Exception:  # noqa: BLE001 - the BPF maps may already be gone
+            return SamplerCounters(0, 0, 0, 0)
+
+    def close(self) -> dict[int, ProfileData]:
+        """Stop sampling; the last window of every target."""
+        windows = {}
+        for pid in list(self.targets):
+            window = self.remove(pid)
+            if window is not None:
+                windows[pid] = window
+        self.sampler.close()
+        return windows

@@ -1,0 +1,153 @@
+"""The daemon's loop: find JVMs, sample them all through one HostProfiler, hand over a window per JVM per
+interval (to the local store and the exporters), log one line per event.
+
+What it is given (the CLI wires the real parts; tests may pass their own):
+- `find_jvms()`: pids of candidate JVMs on the host now (called every SCAN_INTERVAL_S);
+- `labels_of(pid, target)`: the labels of a JVM once it is opened (service, container, jdk, host);
+- `sinks`: where a finished window goes (the store first: it is the bounded queue of last resort).
+A pid that could not be opened (not HotSpot, unsupported, gone) is logged once and never tried again; a
+JVM that exits has its window written at once; a restarted JVM has a new pid, so it is a new target.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Protocol, TextIO
+
+from pyprof.daemon.host import HostProfiler
+from pyprof.errors import MemoryReadError, PyprofError
+from pyprof.model import ProfileData
+from pyprof.session.runloop import StopSignals, run_until_stopped
+from pyprof.session.session import JvmTarget
+
+SCAN_INTERVAL_S = 1.0      # new JVMs are found within this (plus the time to open them)
+STEP_MS = 100
+
+
+class WindowSink(Protocol):
+    """Takes a finished window of one JVM (the store writes it; an exporter queues it)."""
+
+    def accept(self, pid: int, labels: object, window: ProfileData) -> Optional[str]:
+        """Returns a short note for the log line (e.g. the file written), or None."""
+        ...
+
+
+@dataclass
+class DaemonCounters:
+    jvms_found: int = 0
+    jvms_skipped: int = 0
+    jvms_gone: int = 0
+    windows_written: int = 0
+    windows_empty: int = 0
+    sink_errors: int = 0
+
+
+@dataclass
+class Daemon:
+    host: HostProfiler
+    find_jvms: Callable[[], set[int]]
+    labels_of: Callable[[int, JvmTarget], object]
+    sinks: list[WindowSink]
+    interval_s: float = 15.0
+    log_stream: TextIO = field(default_factory=lambda: sys.stderr)
+    counters: DaemonCounters = field(default_factory=DaemonCounters)
+    labels: dict[int, object] = field(default_factory=dict)
+    skipped: set[int] = field(default_factory=set)
+    _next_scan: float = 0.0
+    _next_rotation: float = 0.0
+
+    # ---- logging: one line per event -------------------------------------------------------------
+    def log(self, event: str, **fields: object) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        rest = " ".join(f"{k}={_quote(v)}" for k, v in fields.items() if v not in (None, ""))
+        self.log_stream.write(f"{stamp} {event} {rest}".rstrip() + "\n")
+        self.log_stream.flush()
+
+    # ---- the loop --------------------------------------------------------------------------------
+    def run(self, stop: StopSignals) -> str:
+        """Until SIGTERM/SIGINT; then every open window is written. Returns why it ended."""
+        self.host.start()
+        self.log("started", rate_hz=self.host.rate_hz, interval_s=self.interval_s)
+        now = time.monotonic()
+        self._next_rotation = now + self.interval_s
+        try:
+            why = run_until_stopped(self.step, stop)
+        finally:
+            self.shutdown()
+        return why
+
+    def step(self) -> Optional[str]:
+        self.host.step(STEP_MS)
+        now = time.monotonic()
+        if now >= self._next_scan:
+            self._next_scan = now + SCAN_INTERVAL_S
+            self.scan()
+        if now >= self._next_rotation:
+            self._next_rotation = now + self.interval_s
+            for pid in list(self.host.targets):
+                self._hand_over(pid, self.host.close_window(pid))
+        return None
+
+    def scan(self) -> None:
+        """Targets that exited are closed; JVMs not seen before are opened."""
+        for pid in self.host.exited():
+            self._gone(pid)
+        for pid in sorted(self.find_jvms() - set(self.host.targets) - self.skipped):
+            self._found(pid)
+
+    def _found(self, pid: int) -> None:
+        try:
+            host_target = self.host.add(pid)
+        except (PyprofError, MemoryReadError, OSError) as e:
+            self.skipped.add(pid)   # never rechecked: a pid is one process for its whole life
+            self.counters.jvms_skipped += 1
+            self.log("jvm-skipped", pid=pid, reason=str(e).splitlines()[0] if str(e) else type(e).__name__)
+            return
+        labels = self.labels_of(pid, host_target.target)
+        self.labels[pid] = labels
+        self.counters.jvms_found += 1
+        fields = dict(getattr(labels, "items", lambda: [])())
+        self.log("jvm-found", pid=pid, jdk=fields.get("jdk") or host_target.target.description,
+                 service=fields.get("service_name"), container=fields.get("container_id"),
+                 probes="" if not host_target.target.live.degraded else "none")
+
+    def _gone(self, pid: int) -> None:
+        window = self.host.remove(pid)
+        self.counters.jvms_gone += 1
+        self.log("jvm-gone", pid=pid)
+        if window is not None:
+            self._hand_over(pid, window)
+        self.labels.pop(pid, None)
+
+    def _hand_over(self, pid: int, window: ProfileData) -> None:
+        samples = window.total_samples
+        if samples == 0:
+            self.counters.windows_empty += 1   # an idle JVM: nothing to store or push
+            return
+        labels = self.labels.get(pid)
+        notes = []
+        for sink in self.sinks:
+            try:
+                note = sink.accept(pid, labels, window)
+            except (PyprofError, OSError) as e:
+                self.counters.sink_errors += 1
+                self.log("window-failed", pid=pid, sink=type(sink).__name__, error=str(e))
+                continue
+            if note:
+                notes.append(note)
+        self.counters.windows_written += 1
+        self.log("window", pid=pid, samples=samples, seconds=round(window.duration_ns / 1e9, 1),
+                 unknown_frames=window.unknown_frames, to=",".join(notes))
+
+    def shutdown(self) -> None:
+        """Write every open window (SIGTERM must not lose the last seconds), then release everything."""
+        for pid, window in self.host.close().items():
+            self._hand_over(pid, window)
+        self.log("stopped", windows=self.counters.windows_written, jvms=self.counters.jvms_found)
+
+
+def _quote(value: object) -> str:
+    text = str(value)
+    return f'"{text}"' if (" " in text or '"' in text or not text) else text
