@@ -58,7 +58,7 @@ def _emit(text: str | bytes, output: Optional[str], fmt: str) -> None:
 
 
 @click.command("report")
-@click.argument("profiles", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("profiles", nargs=-1, required=True, type=click.Path())
 @click.option("--format", "-f", "fmt", type=click.Choice(FORMATS), default=None,
               help="the view (default: from -o's extension, else top)")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
@@ -79,10 +79,15 @@ def _emit(text: str | bytes, output: Optional[str], fmt: str) -> None:
               help="merge a method's JIT tiers ([interp], [C1], [C2]) into one (always with --diff)")
 @click.option("--json", "as_json", is_flag=True, help="top/tree/diff as JSON, for scripts")
 @click.option("--title", default=None, help="flame graph title")
+@click.option("--service", default=None, help="store DIR: only this service's windows")
+@click.option("--pid", type=int, default=None, help="store DIR: only this pid's windows")
+@click.option("--since", default=None, metavar="TIME", help="store DIR: from TIME (10m, 2h, ISO, @UNIX)")
+@click.option("--until", default=None, metavar="TIME", help="store DIR: until TIME (default now)")
 def report(profiles: tuple[str, ...], fmt: Optional[str], output: Optional[str], diff: bool,
            thread: Optional[str], focus: Optional[str], limit: Optional[int], sort: str,
            min_percent: float, per_thread: bool, merge_threads: bool, no_tiers: bool, as_json: bool,
-           title: Optional[str]) -> None:
+           title: Optional[str], service: Optional[str], pid: Optional[int], since: Optional[str],
+           until: Optional[str]) -> None:
     """Read a pprof PROFILE and show it: top, tree, collapsed, flamegraph (HTML), speedscope, pprof.
 
     \b
@@ -92,11 +97,26 @@ def report(profiles: tuple[str, ...], fmt: Optional[str], output: Optional[str],
       pyprof report cpu.pb.gz --format tree --thread '^http-'
       pyprof report cpu.pb.gz --focus 'HashMap' --json
       pyprof report --diff before.pb.gz after.pb.gz    what got slower (top; -o diff.html: flame graph)
+      pyprof report /var/lib/pyprof --service orders --since 10m    a daemon's store, merged
+      pyprof report /var/lib/pyprof --service orders --diff 2d..1d 1h..   two time ranges compared
     """
     # A diff matches methods across JIT tiers: a method C2 compiled in one run and C1 in the other (or
     # still interpreted) is the same method, and so are the call paths through it.
     tiers = not no_tiers and not diff
     fmt = _pick_format(fmt, output, as_json)
+    store_dir = profiles[0] if os.path.isdir(profiles[0]) else None
+    if store_dir is None and (service, pid, since, until) != (None, None, None, None):
+        raise UsageError("--service, --pid, --since and --until select windows of a store DIR")
+    if diff and store_dir is not None:
+        if len(profiles) != 3:
+            raise UsageError("--diff on a store needs two ranges: "
+                             "pyprof report DIR --diff FROM..UNTIL FROM..UNTIL")
+        if fmt not in DIFF_FORMATS:
+            raise UsageError(f"--diff shows {' or '.join(DIFF_FORMATS)}, not {fmt}")
+        base, new = (_filtered(_load_range(store_dir, service, pid, r), thread, focus, tiers)
+                     for r in profiles[1:])
+        _report_diff(base, new, fmt, output, tiers, sort, limit, as_json, title)
+        return
     if diff:
         if len(profiles) != 2:
             raise UsageError("--diff needs two profiles: pyprof report --diff BASE NEW")
@@ -109,7 +129,15 @@ def report(profiles: tuple[str, ...], fmt: Optional[str], output: Optional[str],
         raise UsageError("report reads one profile (two with --diff)")
     if as_json and fmt not in ("top", "tree"):
         raise UsageError(f"--json is for top and tree, not {fmt}")
-    profile = _filtered(_load(profiles[0]), thread, focus, tiers)
+    if store_dir is not None:
+        from pyprof.cli.store import load_merged
+        from pyprof.store.timespec import parse_time
+
+        loaded = load_merged(store_dir, service, pid, parse_time(since) if since else None,
+                             parse_time(until) if until else None)
+    else:
+        loaded = _load(profiles[0])
+    profile = _filtered(loaded, thread, focus, tiers)
     if fmt == "top":
         from pyprof.reporters import top
 
@@ -133,6 +161,14 @@ def report(profiles: tuple[str, ...], fmt: Optional[str], output: Optional[str],
         name = os.path.basename(profiles[0])
         label = title or (f"CPU flame graph: {name}" if fmt == "flamegraph" else name)
         _emit(render_file(profile, fmt, tiers, label), output, fmt)
+
+def _load_range(directory: str, service: Optional[str], pid: Optional[int], text: str) -> ProfileData:
+    from pyprof.cli.store import load_merged
+    from pyprof.store.timespec import parse_range
+
+    time_range = parse_range(text)
+    return load_merged(directory, service, pid, time_range.start_ns, time_range.end_ns)
+
 
 def _filtered(profile: ProfileData, thread: Optional[str], focus: Optional[str], tiers: bool) -> ProfileData:
     from pyprof.reporters.aggregate import filter_profile
