@@ -18,7 +18,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("kernel", "symbols", "jvmtools"),             # BPF + kernel facts; native/kernel symbols; jcmd
     ("hotspot",),                                  # the attach-free HotSpot reader (one Layout per JVM)
     ("agent", "output", "discovery"),              # the Java agent's client; file formats; finding JVMs
-    ("codemap", "sources", "sampling", "reporters", "export", "store"),
+    ("codemap", "sources", "sampling", "reporters", "store"),
+    ("export",),                                   # pushing the store's windows to Pyroscope / OTLP
     ("session",),                                  # a profiling run: sampler + targets + run loop
     ("daemon",),                                   # every JVM of the host, continuously
     ("cli",),                                      # commands: the only place errors become exit codes
