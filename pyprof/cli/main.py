@@ -27,12 +27,12 @@ def cli() -> None:
 
 
 def _register_commands() -> None:
-    from pyprof.cli import agent, attach, codecache, doctor, report, store, top
+    from pyprof.cli import agent, attach, codecache, daemon, doctor, report, store, top
 
     cli.add_command(agent.agent)
     cli.add_command(codecache.codecache)
     cli.add_command(doctor.doctor)
-    for command in attach.COMMANDS + report.COMMANDS + store.COMMANDS + top.COMMANDS:
+    for command in attach.COMMANDS + daemon.COMMANDS + report.COMMANDS + store.COMMANDS + top.COMMANDS:
         cli.add_command(command)
 
 

@@ -1,12 +1,12 @@
 """The daemon's loop: find JVMs, sample them all through one HostProfiler, hand over a window per JVM per
 interval (to the local store and the exporters), log one line per event.
 
-What it is given (the CLI wires the real parts; tests may pass their own):
-- `find_jvms()`: pids of candidate JVMs on the host now (called every SCAN_INTERVAL_S);
-- `labels_of(pid, target)`: the labels of a JVM once it is opened (service, container, jdk, host);
+What it is given (the CLI wires the real parts):
+- `scanner`: pyprof.discovery's JvmScanner: every SCAN_INTERVAL_S it reports the JVMs found (with their
+  labels: service, pid, container, jdk, host), gone, and skipped (not HotSpot, not selected, unreadable);
 - `sinks`: where a finished window goes (the store first: it is the bounded queue of last resort).
-A pid that could not be opened (not HotSpot, unsupported, gone) is logged once and never tried again; a
-JVM that exits has its window written at once; a restarted JVM has a new pid, so it is a new target.
+A JVM that cannot be opened is logged once and never tried again; a JVM that exits has its window written
+at once; a restarted JVM (a new pid, or a reused pid with a new start time) is a new target.
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Protocol, TextIO
+from typing import Optional, Protocol, TextIO
 
 from pyprof.daemon.host import HostProfiler
+from pyprof.discovery.scanner import JvmScanner
 from pyprof.errors import MemoryReadError, PyprofError
 from pyprof.model import ProfileData
 from pyprof.session.runloop import StopSignals, run_until_stopped
-from pyprof.session.session import JvmTarget
+from pyprof.store.labels import WindowLabels
 
 SCAN_INTERVAL_S = 1.0      # new JVMs are found within this (plus the time to open them)
 STEP_MS = 100
@@ -29,7 +30,7 @@ STEP_MS = 100
 class WindowSink(Protocol):
     """Takes a finished window of one JVM (the store writes it; an exporter queues it)."""
 
-    def accept(self, pid: int, labels: object, window: ProfileData) -> Optional[str]:
+    def accept(self, labels: WindowLabels, window: ProfileData) -> Optional[str]:
         """Returns a short note for the log line (e.g. the file written), or None."""
         ...
 
@@ -47,14 +48,12 @@ class DaemonCounters:
 @dataclass
 class Daemon:
     host: HostProfiler
-    find_jvms: Callable[[], set[int]]
-    labels_of: Callable[[int, JvmTarget], object]
+    scanner: JvmScanner
     sinks: list[WindowSink]
     interval_s: float = 15.0
     log_stream: TextIO = field(default_factory=lambda: sys.stderr)
     counters: DaemonCounters = field(default_factory=DaemonCounters)
-    labels: dict[int, object] = field(default_factory=dict)
-    skipped: set[int] = field(default_factory=set)
+    labels: dict[int, WindowLabels] = field(default_factory=dict)
     _next_scan: float = 0.0
     _next_rotation: float = 0.0
 
@@ -92,28 +91,33 @@ class Daemon:
 
     def scan(self) -> None:
         """Targets that exited are closed; JVMs not seen before are opened."""
-        for pid in self.host.exited():
+        result = self.scanner.scan()
+        for gone in result.gone:
+            self._gone(gone.pid)
+        for pid in self.host.exited():   # exited between two scans: write its window now
             self._gone(pid)
-        for pid in sorted(self.find_jvms() - set(self.host.targets) - self.skipped):
-            self._found(pid)
+        for skipped in result.skipped:
+            self.counters.jvms_skipped += 1
+            self.log("jvm-skipped", pid=skipped.pid, reason=skipped.reason)
+        for found in result.found:
+            self._found(found.pid, found.labels)
 
-    def _found(self, pid: int) -> None:
+    def _found(self, pid: int, labels: WindowLabels) -> None:
         try:
             host_target = self.host.add(pid)
         except (PyprofError, MemoryReadError, OSError) as e:
-            self.skipped.add(pid)   # never rechecked: a pid is one process for its whole life
-            self.counters.jvms_skipped += 1
+            self.counters.jvms_skipped += 1   # the scanner tracks it: it is not tried again
             self.log("jvm-skipped", pid=pid, reason=str(e).splitlines()[0] if str(e) else type(e).__name__)
             return
-        labels = self.labels_of(pid, host_target.target)
         self.labels[pid] = labels
         self.counters.jvms_found += 1
-        fields = dict(getattr(labels, "items", lambda: [])())
-        self.log("jvm-found", pid=pid, jdk=fields.get("jdk") or host_target.target.description,
-                 service=fields.get("service_name"), container=fields.get("container_id"),
-                 probes="" if not host_target.target.live.degraded else "none")
+        self.log("jvm-found", pid=pid, jdk=labels.jdk, service=labels.service_name,
+                 container=labels.container_id[:12],
+                 live_probes="no" if host_target.target.live.degraded else "yes")
 
     def _gone(self, pid: int) -> None:
+        if pid not in self.host.targets:
+            return
         window = self.host.remove(pid)
         self.counters.jvms_gone += 1
         self.log("jvm-gone", pid=pid)
@@ -126,11 +130,11 @@ class Daemon:
         if samples == 0:
             self.counters.windows_empty += 1   # an idle JVM: nothing to store or push
             return
-        labels = self.labels.get(pid)
+        labels = self.labels.get(pid) or WindowLabels(service_name="unknown", pid=pid)
         notes = []
         for sink in self.sinks:
             try:
-                note = sink.accept(pid, labels, window)
+                note = sink.accept(labels, window)
             except (PyprofError, OSError) as e:
                 self.counters.sink_errors += 1
                 self.log("window-failed", pid=pid, sink=type(sink).__name__, error=str(e))
@@ -138,8 +142,9 @@ class Daemon:
             if note:
                 notes.append(note)
         self.counters.windows_written += 1
-        self.log("window", pid=pid, samples=samples, seconds=round(window.duration_ns / 1e9, 1),
-                 unknown_frames=window.unknown_frames, to=",".join(notes))
+        self.log("window", pid=pid, service=labels.service_name, samples=samples,
+                 seconds=round(window.duration_ns / 1e9, 1), unknown_frames=window.unknown_frames,
+                 to=",".join(notes))
 
     def shutdown(self) -> None:
         """Write every open window (SIGTERM must not lose the last seconds), then release everything."""

@@ -1,0 +1,133 @@
+"""`pyprof daemon`: continuous profiling of every JVM on the host (containers included) to a local store,
+and optionally to Pyroscope (push) and OpenTelemetry (OTLP/HTTP). Runs in the foreground (systemd and
+container runtimes manage it); SIGTERM and SIGINT write the open windows and exit 0."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import click
+
+from pyprof.errors import UsageError
+
+DEFAULT_OUT = "/var/lib/pyprof"
+
+
+def _retention(text: Optional[str]):
+    """`--retention 10GiB,7d`: either part may be left out (`7d`, `500MiB`)."""
+    from pyprof.store.store import Retention
+    from pyprof.store.timespec import parse_duration
+
+    if not text:
+        return Retention()
+    max_bytes = max_age = None
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        size = _parse_size(part)
+        if size is not None:
+            max_bytes = size
+        else:
+            max_age = parse_duration(part)
+    return Retention(max_bytes=max_bytes, max_age_s=max_age)
+
+
+_SIZE_UNITS = {"b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 1000 ** 2,
+               "mib": 1 << 20, "g": 1 << 30, "gb": 1000 ** 3, "gib": 1 << 30, "t": 1 << 40, "tib": 1 << 40}
+
+
+def _parse_size(text: str) -> Optional[int]:
+    t = text.strip().lower()
+    digits = t.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = t[len(digits):]
+    if not digits or unit not in _SIZE_UNITS:
+        return None
+    try:
+        return int(float(digits) * _SIZE_UNITS[unit])
+    except ValueError:
+        return None
+
+
+def _queue(kind: str, url: str, credentials_file: Optional[str], ca: Optional[str], log):
+    from pyprof.export import (
+        OTLP_PREFIX,
+        PUSH_PREFIX,
+        DeliveryQueue,
+        Endpoint,
+        OtlpSink,
+        PyroscopeSink,
+        load_credentials,
+    )
+
+    prefix = PUSH_PREFIX if kind == "push" else OTLP_PREFIX
+    endpoint = Endpoint(url, load_credentials(credentials_file, prefix), ca_file=ca)
+    sink = PyroscopeSink(endpoint) if kind == "push" else OtlpSink(endpoint)
+    return DeliveryQueue(sink, log=log)
+
+
+@click.command("daemon")
+@click.option("--out", "out", type=click.Path(file_okay=False), default=DEFAULT_OUT, show_default=True,
+              help="the local store (created 0700): one pprof per JVM per window and an index")
+@click.option("--interval", type=click.FloatRange(min=1.0), default=15.0, show_default=True,
+              help="seconds per window")
+@click.option("-r", "--rate", type=click.IntRange(1, 1000), default=49, show_default=True,
+              help="samples per second per CPU")
+@click.option("--pid", "pids", type=int, multiple=True, help="only these JVMs (repeat; default: all)")
+@click.option("--match", default=None, metavar="REGEX", help="only JVMs whose command line matches")
+@click.option("--exclude", default=None, metavar="REGEX", help="not the JVMs whose command line matches")
+@click.option("--service", "services", multiple=True, metavar="REGEX=NAME",
+              help="service_name NAME for JVMs whose command line matches REGEX (repeat; first match wins)")
+@click.option("--retention", default="10GiB,7d", show_default=True, metavar="SIZE,AGE",
+              help="delete the oldest windows beyond this total size and this age")
+@click.option("--push", "push_url", default=None, metavar="URL", help="also push every window to Pyroscope")
+@click.option("--push-credentials", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Pyroscope credentials file (else PYPROF_PUSH_USERNAME/_PASSWORD/_TOKEN/_TENANT)")
+@click.option("--otlp", "otlp_url", default=None, metavar="URL",
+              help="also export every window over OTLP/HTTP")
+@click.option("--otlp-credentials", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="OTLP credentials file (else PYPROF_OTLP_USERNAME/_PASSWORD/_TOKEN/_TENANT)")
+@click.option("--ca", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="CA bundle for https (default: the system's)")
+@click.option("--stack-bytes", type=click.IntRange(1024, 65536), default=32768, show_default=True,
+              help="bytes of user stack copied per sample")
+@click.option("--force", is_flag=True,
+              help="sample even on kernels with known BPF stack-copy problems (5.19-6.1)")
+def daemon(out: str, interval: float, rate: int, pids: tuple[int, ...], match: Optional[str],
+           exclude: Optional[str], services: tuple[str, ...], retention: str, push_url: Optional[str],
+           push_credentials: Optional[str], otlp_url: Optional[str], otlp_credentials: Optional[str],
+           ca: Optional[str], stack_bytes: int, force: bool) -> None:
+    """Profile every JVM on this host, continuously, one window per JVM every --interval seconds."""
+    from pyprof.daemon.host import HostProfiler
+    from pyprof.daemon.run import Daemon
+    from pyprof.daemon.sinks import StoreSink
+    from pyprof.discovery.cmdline import Selection, ServiceRule
+    from pyprof.discovery.scanner import JvmScanner
+    from pyprof.session.runloop import StopSignals
+    from pyprof.store.store import Store
+
+    rules = tuple(ServiceRule.parse(text) for text in services)
+    selection = Selection.parse(pids, match, exclude)
+    store = Store.open(out, _retention(retention))
+    host = HostProfiler(rate_hz=rate, stack_bytes=stack_bytes, force=force)
+    daemon_loop = Daemon(host, JvmScanner(selection, rules), [], interval_s=interval)
+    queues = []
+    for kind, url, creds in (("push", push_url, push_credentials), ("otlp", otlp_url, otlp_credentials)):
+        if url:
+            if not url.startswith(("http://", "https://")):
+                raise UsageError(f"--{kind} {url}: expected an http:// or https:// URL")
+            queues.append(_queue(kind, url, creds, ca,
+                                 lambda line, kind=kind: daemon_loop.log(f"{kind}", message=line)))
+    daemon_loop.sinks.append(StoreSink(store, queues))
+    for queue in queues:
+        queue.start()
+    try:
+        with StopSignals() as stop:
+            why = daemon_loop.run(stop)
+    finally:
+        for queue in queues:
+            unsent = queue.close()
+            if unsent:
+                daemon_loop.log("push-unsent", sink=queue.sink.name, windows=unsent, note="kept in the store")
+        store.close()
+    daemon_loop.log("exit", reason=why)
+
+
+COMMANDS = [daemon]
