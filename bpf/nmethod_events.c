@@ -1,4 +1,5 @@
-// nmethod lifecycle events of one JVM, from uprobes on libjvm (pyprof/codemap/live.py loads this).
+// nmethod lifecycle events of the profiled JVMs, from uprobes on their libjvm (pyprof/codemap/probes.py
+// compiles this once per pyprof process and attaches pid-filtered uprobes per JVM).
 //
 // Probes (attached by symbol, per JDK and GC; see live.py):
 //   EVENT_REGISTER      <GC>Heap::register_nmethod(this, nmethod* nm)   -> nm = 2nd argument
@@ -13,6 +14,8 @@
 //   u64 arg       extra argument (the state for make_not_entrant_or_zombie), else 0
 //   u32 tid       calling thread
 //   u32 kind      EVENT_*
+//   u32 pid       the JVM (tgid) the event came from: events of every JVM share the one ring buffer
+//   u32 pad
 // Array `lost` [0]: records that did not fit in the ring buffer.
 
 #include <uapi/linux/ptrace.h>
@@ -29,6 +32,8 @@ struct nmethod_event {
     u64 arg;
     u32 tid;
     u32 kind;
+    u32 pid;
+    u32 pad;
 };
 
 BPF_RINGBUF_OUTPUT(events, 64);   // pages
@@ -39,7 +44,9 @@ static __always_inline int emit(u32 kind, u64 address, u64 arg) {
     ev.time_ns = bpf_ktime_get_ns();
     ev.address = address;
     ev.arg = arg;
-    ev.tid = (u32)bpf_get_current_pid_tgid();
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    ev.tid = (u32)pid_tgid;
+    ev.pid = pid_tgid >> 32;
     ev.kind = kind;
     if (events.ringbuf_output(&ev, sizeof(ev), 0) != 0) {
         int zero = 0;

@@ -14,16 +14,15 @@ free still finds the code that was there.
 from __future__ import annotations
 
 import bisect
-import ctypes
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from pyprof.codemap.probes import NmethodEvent, NmethodProbes, shared_probes
 from pyprof.errors import MemoryReadError, SourceUnavailable
 from pyprof.hotspot.codecache import CodeBlobInfo, CodeCache, CodeCacheSnapshot
 from pyprof.hotspot.jvm import HotSpotJvm
-from pyprof.kernel.bpf_loader import close_bpf
 
 EVENT_REGISTER, EVENT_UNREGISTER, EVENT_FREE, EVENT_NOT_ENTRANT, EVENT_NOT_ENTRANT_OR_ZOMBIE = 1, 2, 3, 4, 5
 GRAVEYARD_NS = 5_000_000_000      # keep freed blobs findable for samples up to 5 s old
@@ -38,11 +37,6 @@ HEAP_CLASSES_OF_GC = {
 }
 GC_HEAP_CLASSES = ("G1CollectedHeap", "ParallelScavengeHeap", "GenCollectedHeap", "SerialHeap",
                    "ShenandoahHeap", "ZCollectedHeap", "EpsilonHeap")
-
-
-class _Event(ctypes.Structure):
-    _fields_ = [("time_ns", ctypes.c_uint64), ("address", ctypes.c_uint64), ("arg", ctypes.c_uint64),
-                ("tid", ctypes.c_uint32), ("kind", ctypes.c_uint32)]
 
 
 @dataclass(frozen=True)
@@ -93,7 +87,8 @@ class LiveCodeCache:
     _graveyard: deque = field(default_factory=deque)    # (free_time_ns, blob)
     _pending: list[CodeCacheChange] = field(default_factory=list)
     _not_entrant: set = field(default_factory=set)      # (address, compile_id) already reported
-    _bpf: object = None
+    probes: Optional[NmethodProbes] = None   # whose uprobes to use (default: the process's shared ones)
+    _probes: Optional[NmethodProbes] = None  # attached to, while attached
     degraded: str = ""     # why there are no live probes ("" when they work)
 
     # ---- life cycle ------------------------------------------------------------------------------
@@ -118,32 +113,18 @@ class LiveCodeCache:
         return snap
 
     def _attach(self) -> None:
-        from pyprof.kernel.bpf_loader import load_bpf
-
         symbols = probe_symbols(self.jvm)
         if "on_register" not in symbols or "on_free" not in symbols:
             raise SourceUnavailable("libjvm has no register_nmethod/CodeCache::free symbols (stripped?): "
                                     "live updates need an unstripped libjvm")
-        bpf = load_bpf("nmethod_events.c")
-        try:
-            for handler, names in symbols.items():
-                for name in names:
-                    sym = self.jvm.symbols.lookup(name)
-                    # By link-time address (bcc turns it into a file offset): local and .part.0 symbols
-                    # need no name resolution, and the path is the file the JVM really mapped.
-                    bpf.attach_uprobe(name=self.jvm.libjvm_open_path, addr=sym.value, fn_name=handler,
-                                      pid=self.jvm.pid)
-                    self.counters["probes"] += 1
-            bpf["events"].open_ring_buffer(self._on_event)
-        except Exception as e:  # bcc raises plain Exception
-            close_bpf(bpf)
-            raise SourceUnavailable(f"cannot attach uprobes to libjvm of {self.jvm.pid}: {e}") from e
-        self._bpf = bpf
+        probes = self.probes if self.probes is not None else shared_probes()
+        self.counters["probes"] += probes.attach(self.jvm, symbols, self._on_event)
+        self._probes = probes
 
     def close(self) -> None:
-        if self._bpf is not None:
-            close_bpf(self._bpf)
-            self._bpf = None
+        if self._probes is not None:
+            self._probes.detach(self.jvm.pid)
+            self._probes = None
 
     def __enter__(self) -> LiveCodeCache:
         return self
@@ -153,26 +134,26 @@ class LiveCodeCache:
 
     # ---- events ----------------------------------------------------------------------------------
     def poll(self, timeout_ms: int = 100) -> list[CodeCacheChange]:
-        if self._bpf is not None:
-            self._bpf.ring_buffer_poll(timeout_ms)
+        """The changes since the last poll (the shared ring buffer is drained for every JVM on it)."""
+        if self._probes is not None:
+            self._probes.poll(timeout_ms)
+        elif timeout_ms > 0:
+            time.sleep(timeout_ms / 1000)
         changes, self._pending = self._pending, []
         return changes
 
     @property
     def lost_events(self) -> int:
-        if self._bpf is None:
-            return 0
-        return sum(v.value for v in self._bpf["lost"].values())
+        """Events lost to a full ring buffer (of every JVM sharing the probes)."""
+        return self._probes.lost if self._probes is not None else 0
 
-    def _on_event(self, _ctx, data, _size) -> int:
-        ev = ctypes.cast(data, ctypes.POINTER(_Event)).contents
+    def _on_event(self, ev: NmethodEvent) -> None:
         self.counters["events"] += 1
         change = self._apply(ev.kind, ev.address, ev.arg, ev.time_ns, ev.tid)
         if change is not None:
             self._pending.append(change)
             if self.on_change is not None:
                 self.on_change(change)
-        return 0
 
     def _apply(self, kind: int, address: int, arg: int, time_ns: int, tid: int) -> Optional[CodeCacheChange]:
         if kind == EVENT_REGISTER:

@@ -49,6 +49,17 @@ def load_bpf_text(text: str, cflags: Sequence[str] = ()):
     return _compile(text=text, cflags=list(cflags))
 
 
+def detach_uprobes(bpf, ev_names) -> None:
+    """Release some of a bcc BPF object's uprobes (by bcc's event names), the way close_bpf does."""
+    from bcc import lib
+
+    for ev_name in ev_names:
+        fd = bpf.uprobe_fds.get(ev_name)
+        if fd is not None:
+            lib.bpf_close_perf_event_fd(fd)
+            bpf._del_uprobe_fd(ev_name)
+
+
 def close_bpf(bpf) -> None:
     """Detach and free everything of a bcc BPF object.
 

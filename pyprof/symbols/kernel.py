@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import bisect
+import time
 from typing import Optional
 
 MAX_KALLSYMS_BYTES = 64 * 1024 * 1024
+SHARED_TTL_S = 300.0      # modules come and go: the shared table is re-read at most this often
+
+_shared: Optional[tuple[float, KernelSymbols]] = None
 
 
 class KernelSymbols:
@@ -31,6 +35,15 @@ class KernelSymbols:
                 pairs.setdefault(address, parts[2])
         starts = sorted(pairs)
         return cls(starts, [pairs[a] for a in starts])
+
+    @classmethod
+    def shared(cls) -> KernelSymbols:
+        """One table for every target of this process (reading kallsyms costs ~0.2 s of CPU)."""
+        global _shared
+        now = time.monotonic()
+        if _shared is None or now - _shared[0] > SHARED_TTL_S:
+            _shared = (now, cls.load())
+        return _shared[1]
 
     @property
     def available(self) -> bool:
