@@ -126,7 +126,8 @@ class JvmTarget:
             jvm.close()
             raise
         threads = JavaThreads(jvm)   # read by the session's first _push_threads()
-        unwinder = Unwinder(jvm, live.lookup, resolver, threads, NativeSymbolizer(pid), KernelSymbols.shared())
+        unwinder = Unwinder(jvm, live.lookup, resolver, threads, NativeSymbolizer(pid),
+                            KernelSymbols.shared())
         return cls(jvm, live, threads, unwinder, ThreadNames(pid, java_names=threads.name))
 
     @property

@@ -17,9 +17,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("procfs",),                                   # process memory, maps, ELF, liveness
     ("kernel", "symbols", "jvmtools"),             # BPF + kernel facts; native/kernel symbols; jcmd
     ("hotspot",),                                  # the attach-free HotSpot reader (one Layout per JVM)
-    ("agent", "output", "discovery"),              # the Java agent's client; file formats; finding JVMs
+    ("agent", "output"),                           # the Java agent's client; profile file formats
     ("codemap", "sources", "sampling", "reporters", "store"),
-    ("export",),                                   # pushing the store's windows to Pyroscope / OTLP
+    ("export", "discovery"),                       # pushing windows to Pyroscope / OTLP; finding JVMs
     ("session",),                                  # a profiling run: sampler + targets + run loop
     ("daemon",),                                   # every JVM of the host, continuously
     ("cli",),                                      # commands: the only place errors become exit codes
