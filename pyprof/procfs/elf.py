@@ -18,6 +18,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from pyprof.errors import MemoryReadError
+from pyprof.lru import LRUCache
 
 _SYM = struct.Struct("<IBBHQQ")   # Elf64_Sym: name, info, other, shndx, value, size
 STT_OBJECT, STT_FUNC = 1, 2
@@ -124,14 +125,13 @@ def _build_id(elf: ELFFile) -> str:
     return ""
 
 
-_symbols_cache: dict[tuple[str, int, int], ElfSymbols] = {}
+_symbols_cache: LRUCache[tuple[int, int, int, int], ElfSymbols] = LRUCache("ELF file -> symbols", 256)
 
 
 def load_symbols_cached(path: str) -> ElfSymbols:
-    """ELF symbols, cached per (path, inode, size): a JVM is often opened several times per run, and
-    the native symbolizer opens the same libjvm again."""
+    """ELF symbols, cached per file (device, inode, size, mtime): a JVM is opened several times per run,
+    the native symbolizer opens the same libjvm again, and JVMs of one JDK (a daemon's, containers
+    included: /proc/PID/map_files paths differ, the inode does not) share one parse."""
     st = os.stat(path)
-    key = (os.path.realpath(path) if not path.startswith("/proc/") else path, st.st_ino, st.st_size)
-    if key not in _symbols_cache:
-        _symbols_cache[key] = ElfSymbols.load(path)
-    return _symbols_cache[key]
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return _symbols_cache.get_or_compute(key, lambda: ElfSymbols.load(path))
