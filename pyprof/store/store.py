@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import secrets
 import sqlite3
 import stat
@@ -65,12 +66,42 @@ CREATE TABLE IF NOT EXISTS deliveries (
 _COLUMNS = "id, path, service, pid, container_id, jdk, host, start_ns, end_ns, samples, bytes"
 
 
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b", re.IGNORECASE)   # the B is required: 10m is minutes
+
+
 @dataclass(frozen=True)
 class Retention:
     """What the store keeps: None means no limit on that axis."""
 
     max_bytes: Optional[int] = None
     max_age_s: Optional[float] = None
+
+    @classmethod
+    def parse(cls, text: str) -> Retention:
+        """`--retention`: a size, an age, or both, comma-separated: `5GiB`, `7d`, `2GB,12h`, `500MiB,1d`.
+        Sizes end in B: B, KB/KiB, MB/MiB, GB/GiB, TB/TiB (powers of 1024 with or without the i: a
+        store's bound, not a disk vendor's); ages are the durations of `report --since` (`30m`, `12h`,
+        `7d`), so `10m` is ten minutes."""
+        from pyprof.store.timespec import parse_duration
+
+        max_bytes: Optional[int] = None
+        max_age_s: Optional[float] = None
+        for item in (part.strip() for part in text.split(",")):
+            size = _SIZE.fullmatch(item)
+            if size is not None:
+                max_bytes = int(float(size.group(1)) * 1024 ** " kmgt".index(size.group(2).lower() or " "))
+            elif item.endswith("M"):
+                raise UsageError(f"invalid --retention {text!r}: {item!r} is ambiguous: write "
+                                 f"{item}iB for a size or {item[:-1]}m for minutes")
+            elif item:
+                try:
+                    max_age_s = parse_duration(item)
+                except UsageError:
+                    raise UsageError(f"invalid --retention {text!r}: expected a size (5GiB), an age (7d) "
+                                     "or both (5GiB,7d)") from None
+        if max_bytes == 0 or max_age_s == 0:
+            raise UsageError(f"invalid --retention {text!r}: a bound of 0 would keep nothing")
+        return cls(max_bytes, max_age_s)
 
 
 @dataclass(frozen=True)

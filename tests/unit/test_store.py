@@ -244,3 +244,13 @@ def test_time_and_range_syntax() -> None:
         parse_range("1h..2h", now)
     with pytest.raises(UsageError, match="invalid time"):
         parse_time("yesterday")
+
+
+def test_retention_syntax() -> None:
+    assert Retention.parse("5GiB") == Retention(max_bytes=5 * 1024**3)
+    assert Retention.parse("7d") == Retention(max_age_s=7 * 86400)
+    assert Retention.parse("500MB, 12h") == Retention(500 * 1024**2, 12 * 3600)
+    assert Retention.parse("10m") == Retention(max_age_s=600)      # minutes: a size needs its B
+    for bad in ("0B", "5Q", "500M", "lots"):
+        with pytest.raises(UsageError, match="invalid --retention"):
+            Retention.parse(bad)
