@@ -69,6 +69,7 @@ class ScanCounters:
     scans: int = 0
     maps_read: int = 0
     not_selected: int = 0      # JVMs left out by --pid/--match/--exclude
+    unreadable: int = 0        # processes whose maps we may not read (not root / no CAP_SYS_PTRACE)
     skipped: int = 0
 
 
@@ -140,11 +141,18 @@ class JvmScanner:
         return [int(n) for n in names if n.isdigit() and int(n) != self._self_pid]
 
     def _inspect(self, pid: int, start_ticks: int, name: str, young: bool, result: ScanResult) -> None:
+        if self.selection.pids and pid not in self.selection.pids:
+            self._settled[pid] = (start_ticks, name)      # --pid: nobody else's maps need reading
+            return
         self.counters.maps_read += 1
         try:
             entries = library_entries(read_maps(pid), "libjvm.so")
-        except (NoSuchProcess, PermissionDenied):
-            entries = []   # gone, or a process we may not read (then it is not ours to profile either)
+        except NoSuchProcess:
+            entries = []
+        except PermissionDenied:
+            entries = []   # not ours to profile either; counted, so `doctor`/metrics can say why
+            if not young:
+                self.counters.unreadable += 1
         if not entries:
             if not young:
                 self._settled[pid] = (start_ticks, name)

@@ -75,6 +75,10 @@ def test_match_and_exclude_filter_jvms(java_workload) -> None:
     found = {t.pid for t in scanner.scan().found}
     assert kept.pid in found and dropped.pid not in found
     assert scanner.counters.not_selected >= 1
+    # --pid: only that process's maps are read at all
+    by_pid = JvmScanner(Selection.parse(pids=(dropped.pid,)))
+    assert [t.pid for t in by_pid.scan().found] == [dropped.pid]
+    assert by_pid.counters.maps_read == 1
 
 
 def _container_script(root: Path, jdk_home: Path, jdk_path: str, marker: str) -> str:
