@@ -213,7 +213,9 @@ def test_otlp_export_decodes_to_the_same_samples(monkeypatch: pytest.MonkeyPatch
     assert _attrs(d, copy_sample.attribute_indices)["span"] == "checkout"
     memcpy_location = d.location_table[d.stack_table[copy_sample.stack_index].location_indices[0]]
     assert strings[d.mapping_table[memcpy_location.mapping_index].filename_strindex].endswith("libc.so.6")
-    assert d.mapping_table[0] == type(d.mapping_table[0])()   # index 0: the zero value
+    for table in (d.mapping_table, d.location_table, d.function_table, d.link_table, d.stack_table,
+                  d.attribute_table):
+        assert table[0] == type(table[0])()     # index 0 of every table: the zero value
 
 
 def test_otlp_partial_success_counts_as_rejected() -> None:
