@@ -6,9 +6,9 @@ changed (it exec'd), or while it is young (a java launcher maps libjvm a few ms 
 costs a few ms on a host with hundreds of processes, so the daemon can run one every second or two.
 
 A JVM found gets its labels (WindowLabels): service_name, pid, container_id, jdk (the release string
-read from the JVM's memory, read-only), host. One whose libjvm cannot be opened safely, that is not
-HotSpot or that pyprof does not support is reported once as skipped and never rechecked (unless the pid
-is reused).
+read from the JVM's memory, read-only: discovery.jdk), host. One whose libjvm cannot be opened safely,
+that is not HotSpot or that pyprof does not support is reported once as skipped and never rechecked
+(unless the pid is reused).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from typing import Callable, Optional
 from pyprof.discovery.cgroup import read_container_id
 from pyprof.discovery.cmdline import Selection, ServiceRule, read_cmdline, service_name
 from pyprof.discovery.files import UnsafePath, open_mapped, read_beneath
-from pyprof.errors import NoSuchProcess, PermissionDenied, PyprofError
+from pyprof.discovery.jdk import read_release
+from pyprof.errors import MemoryReadError, NoSuchProcess, PermissionDenied, PyprofError
 from pyprof.procfs.maps import MapEntry, library_entries, read_maps
 from pyprof.procfs.process import comm, namespace_pid
 from pyprof.store.labels import WindowLabels
@@ -68,15 +69,8 @@ class ScanCounters:
     scans: int = 0
     maps_read: int = 0
     not_selected: int = 0      # JVMs left out by --pid/--match/--exclude
+    unreadable: int = 0        # processes whose maps we may not read (not root / no CAP_SYS_PTRACE)
     skipped: int = 0
-
-
-def read_jdk_release(pid: int) -> str:
-    """The JVM's release string, from its memory (VMStructs: Abstract_VM_Version::_s_vm_release)."""
-    from pyprof.hotspot.jvm import HotSpotJvm
-
-    with HotSpotJvm.open(pid) as jvm:
-        return jvm.release or (f"{jvm.major}" if jvm.major else "")
 
 
 def docker_container_name(container_id: str, docker_root: str = "/var/lib/docker") -> str:
@@ -98,7 +92,7 @@ class JvmScanner:
 
     def __init__(self, selection: Optional[Selection] = None, rules: tuple[ServiceRule, ...] = (),
                  host: Optional[str] = None, proc: str = "/proc",
-                 jdk_release: Callable[[int], str] = read_jdk_release,
+                 jdk_release: Callable[[int, int, list[MapEntry]], str] = read_release,
                  container_name: Callable[[str], str] = docker_container_name,
                  young_s: float = YOUNG_S) -> None:
         self.selection = selection or Selection()
@@ -147,11 +141,18 @@ class JvmScanner:
         return [int(n) for n in names if n.isdigit() and int(n) != self._self_pid]
 
     def _inspect(self, pid: int, start_ticks: int, name: str, young: bool, result: ScanResult) -> None:
+        if self.selection.pids and pid not in self.selection.pids:
+            self._settled[pid] = (start_ticks, name)      # --pid: nobody else's maps need reading
+            return
         self.counters.maps_read += 1
         try:
             entries = library_entries(read_maps(pid), "libjvm.so")
-        except (NoSuchProcess, PermissionDenied):
-            entries = []   # gone, or a process we may not read (then it is not ours to profile either)
+        except NoSuchProcess:
+            entries = []
+        except PermissionDenied:
+            entries = []   # not ours to profile either; counted, so `doctor`/metrics can say why
+            if not young:
+                self.counters.unreadable += 1
         if not entries:
             if not young:
                 self._settled[pid] = (start_ticks, name)
@@ -164,7 +165,7 @@ class JvmScanner:
             return
         try:
             target = self._target(pid, start_ticks, argv, entries)
-        except (PyprofError, OSError) as e:
+        except (PyprofError, MemoryReadError, OSError) as e:
             if young and not isinstance(e, UnsafePath):
                 return             # a JVM still starting: its VMStructs may not be readable yet
             self._settled[pid] = (start_ticks, name)
@@ -176,23 +177,15 @@ class JvmScanner:
 
     def _target(self, pid: int, start_ticks: int, argv: list[str], entries: list[MapEntry]) -> JvmTarget:
         mapped = open_mapped(pid, entries)     # the JDK may exist only inside the container
-        os.close(mapped.fd)
-        jdk = self.jdk_release(pid) or self._release_file_version(pid, entries[0].path)
+        try:
+            jdk = self.jdk_release(pid, mapped.fd, entries)
+        finally:
+            os.close(mapped.fd)
         container_id = read_container_id(pid)
         service = service_name(argv, self.rules, self.container_name(container_id), comm(pid) or "")
         labels = WindowLabels(service, pid, container_id, jdk, self.host)
         return JvmTarget(pid, start_ticks, labels, tuple(argv), namespace_pid(pid), entries[0].path,
                          mapped.via)
-
-    @staticmethod
-    def _release_file_version(pid: int, libjvm_path: str) -> str:
-        """JAVA_VERSION of the JDK's `release` file (JAVA_HOME/lib/server/libjvm.so -> JAVA_HOME/release)."""
-        home = os.path.dirname(os.path.dirname(os.path.dirname(libjvm_path)))
-        data = read_beneath(f"/proc/{pid}/root", f"{home}/release", 64 * 1024) or b""
-        for line in data.decode("utf-8", "replace").splitlines():
-            if line.startswith("JAVA_VERSION="):
-                return line.partition("=")[2].strip().strip('"')
-        return ""
 
 
 def _stat(pid: int) -> Optional[tuple[int, str]]:

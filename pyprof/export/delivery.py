@@ -64,18 +64,21 @@ class DeliveryCounters:
 class _Item:
     labels: WindowLabels
     pprof: bytes
+    token: Optional[int]     # the store's window id, handed back to on_settled
 
 
 class DeliveryQueue:
     """A bounded queue and the one thread that empties it into `sink`."""
 
     def __init__(self, sink: Sink, *, max_items: int = DEFAULT_MAX_ITEMS, max_bytes: int = DEFAULT_MAX_BYTES,
-                 backoff: Backoff = Backoff(), log: Callable[[str], None] = lambda line: None) -> None:
+                 backoff: Backoff = Backoff(), log: Callable[[str], None] = lambda line: None,
+                 on_settled: Optional[Callable[[int], None]] = None) -> None:
         self.sink = sink
         self.max_items = max_items
         self.max_bytes = max_bytes
         self.backoff = backoff
         self.log = log
+        self.on_settled = on_settled    # e.g. store.mark_settled: delivery resumes there after a restart
         self.counters = DeliveryCounters()
         self._items: collections.deque[_Item] = collections.deque()
         self._bytes = 0
@@ -90,9 +93,11 @@ class DeliveryQueue:
         self._thread = threading.Thread(target=self._run, name=f"pyprof-{self.sink.name}", daemon=True)
         self._thread.start()
 
-    def submit(self, labels: WindowLabels, pprof: bytes) -> None:
+    def submit(self, labels: WindowLabels, pprof: bytes, token: Optional[int] = None) -> None:
+        """Queue one window (never blocks); `token` (the store's window id) goes to on_settled once the
+        window was sent or given up."""
         with self._cond:
-            self._items.append(_Item(labels, pprof))
+            self._items.append(_Item(labels, pprof, token))
             self._bytes += len(pprof)
             self.counters.submitted += 1
             self._enforce_bound()
@@ -147,9 +152,18 @@ class DeliveryQueue:
             except Exception as e:  # noqa: BLE001 - an encoder bug must not kill delivery for good
                 result = PostResult(Outcome.DROP, 0, f"internal error: {type(e).__name__}: {e}")
             delay = self._settle(item, result)
+            if not delay and item.token is not None and self.on_settled is not None:
+                self._report_settled(item.token)
             if delay:
                 with self._cond:
                     self._cond.wait_for(lambda: self._stopping, timeout=delay)
+
+    def _report_settled(self, token: int) -> None:
+        assert self.on_settled is not None
+        try:
+            self.on_settled(token)
+        except Exception as e:  # noqa: BLE001 - a full disk must not stop delivery; the mark only lags
+            self.log(f"{self.sink.name}: cannot record delivery progress: {type(e).__name__}: {e}")
 
     def _settle(self, item: _Item, result: PostResult) -> float:
         """Update the queue and counters for one attempt; the time to wait before the next one."""

@@ -58,7 +58,7 @@ class _Dictionary:
         self.common = common_pb2
         self.pb.string_table.append("")
         for table in (self.pb.mapping_table, self.pb.location_table, self.pb.function_table,
-                      self.pb.stack_table, self.pb.attribute_table):
+                      self.pb.link_table, self.pb.stack_table, self.pb.attribute_table):
             table.add()
         self._strings: dict[str, int] = {"": 0}
         self._mappings: dict[Mapping, int] = {}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import secrets
 import sqlite3
 import stat
@@ -57,8 +58,15 @@ CREATE TABLE IF NOT EXISTS windows (
 );
 CREATE INDEX IF NOT EXISTS windows_service_time ON windows (service, start_ns);
 CREATE INDEX IF NOT EXISTS windows_end ON windows (end_ns);
+CREATE TABLE IF NOT EXISTS deliveries (
+    backend TEXT PRIMARY KEY,           -- "pyroscope", "otlp"
+    settled_id INTEGER NOT NULL         -- windows up to this id were sent, rejected or dropped
+);
 """
 _COLUMNS = "id, path, service, pid, container_id, jdk, host, start_ns, end_ns, samples, bytes"
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b", re.IGNORECASE)   # the B is required: 10m is minutes
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,33 @@ class Retention:
 
     max_bytes: Optional[int] = None
     max_age_s: Optional[float] = None
+
+    @classmethod
+    def parse(cls, text: str) -> Retention:
+        """`--retention`: a size, an age, or both, comma-separated: `5GiB`, `7d`, `2GB,12h`, `500MiB,1d`.
+        Sizes end in B: B, KB/KiB, MB/MiB, GB/GiB, TB/TiB (powers of 1024 with or without the i: a
+        store's bound, not a disk vendor's); ages are the durations of `report --since` (`30m`, `12h`,
+        `7d`), so `10m` is ten minutes."""
+        from pyprof.store.timespec import parse_duration
+
+        max_bytes: Optional[int] = None
+        max_age_s: Optional[float] = None
+        for item in (part.strip() for part in text.split(",")):
+            size = _SIZE.fullmatch(item)
+            if size is not None:
+                max_bytes = int(float(size.group(1)) * 1024 ** " kmgt".index(size.group(2).lower() or " "))
+            elif item.endswith("M"):
+                raise UsageError(f"invalid --retention {text!r}: {item!r} is ambiguous: write "
+                                 f"{item}iB for a size or {item[:-1]}m for minutes")
+            elif item:
+                try:
+                    max_age_s = parse_duration(item)
+                except UsageError:
+                    raise UsageError(f"invalid --retention {text!r}: expected a size (5GiB), an age (7d) "
+                                     "or both (5GiB,7d)") from None
+        if max_bytes == 0 or max_age_s == 0:
+            raise UsageError(f"invalid --retention {text!r}: a bound of 0 would keep nothing")
+        return cls(max_bytes, max_age_s)
 
 
 @dataclass(frozen=True)
@@ -222,15 +257,16 @@ class Store:
 
     def _over_size(self, max_bytes: int, already: set[int]) -> list[StoredWindow]:
         """The oldest windows (not already doomed) whose removal brings the total under max_bytes."""
-        windows = self._select("ORDER BY end_ns, id", ())
-        total = sum(w.bytes for w in windows if w.id not in already)
+        total = self._db.execute("SELECT COALESCE(SUM(bytes), 0) FROM windows").fetchone()[0]
         out: list[StoredWindow] = []
-        for window in windows:
+        if total <= max_bytes:
+            return out          # the common case: one aggregate query per write, no row read
+        for window in self._select("ORDER BY end_ns, id", ()):
             if total <= max_bytes:
                 break
+            total -= window.bytes
             if window.id not in already:
                 out.append(window)
-                total -= window.bytes
         return out
 
     def delete(self, window: StoredWindow) -> None:
@@ -264,6 +300,32 @@ class Store:
         clause = ("WHERE " + " AND ".join(where)) if where else ""
         with self._mutex:
             return self._select(f"{clause} ORDER BY start_ns, id", tuple(args))
+
+    # ---- delivery marks: what a backend has been given, kept across restarts ---------------------
+    def undelivered(self, backend: str, limit: int = 10_000) -> list[StoredWindow]:
+        """Windows written after the last one `backend` settled, oldest first: what a restarted daemon
+        queues again. A backend never seen starts from now (nothing old is pushed)."""
+        with self._mutex:
+            row = self._db.execute("SELECT settled_id FROM deliveries WHERE backend = ?",
+                                   (backend,)).fetchone()
+            if row is None:
+                return []
+            return self._select("WHERE id > ? ORDER BY id LIMIT ?", (row[0], limit))
+
+    def mark_settled(self, backend: str, window_id: int) -> None:
+        """`backend` is done with every window up to `window_id` (delivery is in order)."""
+        with self._mutex, self._db:
+            self._db.execute("INSERT INTO deliveries (backend, settled_id) VALUES (?, ?) "
+                             "ON CONFLICT(backend) DO UPDATE SET "
+                             "settled_id = MAX(settled_id, excluded.settled_id)",
+                             (backend, window_id))
+
+    def start_delivery(self, backend: str) -> None:
+        """Record that `backend` receives windows from now on (its mark: the newest window now)."""
+        with self._mutex, self._db:
+            newest = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM windows").fetchone()[0]
+            self._db.execute("INSERT OR IGNORE INTO deliveries (backend, settled_id) VALUES (?, ?)",
+                             (backend, newest))
 
     def services(self) -> list[str]:
         with self._mutex:

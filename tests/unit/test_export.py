@@ -4,6 +4,7 @@ definitions, and how each server answer (200, 400, 429, 500, slow, refused) is h
 from __future__ import annotations
 
 import base64
+import gzip
 import re
 import shutil
 import socket
@@ -28,6 +29,7 @@ from pyprof.export.credentials import Credentials
 from pyprof.export.proto import push_pb2
 from pyprof.model import display_name
 from pyprof.output.pprof import encode, read_pprof
+from pyprof.output.proto import profile_pb2
 from pyprof.store.labels import WindowLabels
 from tests.conftest import ROOT, require
 from tests.unit.receiver import Answer, Receiver, wait_until
@@ -80,6 +82,11 @@ def test_pyroscope_push_is_a_connect_call_with_labels_and_the_pprof(tmp_path: Pa
     uuid.UUID(sample.ID)
     profile = read_pprof(sample.raw_profile)
     assert profile.counts == {HOT: 30, COPY: 10} and profile.period_ns == PERIOD_NS
+    # what Pyroscope validates in the pprof: sample type names without '-', no location/function id 0
+    pb = profile_pb2.Profile.FromString(gzip.decompress(sample.raw_profile))
+    assert all("-" not in pb.string_table[t.type] for t in pb.sample_type)
+    assert all(loc.id for loc in pb.location) and all(f.id for f in pb.function)
+    assert all(line.function_id for loc in pb.location for line in loc.line)
 
 
 def test_server_answers_decide_retry_or_drop() -> None:
@@ -206,7 +213,9 @@ def test_otlp_export_decodes_to_the_same_samples(monkeypatch: pytest.MonkeyPatch
     assert _attrs(d, copy_sample.attribute_indices)["span"] == "checkout"
     memcpy_location = d.location_table[d.stack_table[copy_sample.stack_index].location_indices[0]]
     assert strings[d.mapping_table[memcpy_location.mapping_index].filename_strindex].endswith("libc.so.6")
-    assert d.mapping_table[0] == type(d.mapping_table[0])()   # index 0: the zero value
+    for table in (d.mapping_table, d.location_table, d.function_table, d.link_table, d.stack_table,
+                  d.attribute_table):
+        assert table[0] == type(table[0])()     # index 0 of every table: the zero value
 
 
 def test_otlp_partial_success_counts_as_rejected() -> None:
@@ -279,3 +288,33 @@ def test_push_pb2_is_what_protoc_makes_of_push_proto(tmp_path: Path) -> None:
     shutil.copy(proto_dir / "push.proto", tmp_path)
     subprocess.run([str(protoc), "--python_out=.", "push.proto"], cwd=tmp_path, check=True, timeout=60)
     assert (tmp_path / "push_pb2.py").read_bytes() == (proto_dir / "push_pb2.py").read_bytes()
+
+
+def test_delivery_resumes_after_a_restart_from_the_stores_mark(tmp_path) -> None:
+    from pyprof.store import Store
+
+    store = Store.open(tmp_path / "s")
+    store.start_delivery("pyroscope")
+    rows = [store.write_window(window(T0 + i * WINDOW_NS, hot=30 + i), LABELS) for i in range(5)]
+    # GIVEN a daemon that delivered two windows, then stopped with three still queued (backend down)
+    with Receiver() as server:
+        q = queue(PyroscopeSink(Endpoint(server.url)),
+                  on_settled=lambda i: store.mark_settled("pyroscope", i))
+        for row in rows[:2]:
+            q.submit(row.labels, store.read_bytes(row), row.id)
+        assert wait_until(lambda: q.counters.sent == 2)
+        q.close()
+    assert [w.id for w in store.undelivered("pyroscope")] == [r.id for r in rows[2:]]
+    store.close()
+    # WHEN it restarts: THEN the windows not yet settled are the ones it queues again, in order
+    with Store.open(tmp_path / "s") as again, Receiver() as server:
+        q = queue(PyroscopeSink(Endpoint(server.url)),
+                  on_settled=lambda i: again.mark_settled("pyroscope", i))
+        for row in again.undelivered("pyroscope"):
+            q.submit(row.labels, again.read_bytes(row), row.id)
+        assert wait_until(lambda: q.counters.sent == 3)
+        q.close()
+        assert again.undelivered("pyroscope") == []
+        assert again.undelivered("otlp") == []     # a backend never started gets nothing old
+    hot = [read_pprof(pushed(r).series[0].samples[0].raw_profile).counts[HOT] for r in server.requests]
+    assert hot == [32, 33, 34]

@@ -36,22 +36,25 @@ def mode(path: Path) -> int:
 
 def test_windows_are_private_files_indexed_with_their_labels(tmp_path: Path) -> None:
     # GIVEN a store in a directory that does not exist yet, and a permissive umask
-    old = os.umask(0o002)
+    root = tmp_path / "store"
+    old = os.umask(0)
     try:
-        with Store.open(tmp_path / "store") as store:
+        with Store.open(root) as store:
             # WHEN two windows are written
             first = store.write_window(window(T0), ORDERS_1)
             store.write_window(window(T0 + WINDOW_NS, hot=5, copy=0), BILLING)
+            # THEN the directories are 0700, every file 0600 and ours (SQLite's -wal and -shm too)
+            assert mode(root) == 0o700 and mode(root / "windows") == 0o700
+            files = [p for p in root.rglob("*") if p.is_file()]
+            assert {p.name for p in files} >= {"index.sqlite", "index.sqlite-wal", "index.sqlite-shm",
+                                               first.path.rsplit("/", 1)[-1]}
+            for f in files:
+                assert mode(f) == 0o600, f
+                assert os.lstat(f).st_uid == os.geteuid()
+            for d in (p for p in root.rglob("*") if p.is_dir()):
+                assert mode(d) == 0o700, d
     finally:
         os.umask(old)
-    root = tmp_path / "store"
-    # THEN the directory is 0700, every file in it 0600 and ours
-    assert mode(root) == 0o700 and mode(root / "windows") == 0o700
-    files = [p for p in root.rglob("*") if p.is_file()]
-    assert {p.name for p in files} >= {"index.sqlite", first.path.rsplit("/", 1)[-1]}
-    for f in files:
-        assert mode(f) == 0o600, f
-        assert os.lstat(f).st_uid == os.geteuid()
     # AND the index answers queries without the files (rows carry labels, times and sample counts)
     with Store.open_readonly(root) as store:
         rows = store.query(service="orders")
@@ -241,3 +244,13 @@ def test_time_and_range_syntax() -> None:
         parse_range("1h..2h", now)
     with pytest.raises(UsageError, match="invalid time"):
         parse_time("yesterday")
+
+
+def test_retention_syntax() -> None:
+    assert Retention.parse("5GiB") == Retention(max_bytes=5 * 1024**3)
+    assert Retention.parse("7d") == Retention(max_age_s=7 * 86400)
+    assert Retention.parse("500MB, 12h") == Retention(500 * 1024**2, 12 * 3600)
+    assert Retention.parse("10m") == Retention(max_age_s=600)      # minutes: a size needs its B
+    for bad in ("0B", "5Q", "500M", "lots"):
+        with pytest.raises(UsageError, match="invalid --retention"):
+            Retention.parse(bad)
