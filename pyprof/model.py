@@ -110,6 +110,7 @@ class ProfileData:
     comments: list[str] = field(default_factory=list)
     lost_samples: int = 0
     unknown_frames: int = 0
+    frames: int = 0                      # frames unwound (unknown_frames is a part of them)
 
     def add(self, key: StackKey, count: int = 1) -> None:
         self.counts[key] = self.counts.get(key, 0) + count

@@ -13,39 +13,6 @@ from pyprof.errors import UsageError
 DEFAULT_OUT = "/var/lib/pyprof"
 
 
-def _retention(text: Optional[str]):
-    """`--retention 10GiB,7d`: either part may be left out (`7d`, `500MiB`)."""
-    from pyprof.store.store import Retention
-    from pyprof.store.timespec import parse_duration
-
-    if not text:
-        return Retention()
-    max_bytes = max_age = None
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        size = _parse_size(part)
-        if size is not None:
-            max_bytes = size
-        else:
-            max_age = parse_duration(part)
-    return Retention(max_bytes=max_bytes, max_age_s=max_age)
-
-
-_SIZE_UNITS = {"b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 1000 ** 2,
-               "mib": 1 << 20, "g": 1 << 30, "gb": 1000 ** 3, "gib": 1 << 30, "t": 1 << 40, "tib": 1 << 40}
-
-
-def _parse_size(text: str) -> Optional[int]:
-    t = text.strip().lower()
-    digits = t.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = t[len(digits):]
-    if not digits or unit not in _SIZE_UNITS:
-        return None
-    try:
-        return int(float(digits) * _SIZE_UNITS[unit])
-    except ValueError:
-        return None
-
-
 def _queue(kind: str, url: str, credentials_file: Optional[str], ca: Optional[str], log):
     from pyprof.export import (
         OTLP_PREFIX,
@@ -86,6 +53,8 @@ def _queue(kind: str, url: str, credentials_file: Optional[str], ca: Optional[st
               help="OTLP credentials file (else PYPROF_OTLP_USERNAME/_PASSWORD/_TOKEN/_TENANT)")
 @click.option("--ca", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="CA bundle for https (default: the system's)")
+@click.option("--metrics", "metrics_address", default=None, metavar="HOST:PORT",
+              help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST defaults to 127.0.0.1)")
 @click.option("--stack-bytes", type=click.IntRange(1024, 65536), default=32768, show_default=True,
               help="bytes of user stack copied per sample")
 @click.option("--force", is_flag=True,
@@ -93,7 +62,7 @@ def _queue(kind: str, url: str, credentials_file: Optional[str], ca: Optional[st
 def daemon(out: str, interval: float, rate: int, pids: tuple[int, ...], match: Optional[str],
            exclude: Optional[str], services: tuple[str, ...], retention: str, push_url: Optional[str],
            push_credentials: Optional[str], otlp_url: Optional[str], otlp_credentials: Optional[str],
-           ca: Optional[str], stack_bytes: int, force: bool) -> None:
+           ca: Optional[str], metrics_address: Optional[str], stack_bytes: int, force: bool) -> None:
     """Profile every JVM on this host, continuously, one window per JVM every --interval seconds."""
     from pyprof.daemon.host import HostProfiler
     from pyprof.daemon.run import Daemon
@@ -101,11 +70,11 @@ def daemon(out: str, interval: float, rate: int, pids: tuple[int, ...], match: O
     from pyprof.discovery.cmdline import Selection, ServiceRule
     from pyprof.discovery.scanner import JvmScanner
     from pyprof.session.runloop import StopSignals
-    from pyprof.store.store import Store
+    from pyprof.store.store import Retention, Store
 
     rules = tuple(ServiceRule.parse(text) for text in services)
     selection = Selection.parse(pids, match, exclude)
-    store = Store.open(out, _retention(retention))
+    store = Store.open(out, Retention.parse(retention))
     host = HostProfiler(rate_hz=rate, stack_bytes=stack_bytes, force=force)
     daemon_loop = Daemon(host, JvmScanner(selection, rules), [], interval_s=interval)
     queues = []
@@ -116,6 +85,15 @@ def daemon(out: str, interval: float, rate: int, pids: tuple[int, ...], match: O
             queues.append(_queue(kind, url, creds, ca,
                                  lambda line, kind=kind: daemon_loop.log(f"{kind}", message=line)))
     daemon_loop.sinks.append(StoreSink(store, queues))
+    server = None
+    if metrics_address:
+        from pyprof.export.metrics import DaemonMetrics
+
+        daemon_loop.metrics = DaemonMetrics()
+        for queue in queues:
+            daemon_loop.metrics.watch_queue(queue)
+        server = daemon_loop.metrics.serve(metrics_address)
+        daemon_loop.log("metrics", url=f"http://{server.host}:{server.port}/metrics")
     for queue in queues:
         queue.start()
     try:
@@ -127,6 +105,8 @@ def daemon(out: str, interval: float, rate: int, pids: tuple[int, ...], match: O
             if unsent:
                 daemon_loop.log("push-unsent", sink=queue.sink.name, windows=unsent, note="kept in the store")
         store.close()
+        if server is not None:
+            server.close()
     daemon_loop.log("exit", reason=why)
 
 

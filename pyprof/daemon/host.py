@@ -29,7 +29,8 @@ class HostTarget:
     window: ProfileData
     window_started_monotonic: float
     samples_total: int = 0
-    unknown_before_window: int = 0    # the unwinder's count of unknown frames when the window opened
+    unknown_before_window: int = 0    # the unwinder's counts when the window opened
+    frames_before_window: int = 0
 
 
 @dataclass
@@ -141,9 +142,11 @@ class HostProfiler:
     def _finish_window(self, host_target: HostTarget) -> ProfileData:
         window = host_target.window
         window.duration_ns = int((time.monotonic() - host_target.window_started_monotonic) * 1e9)
-        unknown = host_target.target.unwinder.stats.unknown_total
+        stats = host_target.target.unwinder.stats
+        unknown, frames = stats.unknown_total, stats.frames
         window.unknown_frames = unknown - host_target.unknown_before_window
-        host_target.unknown_before_window = unknown
+        window.frames = frames - host_target.frames_before_window
+        host_target.unknown_before_window, host_target.frames_before_window = unknown, frames
         return window
 
     def close_window(self, pid: int) -> ProfileData:

@@ -19,6 +19,7 @@ from typing import Optional, Protocol, TextIO
 from pyprof.daemon.host import HostProfiler
 from pyprof.discovery.scanner import JvmScanner
 from pyprof.errors import MemoryReadError, PyprofError
+from pyprof.export.metrics import DaemonMetrics
 from pyprof.model import ProfileData
 from pyprof.session.runloop import StopSignals, run_until_stopped
 from pyprof.store.labels import WindowLabels
@@ -54,6 +55,8 @@ class Daemon:
     log_stream: TextIO = field(default_factory=lambda: sys.stderr)
     counters: DaemonCounters = field(default_factory=DaemonCounters)
     labels: dict[int, WindowLabels] = field(default_factory=dict)
+    metrics: Optional[DaemonMetrics] = None
+    _lost_reported: int = 0
     _next_scan: float = 0.0
     _next_rotation: float = 0.0
 
@@ -83,6 +86,7 @@ class Daemon:
         if now >= self._next_scan:
             self._next_scan = now + SCAN_INTERVAL_S
             self.scan()
+            self._update_gauges()
         if now >= self._next_rotation:
             self._next_rotation = now + self.interval_s
             for pid in list(self.host.targets):
@@ -115,6 +119,16 @@ class Daemon:
                  container=labels.container_id[:12],
                  live_probes="no" if host_target.target.live.degraded else "yes")
 
+    def _update_gauges(self) -> None:
+        lost = self.host.sampler_counters().lost
+        if lost > self._lost_reported:
+            self.log("samples-lost", count=lost - self._lost_reported, note="ring buffer full")
+            if self.metrics is not None:
+                self.metrics.lost_samples.inc(lost - self._lost_reported)
+            self._lost_reported = lost
+        if self.metrics is not None:
+            self.metrics.jvms_tracked.set(len(self.host.targets))
+
     def _gone(self, pid: int) -> None:
         if pid not in self.host.targets:
             return
@@ -142,6 +156,8 @@ class Daemon:
             if note:
                 notes.append(note)
         self.counters.windows_written += 1
+        if self.metrics is not None:
+            self.metrics.record_window(samples, 0, window.unknown_frames, window.frames)
         self.log("window", pid=pid, service=labels.service_name, samples=samples,
                  seconds=round(window.duration_ns / 1e9, 1), unknown_frames=window.unknown_frames,
                  to=",".join(notes))

@@ -356,6 +356,7 @@ class ProfileSession:
         self.profile.duration_ns = int((time.monotonic() - since) * 1e9)
         self.profile.lost_samples = final.lost
         self.profile.unknown_frames = final.unknown_frames
+        self.profile.frames = final.frames
         self.profile.comments.append(
             f"samples {final.samples}, lost {final.lost}, truncated stacks {final.truncated}, "
             f"unknown frames {final.unknown_frames} of {final.frames}")
