@@ -254,3 +254,23 @@ def test_retention_syntax() -> None:
     for bad in ("0B", "5Q", "500M", "lots"):
         with pytest.raises(UsageError, match="invalid --retention"):
             Retention.parse(bad)
+
+
+def test_store_ls_reads_while_a_writer_writes(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(root)], cwd=ROOT, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        counts = []
+        for _ in range(3):
+            done = pyprof("store", "ls", str(root), "--json")
+            assert done.returncode == 0, done.stderr
+            counts.append(len(json.loads(done.stdout)["windows"]))
+        # every listing succeeded while windows kept coming, and saw them coming
+        assert counts == sorted(counts) and counts[-1] > counts[0]
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
