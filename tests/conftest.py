@@ -7,7 +7,9 @@ the reason (CI runs as root on a machine `make setup` prepared; so must a develo
 from __future__ import annotations
 
 import os
+import secrets
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -167,3 +169,67 @@ def go_pprof(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                PPROF_TMPDIR=os.environ.get("TMPDIR", "/tmp"))
     return subprocess.run([go, "tool", "pprof", *args], capture_output=True, text=True, timeout=timeout,
                           env=env, stdin=subprocess.DEVNULL)
+
+
+# ---- a JVM in a container: its own mount and pid namespaces ----------------------------------------
+
+def _container_script(root: Path, jdk_home: Path, jdk_path: str, marker: str) -> str:
+    """A shell script for `unshare --mount --pid --fork`: a root with the host's /usr, the JDK bound at
+    a path only the container has, its own /proc (its pid namespace) and /tmp, made the namespace's
+    root with pivot_root as container runtimes do (with chroot alone the host would still see the
+    JDK's path under the temp directory); java runs as the namespace's pid 1."""
+    binds = [("/usr", "usr"), ("/dev", "dev"), (str(jdk_home), jdk_path.lstrip("/")),
+             (str(CLASSES), "work/classes"), (str(NATIVE_LIBS), "work/native")]
+    lines = ["set -e", f"mount --bind '{root}' '{root}'"]
+    lines += [f"mount --rbind '{src}' '{root}/{dst}'" for src, dst in binds]
+    lines += [f"mount -t proc proc '{root}/proc'", f"mount -t tmpfs tmpfs '{root}/tmp'",
+              f"cd '{root}'", "pivot_root . .old", "umount -l /.old",
+              f"exec {jdk_path}/bin/java {marker} -cp /work/classes "
+              "-Djava.library.path=/work/native pyproftest.Phases"]
+    return "\n".join(lines)
+
+
+def _make_root(tmp_path: Path, jdk_path: str) -> Path:
+    root = tmp_path / "container-root"
+    for sub in ("usr", "dev", "proc", "tmp", "etc", ".old", jdk_path.lstrip("/"), "work/classes",
+                "work/native"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for link in ("bin", "lib", "lib64", "sbin"):     # Debian's merged /usr, as the host has it
+        (root / link).symlink_to(f"usr/{link}")
+    return root
+
+
+@pytest.fixture
+def container_jvm(tmp_path: Path):
+    """Phases (60/30/10) on JDK 21 in its own mount and pid namespace, its JDK at /opt/container-jdk-XXXX
+    (a path the host lacks): the container case. Yields (JavaProcess of `unshare`, JDK path, marker)."""
+    require(os.geteuid() == 0, "unshare and chroot need root")
+    require(shutil.which("unshare") is not None and shutil.which("pivot_root") is not None,
+            "unshare and pivot_root (util-linux) are missing")
+    jdk_path = f"/opt/container-jdk-{secrets.token_hex(4)}"
+    assert not os.path.exists(jdk_path)
+    marker = f"-Dpyproftest.container={secrets.token_hex(4)}"
+    root = _make_root(tmp_path, jdk_path)
+    script = _container_script(root, JDK_HOMES[21], jdk_path, marker)
+    proc = subprocess.Popen(["unshare", "--mount", "--pid", "--fork", "--propagation", "private", "sh", "-c",
+                             script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    jvm = JavaProcess(proc, 21)
+    try:
+        jvm.wait_for("ready")
+        yield jvm, jdk_path, marker
+    finally:
+        jvm.stop()             # SIGKILL to unshare, which does not take its child with it:
+        _kill_marked(marker)   # kill the namespace's pid 1 (java), and the namespace goes with it
+
+
+def _kill_marked(marker: str) -> None:
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    os.kill(int(name), 9)
+        except OSError:
+            continue

@@ -12,8 +12,9 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from pyprof.agent.connection import ConnectionInfo, check_listener, find_connection, host_tids
+from pyprof.agent.connection import ConnectionInfo, check_listener, find_connection
 from pyprof.errors import NoSuchProcess, SourceUnavailable
+from pyprof.procfs.process import host_tids
 
 TIMEOUT = 30.0      # connect (loopback: immediate or refused) and every answer (a big codelist included)
 

@@ -228,23 +228,3 @@ def check_listener(pid: int, port: int) -> None:
             raise SourceUnavailable(f"the agent of {pid} listens on {address}, not 127.0.0.1 only: refused")
 
 
-def host_tids(pid: int) -> dict[int, int]:
-    """The JVM's own thread ids (its pid namespace) -> host thread ids (/proc/PID/task/*/status NSpid)."""
-    out = {}
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError as e:
-        raise NoSuchProcess(f"no such process: {pid}") from e
-    for name in tids:
-        tid = int(name)
-        try:
-            with open(f"/proc/{pid}/task/{tid}/status") as f:
-                for line in f:
-                    if line.startswith("NSpid:"):
-                        out[int(line.split()[-1])] = tid
-                        break
-                else:
-                    out[tid] = tid
-        except OSError:
-            continue
-    return out

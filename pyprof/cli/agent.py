@@ -178,7 +178,7 @@ def compiles(pid: int, compile_ids: tuple[int, ...], as_json: bool) -> None:
 # ---- codecache watch --source agent ---------------------------------------------------------------
 def watch_agent(pid: int, as_json: bool, duration: Optional[float], poll_s: float = 0.1) -> None:
     """`pyprof codecache watch PID --source agent`: compiles, deopts, failures, code-cache-full, unloads."""
-    from pyprof.agent.connection import host_tids
+    from pyprof.procfs.process import host_tids
     from pyprof.sources.agent import AgentSource
 
     source = AgentSource.open(pid, load=True)

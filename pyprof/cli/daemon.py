@@ -13,7 +13,7 @@ from pyprof.errors import UsageError
 DEFAULT_OUT = "/var/lib/pyprof"
 
 
-def _queue(kind: str, url: str, credentials_file: Optional[str], ca: Optional[str], log):
+def _queue(kind: str, url: str, credentials_file: Optional[str], ca: Optional[str], log, store):
     from pyprof.export import (
         OTLP_PREFIX,
         PUSH_PREFIX,
@@ -27,7 +27,7 @@ def _queue(kind: str, url: str, credentials_file: Optional[str], ca: Optional[st
     prefix = PUSH_PREFIX if kind == "push" else OTLP_PREFIX
     endpoint = Endpoint(url, load_credentials(credentials_file, prefix), ca_file=ca)
     sink = PyroscopeSink(endpoint) if kind == "push" else OtlpSink(endpoint)
-    return DeliveryQueue(sink, log=log)
+    return DeliveryQueue(sink, log=log, on_settled=lambda window_id: store.mark_settled(sink.name, window_id))
 
 
 @click.command("daemon")
@@ -83,8 +83,12 @@ def daemon(out: str, interval: float, rate: int, pids: tuple[int, ...], match: O
             if not url.startswith(("http://", "https://")):
                 raise UsageError(f"--{kind} {url}: expected an http:// or https:// URL")
             queues.append(_queue(kind, url, creds, ca,
-                                 lambda line, kind=kind: daemon_loop.log(f"{kind}", message=line)))
-    daemon_loop.sinks.append(StoreSink(store, queues))
+                                 lambda line, kind=kind: daemon_loop.log(f"{kind}", message=line), store))
+    store_sink = StoreSink(store, queues)
+    daemon_loop.sinks.append(store_sink)
+    resumed = store_sink.resume()
+    if resumed:
+        daemon_loop.log("push-resumed", windows=resumed, note="not delivered before the last stop")
     server = None
     if metrics_address:
         from pyprof.export.metrics import DaemonMetrics

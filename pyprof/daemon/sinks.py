@@ -24,5 +24,17 @@ class StoreSink:
         if self.queues:
             data = self.store.read_bytes(stored)
             for queue in self.queues:
-                queue.submit(labels, data)
+                queue.submit(labels, data, stored.id)
         return stored.path
+
+    def resume(self) -> int:
+        """After a restart: queue again what each backend had not settled (the store is the queue of
+        last resort, so a backend down across a restart loses nothing within retention)."""
+        queued = 0
+        for queue in self.queues:
+            backend = queue.sink.name
+            self.store.start_delivery(backend)
+            for stored in self.store.undelivered(backend):
+                queue.submit(stored.labels, self.store.read_bytes(stored), stored.id)
+                queued += 1
+        return queued

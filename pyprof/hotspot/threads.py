@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-from pyprof.errors import MemoryReadError
+from pyprof.errors import MemoryReadError, NoSuchProcess
 from pyprof.hotspot.jvm import HotSpotJvm
 from pyprof.hotspot.oops import JavaObjects
+from pyprof.procfs.process import host_tids, namespace_pid
 
 MAX_THREADS = 100_000
 
@@ -29,6 +30,10 @@ class JavaThreads:
         self._by_tid: dict[int, int] = {}
         self._names: dict[int, str] = {}
         self._stack_bases: dict[int, int] = {}
+        # A JVM in its own pid namespace (a container) knows its threads by that namespace's tids; the
+        # kernel, BPF and /proc speak host tids.
+        self._namespaced = namespace_pid(jvm.pid) != jvm.pid
+        self._host_tid: dict[int, int] = {}
         self.objects = JavaObjects(jvm)
         self.available = all(self.lay.has(k) for k in (
             "ThreadsSMRSupport._java_thread_list", "ThreadsList._length", "ThreadsList._threads",
@@ -59,9 +64,21 @@ class JavaThreads:
                 continue
             if tid > 0:
                 by_tid[tid] = thread
+        if self._namespaced:
+            by_tid = self._to_host_tids(by_tid)
         self._by_tid = by_tid
         self._names = self._read_names(by_tid)
         self._stack_bases = self._read_stack_bases(by_tid)
+
+    def _to_host_tids(self, by_ns_tid: dict[int, int]) -> dict[int, int]:
+        """Keys from the JVM's namespace tids to host tids; /proc/PID/task is re-read only when a thread
+        is new (the mapping of a living thread never changes)."""
+        if any(tid not in self._host_tid for tid in by_ns_tid):
+            try:
+                self._host_tid = host_tids(self.jvm.pid)
+            except NoSuchProcess:
+                return {}
+        return {self._host_tid[tid]: thread for tid, thread in by_ns_tid.items() if tid in self._host_tid}
 
     def _read_stack_bases(self, by_tid: dict[int, int]) -> dict[int, int]:
         """Thread::_stack_base: the top (highest address) of each thread's stack."""

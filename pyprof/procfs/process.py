@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 from pyprof.errors import NoSuchProcess
@@ -45,3 +46,26 @@ def comm(pid: int, tid: int = 0) -> Optional[str]:
             return f.read(64).decode("utf-8", "replace").strip()
     except OSError:
         return None
+
+
+def host_tids(pid: int) -> dict[int, int]:
+    """Thread ids as the process sees them (its own pid namespace) -> host thread ids (the last and the
+    first field of NSpid in /proc/PID/task/*/status); identity outside a namespace."""
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError as e:
+        raise NoSuchProcess(f"no such process: {pid}") from e
+    for name in tids:
+        tid = int(name)
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("NSpid:"):
+                        out[int(line.split()[-1])] = tid
+                        break
+                else:
+                    out[tid] = tid
+        except OSError:
+            continue
+    return out

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
-import subprocess
 import time
-from pathlib import Path
 from typing import Callable, Optional
 
 import pytest
@@ -16,7 +13,7 @@ import pytest
 from pyprof.discovery import JvmScanner, JvmTarget, ScanResult, Selection, ServiceRule
 from pyprof.discovery.files import open_mapped
 from pyprof.procfs.maps import library_entries, read_maps
-from tests.conftest import CLASSES, JDK_HOMES, NATIVE_LIBS, JavaProcess, require, start_java
+from tests.conftest import start_java
 
 pytestmark = [pytest.mark.jvm]
 FOUND_WITHIN_S = 2.0
@@ -79,67 +76,6 @@ def test_match_and_exclude_filter_jvms(java_workload) -> None:
     by_pid = JvmScanner(Selection.parse(pids=(dropped.pid,)))
     assert [t.pid for t in by_pid.scan().found] == [dropped.pid]
     assert by_pid.counters.maps_read == 1
-
-
-def _container_script(root: Path, jdk_home: Path, jdk_path: str, marker: str) -> str:
-    """A shell script for `unshare --mount --pid --fork`: a root with the host's /usr, the JDK bound at
-    a path only the container has, its own /proc (its pid namespace) and /tmp, made the namespace's
-    root with pivot_root as container runtimes do (with chroot alone the host would still see the
-    JDK's path under the temp directory); java runs as the namespace's pid 1."""
-    binds = [("/usr", "usr"), ("/dev", "dev"), (str(jdk_home), jdk_path.lstrip("/")),
-             (str(CLASSES), "work/classes"), (str(NATIVE_LIBS), "work/native")]
-    lines = ["set -e", f"mount --bind '{root}' '{root}'"]
-    lines += [f"mount --rbind '{src}' '{root}/{dst}'" for src, dst in binds]
-    lines += [f"mount -t proc proc '{root}/proc'", f"mount -t tmpfs tmpfs '{root}/tmp'",
-              f"cd '{root}'", "pivot_root . .old", "umount -l /.old",
-              f"exec {jdk_path}/bin/java {marker} -cp /work/classes "
-              "-Djava.library.path=/work/native pyproftest.Phases"]
-    return "\n".join(lines)
-
-
-def _make_root(tmp_path: Path, jdk_path: str) -> Path:
-    root = tmp_path / "container-root"
-    for sub in ("usr", "dev", "proc", "tmp", "etc", ".old", jdk_path.lstrip("/"), "work/classes",
-                "work/native"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    for link in ("bin", "lib", "lib64", "sbin"):     # Debian's merged /usr, as the host has it
-        (root / link).symlink_to(f"usr/{link}")
-    return root
-
-
-@pytest.fixture
-def container_jvm(tmp_path: Path):
-    """Phases on JDK 21 in its own mount and pid namespace, its JDK at /opt/container-jdk-XXXX."""
-    require(os.geteuid() == 0, "unshare and chroot need root")
-    require(shutil.which("unshare") is not None and shutil.which("pivot_root") is not None,
-            "unshare and pivot_root (util-linux) are missing")
-    jdk_path = f"/opt/container-jdk-{secrets.token_hex(4)}"
-    assert not os.path.exists(jdk_path)
-    marker = f"-Dpyproftest.container={secrets.token_hex(4)}"
-    root = _make_root(tmp_path, jdk_path)
-    script = _container_script(root, JDK_HOMES[21], jdk_path, marker)
-    proc = subprocess.Popen(["unshare", "--mount", "--pid", "--fork", "--propagation", "private", "sh", "-c",
-                             script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL)
-    jvm = JavaProcess(proc, 21)
-    try:
-        jvm.wait_for("ready")
-        yield jvm, jdk_path, marker
-    finally:
-        jvm.stop()             # SIGKILL to unshare, which does not take its child with it:
-        _kill_marked(marker)   # kill the namespace's pid 1 (java), and the namespace goes with it
-
-
-def _kill_marked(marker: str) -> None:
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                if marker.encode() in f.read():
-                    os.kill(int(name), 9)
-        except OSError:
-            continue
 
 
 def test_jvm_in_its_own_namespaces_with_a_jdk_the_host_lacks(container_jvm) -> None:

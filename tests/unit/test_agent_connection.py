@@ -12,11 +12,11 @@ import pytest
 from pyprof.agent.connection import (
     _address,
     check_listener,
-    host_tids,
     listeners,
     read_connection_file,
 )
 from pyprof.errors import SourceUnavailable
+from pyprof.procfs.process import host_tids
 
 TOKEN = "ab" * 32
 PID = os.getpid()
