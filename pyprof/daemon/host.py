@@ -114,7 +114,7 @@ class HostProfiler:
     def _poll_code_cache(host_target: HostTarget) -> None:
         try:
             host_target.target.live.poll(0)
-        except (MemoryReadError, NoSuchProcess):
+        except (MemoryReadError, NoSuchProcess, OSError):
             pass   # the JVM is exiting: its samples still unwind against the map it had
 
     def _refresh_threads(self, force: bool = False) -> None:
@@ -126,8 +126,8 @@ class HostProfiler:
             try:
                 host_target.target.threads.refresh()
                 anchors.update(host_target.target.threads.anchor_addresses())
-            except (MemoryReadError, NoSuchProcess):
-                continue
+            except (MemoryReadError, NoSuchProcess, OSError):
+                continue   # a JVM on its way out: the next scan closes it
         if force or anchors != self._pushed_anchors:
             self.sampler.set_java_threads(anchors)
             self._pushed_anchors = anchors

@@ -85,7 +85,10 @@ class Daemon:
         now = time.monotonic()
         if now >= self._next_scan:
             self._next_scan = now + SCAN_INTERVAL_S
-            self.scan()
+            try:
+                self.scan()
+            except OSError as e:   # /proc changing under the scan: the next scan sees it settled
+                self.log("scan-failed", error=f"{type(e).__name__}: {e}")
             self._update_gauges()
         if now >= self._next_rotation:
             self._next_rotation = now + self.interval_s

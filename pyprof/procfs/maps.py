@@ -60,7 +60,7 @@ def read_maps(pid: int) -> list[MapEntry]:
     try:
         with open(f"/proc/{pid}/maps", "rb") as f:
             data = f.read(MAX_MAPS_BYTES)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ProcessLookupError) as e:   # ESRCH: its memory is being torn down
         raise NoSuchProcess(f"no such process: {pid}") from e
     except PermissionError as e:
         raise PermissionDenied(f"cannot read /proc/{pid}/maps: run as root (or with CAP_SYS_PTRACE)") from e

@@ -54,7 +54,7 @@ def host_tids(pid: int) -> dict[int, int]:
     out = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ProcessLookupError) as e:   # ESRCH: a process on its way out
         raise NoSuchProcess(f"no such process: {pid}") from e
     for name in tids:
         tid = int(name)
