@@ -65,12 +65,14 @@ def write_profile(profile: ProfileData, path: str, fmt: str, *, tiers: bool = Tr
     write_atomically(path, render(profile, fmt, tiers))
 
 
-def write_atomically(path: str, data: bytes) -> None:
-    """Temp file next to `path` (same filesystem, so the rename is atomic), fsync, rename over `path`.
+def write_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
+    """Temp file next to `path` (same filesystem, so the rename is atomic), fsync, rename over `path`,
+    fsync the directory. `mode`: 0644 (before the umask) for a profile meant for other users' tools,
+    0600 for the daemon's private store.
 
     Raises UsageError (one line) when the file cannot be written; the temp file never survives an error.
     """
-    fd, temp = _create_temp(path)
+    fd, temp = _create_temp(path, mode)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -85,16 +87,16 @@ def write_atomically(path: str, data: bytes) -> None:
     _sync_directory(os.path.dirname(os.path.abspath(path)))
 
 
-def _create_temp(path: str) -> tuple[int, str]:
+def _create_temp(path: str, mode: int) -> tuple[int, str]:
     directory = os.path.dirname(os.path.abspath(path))
     # A dot name so that globs like *.pb.gz never pick up a half-written file.
     prefix = os.path.join(directory, f".{os.path.basename(path)}.")
     for _ in range(TEMP_ATTEMPTS):
         temp = f"{prefix}{secrets.token_hex(4)}.tmp"
         try:
-            # O_EXCL: never follow or reuse something already there; 0644 (before umask) unlike
-            # mkstemp's 0600, because a profile is meant to be read by other users' tools.
-            return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644), temp
+            # O_EXCL + O_NOFOLLOW: never follow or reuse something already there.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            return os.open(temp, flags, mode), temp
         except FileExistsError:
             continue
         except OSError as e:

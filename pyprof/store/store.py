@@ -34,6 +34,7 @@ from typing import Iterator, Optional, Union
 
 from pyprof.errors import PermissionDenied, UsageError
 from pyprof.model import ProfileData
+from pyprof.output import write_atomically
 from pyprof.store.labels import LABEL_NAMES, WindowLabels
 
 INDEX_NAME = "index.sqlite"
@@ -41,7 +42,6 @@ LOCK_NAME = ".lock"
 WINDOWS_DIR = "windows"
 SUFFIX = ".pb.gz"
 LABEL_COMMENT = "pyprof.window."
-TEMP_ATTEMPTS = 16
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS windows (
     id INTEGER PRIMARY KEY,
@@ -481,34 +481,7 @@ def _connect(index: Path, create: bool) -> sqlite3.Connection:
 
 def _write_private_atomically(path: Path, data: bytes) -> None:
     """Temp file (0600, O_EXCL, dot name) in the same directory, fsync, rename, fsync the directory."""
-    directory = path.parent
-    for _ in range(TEMP_ATTEMPTS):
-        temp = directory / f".{path.name}.{secrets.token_hex(4)}.tmp"
-        try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            break
-        except FileExistsError:
-            continue
-        except OSError as e:
-            raise UsageError(f"cannot write {path}: {e.strerror}") from e
-    else:
-        raise UsageError(f"cannot write {path}: no free temporary name")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException as e:
-        _unlink_quietly(temp)
-        if isinstance(e, OSError):
-            raise UsageError(f"cannot write {path}: {e.strerror or e}") from e
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomically(str(path), data, mode=0o600)
 
 
 def _window_files(windows: Path) -> Iterator[Path]:
