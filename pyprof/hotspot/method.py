@@ -158,6 +158,12 @@ class MethodResolver:
         self._const_method_fields = layout.unpacker([
             "ConstMethod._constants", "ConstMethod._name_index", "ConstMethod._signature_index",
             "ConstMethod._code_size", "ConstMethod._flags"])
+        # The source file's constant-pool index: a ConstantPool field on 15+, an InstanceKlass one on 11
+        self._source_index_in_cp = layout.has("ConstantPool._source_file_name_index")
+        self._source_index_off = (
+            layout.offset("ConstantPool._source_file_name_index") if self._source_index_in_cp
+            else layout.offset("InstanceKlass._source_file_name_index")
+            if layout.has("InstanceKlass._source_file_name_index") else -1)
         self._methods: dict[int, tuple[int, MethodInfo]] = {}
         self._symbols: dict[int, str] = {}
         self._holders: dict[int, tuple[str, str, int]] = {}   # ConstantPool* -> (class, source, length)
@@ -258,13 +264,12 @@ class MethodResolver:
         klass = r.ptr(cp + lay.offset("ConstantPool._pool_holder"))
         holder = external_class_name(self.symbol(r.ptr(klass + lay.offset("Klass._name")), r))
         source = ""
-        if lay.has("ConstantPool._source_file_name_index"):
-            index = r.u16(cp + lay.offset("ConstantPool._source_file_name_index"))
-            if index:
-                try:
-                    source = self._cp_symbol(cp, index, r, cp_length)
-                except MemoryReadError:
-                    source = ""
+        if self._source_index_off >= 0:
+            try:
+                index = r.u16((cp if self._source_index_in_cp else klass) + self._source_index_off)
+                source = self._cp_symbol(cp, index, r, cp_length) if index else ""
+            except MemoryReadError:
+                source = ""
         if len(self._holders) > MAX_CACHE:
             self._holders.clear()
         self._holders[cp] = (holder, source, cp_length)
