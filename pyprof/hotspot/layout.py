@@ -125,6 +125,7 @@ FIELD_SPECS: dict[str, tuple[tuple[str, str], ...]] = {
     "ConstantPool._length": _in("ConstantPool", "_length"),
     "ConstantPool._source_file_name_index": _in("ConstantPool", "_source_file_name_index"),   # 15+
     "InstanceKlass._source_file_name_index": _in("InstanceKlass", "_source_file_name_index"),  # 11
+    "InstanceKlass._misc_flags": _in("InstanceKlass", "_misc_flags"),   # 11: the unsafe-anonymous bit
     "Klass._name": _in("Klass", "_name"),
     "Symbol._length": _in("Symbol", "_length"),
     "Symbol._body": _in("Symbol", "_body"),
@@ -351,6 +352,7 @@ class Layout:
         # JavaThread::_threadObj: an OopHandle (16+: the handle points to the oop) or the oop itself (11)
         thread_obj = self.fields.get("JavaThread._threadObj")
         self.thread_obj_is_handle = thread_obj is not None and "OopHandle" in thread_obj.type_string
+        self.anonymous_class_flag = self._anonymous_class_flag()
 
     @property
     def major(self) -> int:
@@ -549,6 +551,16 @@ class Layout:
             if sym is not None:
                 out[self.libjvm_base + sym.value + 16] = kind
         return out
+
+    def _anonymous_class_flag(self) -> Optional[tuple[Field, int]]:
+        """(InstanceKlass::_misc_flags, its unsafe-anonymous bit) on JDKs with unsafe anonymous classes
+        (<= 16; 11's lambda forms are such classes). Java names them `<name>/0x<InstanceKlass*>`, which
+        is what jcmd prints; their Symbol holds only `<name>`."""
+        for name in ("InstanceKlass::_misc_is_anonymous", "InstanceKlass::_misc_is_unsafe_anonymous"):
+            bit = self.vm.int_constants.get(name)
+            if bit and self.has("InstanceKlass._misc_flags"):
+                return self.fields["InstanceKlass._misc_flags"], bit
+        return None
 
     # ---- nmethod states --------------------------------------------------------------------------
     def state_name(self, state: int) -> str:

@@ -164,6 +164,7 @@ class MethodResolver:
             layout.offset("ConstantPool._source_file_name_index") if self._source_index_in_cp
             else layout.offset("InstanceKlass._source_file_name_index")
             if layout.has("InstanceKlass._source_file_name_index") else -1)
+        self._anonymous = layout.anonymous_class_flag
         self._methods: dict[int, tuple[int, MethodInfo]] = {}
         self._symbols: dict[int, str] = {}
         self._holders: dict[int, tuple[str, str, int]] = {}   # ConstantPool* -> (class, source, length)
@@ -263,6 +264,8 @@ class MethodResolver:
         cp_length = r.i32(cp + self._cp_length_off) if self._cp_length_off >= 0 else 1 << 16
         klass = r.ptr(cp + lay.offset("ConstantPool._pool_holder"))
         holder = external_class_name(self.symbol(r.ptr(klass + lay.offset("Klass._name")), r))
+        if self._anonymous is not None and self._is_anonymous(klass, r):
+            holder = f"{holder}/0x{klass:016x}"
         source = ""
         if self._source_index_off >= 0:
             try:
@@ -274,6 +277,12 @@ class MethodResolver:
             self._holders.clear()
         self._holders[cp] = (holder, source, cp_length)
         return holder, source, cp_length
+
+    def _is_anonymous(self, klass: int, r: Reads) -> bool:
+        assert self._anonymous is not None
+        flags, bit = self._anonymous
+        raw = r.bytes(klass + flags.offset, flags.size)
+        return bool(int.from_bytes(raw, "little") & bit)
 
     def _cp_symbol(self, cp: int, index: int, r: Reads, cp_length: int) -> str:
         if not 0 < index < cp_length:
