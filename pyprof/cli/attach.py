@@ -190,6 +190,8 @@ def _announce(session: ProfileSession, duration: Optional[float]) -> None:
     jvm = session.jvm.description if session.jvm is not None else "starting JVM"
     until = f"for {duration:g} s" if duration else "until Ctrl-C or the JVM exits"
     click.echo(f"pyprof: sampling {session.pid} ({jvm}) at {session.options.rate_hz} Hz {until}", err=True)
+    for note in session.jvm.notes if session.jvm is not None else ():   # what this JVM cannot decode
+        click.echo(f"pyprof: note: {note}", err=True)
     if session.live is not None and session.live.degraded:
         click.echo(f"pyprof: note: no live code-cache probes ({session.live.degraded}); new JIT code is "
                    "found through the JVM's segment map instead", err=True)
