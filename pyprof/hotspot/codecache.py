@@ -177,7 +177,7 @@ class CodeCache:
         self.lay = jvm.layout
         self.resolver = resolver or MethodResolver(jvm.reader, jvm.layout)
         self._names: dict[int, str] = {}
-        self._kinds: dict[tuple[object, int], BlobKind] = {}
+        self._kinds: dict[tuple[int, int], BlobKind] = {}
         self._heaps: Optional[list[HeapInfo]] = None
         self._compile_decoders()
 
@@ -231,8 +231,8 @@ class CodeCache:
             self._names[ptr] = name
         return name
 
-    def _kind(self, buf: bytes, off: int, kind_id: Optional[int], name: str) -> BlobKind:
-        kind = self.lay.blob_kind(kind_id, int.from_bytes(buf[off : off + 8], "little"), name)
+    def _kind(self, kind_word: int, name: str) -> BlobKind:
+        kind = self.lay.blob_kind(kind_word, name)
         if kind is None:
             raise MemoryReadError(f"unknown blob kind ({name!r})")
         return kind
@@ -241,7 +241,6 @@ class CodeCache:
         self._heap_block = self.lay.heap_block_decoder()
         self._decode_header = self.lay.blob_decoder()
         self._dead_states = self.lay.dead_nmethod_states
-        self._has_kind_field = self.lay.has_blob_kind_field
 
     def decode_blob(self, buf: bytes, off: int, address: int, heap: int,
                     max_size: Optional[int] = None, resolve_method: bool = True,
@@ -265,10 +264,10 @@ class CodeCache:
                 raise MemoryReadError("blob name pointer outside libjvm")
             name = self._name(name_ptr)
         # The kind follows from (CodeBlobKind or vtable, name): decide once per distinct pair.
-        kind_key = (h.kind_id if self._has_kind_field else buf[off : off + 8], name_ptr)
+        kind_key = (h.kind_word, name_ptr)
         kind = self._kinds.get(kind_key)
         if kind is None:
-            kind = self._kind(buf, off, h.kind_id, name)
+            kind = self._kind(h.kind_word, name)
             self._kinds[kind_key] = kind
         if kind is not BlobKind.NMETHOD:
             return _new_blob({"address": address, "size": size, "kind": kind, "name": name,
@@ -277,7 +276,7 @@ class CodeCache:
         method_ptr = h.method_ptr
         if method_ptr is None:
             raise MemoryReadError("nmethod header truncated")
-        method = None
+        method, state = None, h.state
         if resolve_method and method_ptr:
             try:
                 method = self.resolver.resolve(method_ptr, metadata_reader)
@@ -286,10 +285,10 @@ class CodeCache:
         return _new_blob({"address": address, "size": size, "kind": kind, "name": name,
                           "code_begin": code_begin, "code_end": code_end, "frame_size": h.frame_size,
                           "frame_complete_offset": h.frame_complete_offset, "heap": heap,
-                          "compile_id": h.compile_id, "level": h.level, "state": h.state,
+                          "compile_id": h.compile_id, "level": h.level, "state": state,
                           "entry_bci": h.entry_bci, "method_ptr": method_ptr, "method": method,
                           "verified_entry": h.verified_entry, "orig_pc_offset": h.orig_pc_offset,
-                          "deopt_handler": h.deopt_handler, "alive": h.state not in self._dead_states})
+                          "deopt_handler": h.deopt_handler, "alive": state not in self._dead_states})
 
     def read_blob(self, address: int, heap: int = -1, resolve_method: bool = True) -> CodeBlobInfo:
         """Read and decode one blob by its address (e.g. an nmethod* from a uprobe)."""

@@ -280,7 +280,8 @@ class CodeBlobHeader(NamedTuple):
     frame_complete_offset: int
     code_begin: int
     code_end: int
-    kind_id: Optional[int]          # CodeBlob::_kind (23+), None before
+    kind_word: int                  # what tells the kind (Layout.blob_kind): CodeBlob::_kind (23+), or
+                                    # the blob's C++ vtable pointer, its first word (<= 22)
     method_ptr: Optional[int] = None
     compile_id: Optional[int] = None
     level: Optional[int] = None
@@ -294,9 +295,9 @@ class CodeBlobHeader(NamedTuple):
 _NO_NMETHOD = (None,) * 8
 _BLOB_FIELDS = 7
 # Indexes in CodeBlobHeader (the decoder patches a few values in place before building the record)
-_CODE_BEGIN, _CODE_END, _KIND = 4, 5, 6
+_CODE_BEGIN, _CODE_END = 4, 5
 _LEVEL, _ENTRY_BCI, _VERIFIED, _DEOPT = 9, 11, 12, 14
-_make_header = CodeBlobHeader._make
+_new_tuple = tuple.__new__      # CodeBlobHeader from a sequence without _make's checks (50k per walk)
 
 
 def _satisfied(need: Need, published: Callable[[str], bool]) -> list[str]:
@@ -344,6 +345,8 @@ class Layout:
         self.dead_nmethod_states = frozenset(
             s for s, name in self.nmethod_states.items() if name in versions.DEAD_STATE_NAMES)
         self.has_blob_kind_field = self.has("CodeBlob._kind")
+        if not self.has_blob_kind_field:   # a polymorphic CodeBlob (<= 22): its vtable pointer says the kind
+            self.fields["CodeBlob.vptr"] = Field("<vptr>", 0, 8)
         self._kind_constants = {
             value: versions.BLOB_KIND_CONSTANTS.get(name.split("::", 1)[1], BlobKind.OTHER)
             for name, value in vm.int_constants.items() if name.startswith("CodeBlobKind::")
@@ -482,11 +485,10 @@ class Layout:
         relative_code = not self.has("CodeBlob._code_begin")
         relative_entry = self.has("nmethod._verified_entry_offset")
         relative_deopt = self.has("nmethod._deopt_handler_offset")
-        has_kind = self.has_blob_kind_field
         code = ("CodeBlob._code_offset", "CodeBlob._data_offset") if relative_code else (
             "CodeBlob._code_begin", "CodeBlob._code_end")
         blob = ["CodeBlob._name", "CodeBlob._size", "CodeBlob._frame_size", "CodeBlob._frame_complete_offset",
-                *code, "CodeBlob._kind"]
+                *code, "CodeBlob._kind" if self.has_blob_kind_field else "CodeBlob.vptr"]
         nmethod = [
             "nmethod._method", "nmethod._compile_id", "nmethod._comp_level", "nmethod._state",
             "nmethod._entry_bci",
@@ -498,7 +500,8 @@ class Layout:
         # Unpublished fields decode as 0; these must not: level 0 is a native wrapper, bci 0 an OSR entry.
         unknown = [(i, -1) for i, key in ((_LEVEL, "nmethod._comp_level"), (_ENTRY_BCI, "nmethod._entry_bci"))
                    if not self.has(key)]
-        patch = relative_code or relative_entry or relative_deopt or not has_kind or unknown
+        patch = relative_code or relative_entry or relative_deopt or unknown
+        record = CodeBlobHeader
 
         def decode(buf: bytes, off: int, address: int) -> CodeBlobHeader:
             try:
@@ -506,13 +509,11 @@ class Layout:
             except struct.error:   # too short for an nmethod: may still be a smaller blob
                 values = blob_only(buf, off) + _NO_NMETHOD
             if not patch:
-                return _make_header(values)
+                return _new_tuple(record, values)
             v = list(values)
             if relative_code:
                 v[_CODE_BEGIN] += address
                 v[_CODE_END] += address
-            if not has_kind:
-                v[_KIND] = None
             if v[_BLOB_FIELDS] is not None:
                 if relative_entry:
                     v[_VERIFIED] += v[_CODE_BEGIN]
@@ -520,18 +521,16 @@ class Layout:
                     v[_DEOPT] += v[_CODE_BEGIN]
                 for i, value in unknown:
                     v[i] = value
-            return _make_header(v)
+            return _new_tuple(record, v)
 
         return decode
 
-    def blob_kind(self, kind_id: Optional[int], vptr: int, name: str) -> Optional[BlobKind]:
-        """A blob's kind from CodeBlob::_kind (23+) or its C++ vtable (<= 22), refined by its name;
-        None when neither tells (an unknown blob class). nmethods are known by name on every JDK."""
-        kind: Optional[BlobKind] = None
-        if self.has_blob_kind_field:
-            kind = self._kind_constants.get(kind_id) if kind_id is not None else None
-        else:
-            kind = self._blob_vtables.get(vptr)
+    def blob_kind(self, kind_word: int, name: str) -> Optional[BlobKind]:
+        """A blob's kind from its CodeBlobHeader.kind_word (CodeBlob::_kind on 23+, its C++ vtable pointer
+        before), refined by its name; None when neither tells (an unknown blob class). nmethods are
+        known by name on every JDK."""
+        kinds = self._kind_constants if self.has_blob_kind_field else self._blob_vtables
+        kind = kinds.get(kind_word)
         if kind is None and name in versions.NMETHOD_NAMES:
             kind = BlobKind.NMETHOD
         if kind is BlobKind.BUFFER:
