@@ -142,3 +142,22 @@ def test_exit_5_only_when_compiled_methods_cannot_be_named(target, monkeypatch, 
     lines = out.err.strip().splitlines()
     assert len(lines) == 1 and "JVM symbol(s) not found in VMStructs" in lines[0] and missing in lines[0]
     assert out.out == ""
+
+
+def test_codecache_ls_opens_the_jvm_once_and_names_states_from_its_layout(target, monkeypatch,
+                                                                          capsys) -> None:
+    # GIVEN a count of the times the JVM is opened
+    opened: list[int] = []
+    real_open = HotSpotJvm.open.__func__
+
+    def counting_open(cls, pid: int) -> HotSpotJvm:
+        opened.append(pid)
+        return real_open(cls, pid)
+
+    monkeypatch.setattr(HotSpotJvm, "open", classmethod(counting_open))
+    # WHEN ls lists the code cache as text (state names depend on the JDK version)
+    assert main(["codecache", "ls", str(target.pid)]) == 0
+    rows = nmethod_rows(capsys.readouterr().out)
+    # THEN the JVM was opened once, and the states carry this JDK's names
+    assert opened == [target.pid]
+    assert rows and all(r[4] in ("in_use", "not_used", "not_entrant") for r in rows), rows[:5]
