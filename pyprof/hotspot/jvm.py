@@ -144,7 +144,7 @@ class HotSpotJvm:
 
     @property
     def description(self) -> str:
-        return f"JDK {self.major} ({self.release or 'unknown release'}), {self.gc_name} GC"
+        return f"{self.version}, {self.gc_name} GC"   # "JDK 17 (17.0.15+6-...), G1 GC"
 
     def libjvm_address(self, vaddr: int) -> int:
         return self.libjvm_base + vaddr
