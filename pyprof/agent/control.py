@@ -23,7 +23,15 @@ from typing import Any, Optional
 from pyprof.agent.client import AgentClient
 from pyprof.agent.connection import find_connection, jvm_uid
 from pyprof.agent.jar import find_agent_jar
-from pyprof.errors import NoSuchProcess, NotAJvm, PermissionDenied, SourceUnavailable
+from pyprof.errors import (
+    NoSuchProcess,
+    NotAJvm,
+    PermissionDenied,
+    PyprofError,
+    SourceUnavailable,
+    UnsupportedJvm,
+)
+from pyprof.hotspot.jvm import HotSpotJvm
 from pyprof.jvmtools.jcmd import find_jcmd, run_jcmd
 from pyprof.procfs.process import comm, require_running
 
@@ -33,6 +41,8 @@ THREAD_PREFIX = "pyprof-agent"
 REFUSED_FLAG = "-XX:-EnableDynamicAgentLoading"
 ALLOWED_FLAG = "-XX:+EnableDynamicAgentLoading"
 NO_ATTACH_FLAG = "-XX:+DisableAttachMechanism"
+# The agent is Java 17 bytecode and streams JFR events (jdk.jfr.consumer.RecordingStream, JDK 14+).
+AGENT_MIN_JDK = 17
 
 
 @dataclass
@@ -169,6 +179,7 @@ def load_agent(pid: int, options: str = "", timeout: float = LOAD_TIMEOUT) -> Lo
     status = running_status(pid)
     if status is not None:
         return LoadResult(status, True, str(jar))
+    _require_agent_jdk(pid)
     jcmd = find_jcmd(pid)
     explicitly_allowed = check_dynamic_loading(pid, jar, jcmd)
     path = jar_for_jvm(pid, jar)
@@ -202,6 +213,21 @@ def load_agent(pid: int, options: str = "", timeout: float = LOAD_TIMEOUT) -> Lo
         notes.append(f"JDK {major} printed a warning about a dynamically loaded agent on the JVM's stderr; "
                      "-XX:+EnableDynamicAgentLoading or -javaagent at start avoids it")
     return LoadResult(status, False, str(jar), notes)
+
+
+def _require_agent_jdk(pid: int) -> None:
+    """UnsupportedJvm (exit 5) for a JDK the agent cannot run on, before anything is loaded into it (the
+    JVM would print an UnsupportedClassVersionError on its stderr). Read attach-free; a JVM whose version
+    cannot be read this way is tried."""
+    try:
+        with HotSpotJvm.open(pid) as jvm:
+            major = jvm.major
+    except PyprofError:
+        return
+    if 0 < major < AGENT_MIN_JDK:
+        raise UnsupportedJvm(f"the pyprof agent needs JDK {AGENT_MIN_JDK} or later (Java {AGENT_MIN_JDK} "
+                             f"bytecode, JFR event streaming); JVM {pid} runs JDK {major}: the attach-free "
+                             "reader (the default source) works there")
 
 
 def _major(version: str) -> int:

@@ -169,6 +169,8 @@ def _announce(session: ProfileSession, duration: Optional[float]) -> None:
     until = f"for {duration:g} s" if duration else "until Ctrl-C or the JVM exits"
     click.echo(f"pyprof: sampling {session.pid} ({session.description}) at {session.options.rate_hz} Hz "
                f"{until}", err=True)
+    for note in session.jvm_notes:   # what this JVM cannot decode
+        click.echo(f"pyprof: note: {note}", err=True)
     if session.degraded_code_map:
         click.echo(f"pyprof: note: no live code-cache probes ({session.degraded_code_map}); new JIT code is "
                    "found through the JVM's segment map instead", err=True)

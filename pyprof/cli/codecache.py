@@ -12,7 +12,6 @@ import click
 from pyprof.cli.common import PID, emit_json, human_bytes, parse_address
 from pyprof.errors import MemoryReadError, ProcessExited, PyprofError, SourceUnavailable, UsageError
 from pyprof.hotspot.codecache import BlobKind, CodeBlobInfo, CodeCacheSnapshot
-from pyprof.hotspot.layout import nmethod_state_name
 from pyprof.procfs.process import is_running
 from pyprof.session.runloop import TARGET_EXITED, StopSignals, run_until_stopped
 from pyprof.sources import open_source
@@ -55,7 +54,8 @@ def _snapshot(pid: int, source: str, announce: bool) -> CodeCacheSnapshot:
         raise ProcessExited(f"process {pid} exited while its code cache was read")
     if announce and source == "auto":
         click.echo(f"# source: {choice.source.name} ({choice.reason})", err=True)
-    for note in getattr(choice.source, "notes", ()):   # the agent source: "loaded the agent into ..."
+    # the agent source: "loaded the agent into ..."; the VMStructs one: what this JVM cannot decode
+    for note in getattr(choice.source, "notes", ()):
         click.echo(f"# {note}", err=True)
     if snap.stats.invalid_total:
         click.echo(f"# {snap.stats.invalid_total} unreadable blob(s) skipped: "
@@ -80,10 +80,10 @@ def blob_json(b: CodeBlobInfo, snap: Optional[CodeCacheSnapshot] = None) -> dict
     return out
 
 
-def _text_row(b: CodeBlobInfo, major: int) -> str:
+def _text_row(b: CodeBlobInfo, snap: CodeCacheSnapshot) -> str:
     if b.is_nmethod:
         osr = f" %{b.entry_bci}" if b.is_osr else ""
-        state = nmethod_state_name(major, b.state) if b.state >= 0 else ""
+        state = snap.state_name(b.state) if b.state >= 0 else ""
         return (f"0x{b.code_begin:012x} {b.code_end - b.code_begin:>7} {b.level:>2} {b.compile_id:>6} "
                 f"{state:<11} {b.method_name or '?'}{osr}")
     return f"0x{b.code_begin:012x} {b.code_end - b.code_begin:>7}  -      - {b.kind.value:<11} {b.name}"
@@ -106,23 +106,12 @@ def ls(pid: int, as_json: bool, kind: str, sort_key: str, source: str) -> None:
     if as_json:
         emit_json([blob_json(b, snap) for b in blobs])
         return
-    major = _major(pid)
     click.echo(f"{'CODE':<14} {'SIZE':>7} LV {'ID':>6} {'STATE':<11} METHOD")
     out = sys.stdout
     for b in blobs:
-        out.write(_text_row(b, major) + "\n")
+        out.write(_text_row(b, snap) + "\n")
     click.echo(f"# {sum(1 for b in blobs if b.is_nmethod)} nmethods, {len(blobs)} blobs "
                f"({snap.source}, {snap.stats.seconds * 1000:.0f} ms)", err=True)
-
-
-def _major(pid: int) -> int:
-    try:
-        from pyprof.hotspot.jvm import HotSpotJvm
-
-        with HotSpotJvm.open(pid) as jvm:
-            return jvm.major
-    except PyprofError:
-        return 0
 
 
 def _read_addresses(addresses: Iterable[str]) -> list[int]:

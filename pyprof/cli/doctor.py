@@ -11,8 +11,6 @@ import click
 from pyprof.cli.common import PID, emit_json
 from pyprof.errors import MemoryReadError, PyprofError
 
-TESTED_MAJORS = (17, 21, 25)
-
 
 @dataclass
 class Line:
@@ -35,9 +33,8 @@ def system_lines() -> list[Line]:
 
 
 def jvm_lines(pid: int) -> list[Line]:
-    from pyprof.codemap.live import probe_symbols
     from pyprof.hotspot.codecache import CodeCache
-    from pyprof.hotspot.jvm import HotSpotJvm
+    from pyprof.hotspot.jvm import TESTED_MAJORS, HotSpotJvm
     from pyprof.hotspot.threads import JavaThreads
     from pyprof.jvmtools.jcmd import find_jcmd
 
@@ -50,8 +47,10 @@ def jvm_lines(pid: int) -> list[Line]:
     with jvm:
         tested = jvm.major in TESTED_MAJORS
         lines.append(Line("HotSpot JVM", "ok" if tested else "warn", jvm.description,
-                          "" if tested else f"JDK {jvm.major} is untested: pyprof is tested on 17, 21, 25",
-                          required=False))
+                          "" if tested else f"JDK {jvm.major} is untested: pyprof is tested on "
+                          f"{', '.join(map(str, TESTED_MAJORS))}", required=False))
+        for feature, loss in jvm.layout.missing_features.items():
+            lines.append(Line(feature, "warn", loss, "", required=False))
         lines.append(Line("libjvm", "ok", f"{jvm.libjvm_path} (read via {jvm.libjvm_open_path})",
                           required=False))
         lines.append(Line("VMStructs", "ok", f"{len(jvm.vm.fields)} fields, {len(jvm.vm.types)} types"))
@@ -64,8 +63,8 @@ def jvm_lines(pid: int) -> list[Line]:
         except MemoryReadError as e:
             lines.append(Line("code cache (attach-free)", "missing", str(e),
                               "use --source jcmd (needs jcmd of the same JDK)"))
-        probes = probe_symbols(jvm)
-        live_ok = "on_register" in probes and "on_free" in probes
+        probes = jvm.nmethod_probes()
+        live_ok = "register" in probes and "free" in probes
         lines.append(Line("live code-cache updates", "ok" if live_ok else "warn",
                           f"uprobes on {sum(len(v) for v in probes.values())} libjvm symbols "
                           f"({jvm.gc_name} GC)"
@@ -90,7 +89,7 @@ def _jvm_fix(error: PyprofError) -> str:
         "NoSuchProcess": "check the pid (`jps -l` or `pgrep java`)",
         "NotAJvm": "point pyprof at the java process itself",
         "PermissionDenied": "run as root (sudo) or with CAP_SYS_PTRACE + CAP_BPF + CAP_PERFMON",
-        "UnsupportedJvm": "pyprof supports HotSpot JDK 17, 21 and 25",
+        "UnsupportedJvm": "pyprof reads HotSpot JDK 11 and later (tested on 11, 17, 21 and 25)",
     }.get(name, "")
 
 

@@ -3,9 +3,10 @@
 Start-up order matters: the probes are attached *before* the first walk, so nothing compiled or freed
 during the walk is missed; queued events are then applied on top of the snapshot.
 
-Which symbols: `<GC>Heap::register_nmethod` / `unregister_nmethod` of the GC the JVM runs (local .symtab
-symbols, plus GCC's `.part.0` clones), `CodeCache::free(CodeBlob*)` (every JDK; static, so the blob is
-the first argument), `nmethod::make_not_entrant` (and 17's `make_not_entrant_or_zombie`). Every event
+Which symbols (the Layout knows them per JDK and GC): `<GC>Heap::register_nmethod` / `unregister_nmethod`
+of the GC the JVM runs (local .symtab symbols, plus GCC's `.part.0` clones), `CodeCache::free(CodeBlob*)`
+(every JDK; static, so the blob is the first argument), `nmethod::make_not_entrant` (and 11-19's
+`make_not_entrant_or_zombie`). Every event
 re-reads the nmethod from memory; entries are keyed by address *and* compile_id so a reused address
 never maps to the wrong method. Freed blobs stay in a short graveyard so a sample taken just before the
 free still finds the code that was there.
@@ -28,15 +29,6 @@ EVENT_REGISTER, EVENT_UNREGISTER, EVENT_FREE, EVENT_NOT_ENTRANT, EVENT_NOT_ENTRA
 GRAVEYARD_NS = 5_000_000_000      # keep freed blobs findable for samples up to 5 s old
 MAX_GRAVEYARD = 100_000
 
-# The CollectedHeap subclass of each GC (the -XX:+Use<GC>GC flag names the GC): Serial's heap was
-# GenCollectedHeap until JDK 23 renamed it SerialHeap.
-HEAP_CLASSES_OF_GC = {
-    "G1": ("G1CollectedHeap",), "Parallel": ("ParallelScavengeHeap",),
-    "Serial": ("SerialHeap", "GenCollectedHeap"), "Shenandoah": ("ShenandoahHeap",), "Z": ("ZCollectedHeap",),
-    "Epsilon": ("EpsilonHeap",),
-}
-GC_HEAP_CLASSES = ("G1CollectedHeap", "ParallelScavengeHeap", "GenCollectedHeap", "SerialHeap",
-                   "ShenandoahHeap", "ZCollectedHeap", "EpsilonHeap")
 
 
 @dataclass(frozen=True)
@@ -48,31 +40,10 @@ class CodeCacheChange:
     blob: Optional[CodeBlobInfo]
 
 
-def _mangle(cls: str, method: str, args: str) -> str:
-    return f"_ZN{len(cls)}{cls}{len(method)}{method}E{args}"
-
-
-def probe_symbols(jvm: HotSpotJvm) -> dict[str, list[str]]:
-    """handler name -> libjvm symbols to attach it to (only those present in this libjvm)."""
-    gc_classes = list(HEAP_CLASSES_OF_GC.get(jvm.gc_name, GC_HEAP_CLASSES))
-    wanted = {
-        "on_register": [_mangle(c, "register_nmethod", "P7nmethod") for c in gc_classes],
-        "on_unregister": [_mangle(c, "unregister_nmethod", "P7nmethod") for c in gc_classes],
-        "on_free": ["_ZN9CodeCache4freeEP8CodeBlob"],
-        "on_not_entrant": ["_ZN7nmethod16make_not_entrantEv",
-                           "_ZN7nmethod16make_not_entrantENS_12ChangeReasonE"],
-        "on_not_entrant_or_zombie": ["_ZN7nmethod26make_not_entrant_or_zombieEi"],
-    }
-    out: dict[str, list[str]] = {}
-    for handler, names in wanted.items():
-        found = []
-        for name in names:
-            for candidate in (name, name + ".part.0"):
-                if jvm.symbols.lookup(candidate) is not None:
-                    found.append(candidate)
-        if found:
-            out[handler] = found
-    return out
+def probe_handlers(jvm: HotSpotJvm) -> dict[str, list[str]]:
+    """BPF handler (bpf/nmethod_events.c) -> the libjvm symbols to attach it to. Which symbols exist for
+    which JDK and GC is the Layout's knowledge (Layout.nmethod_probes)."""
+    return {f"on_{event}": names for event, names in jvm.nmethod_probes().items()}
 
 
 @dataclass
@@ -113,7 +84,7 @@ class LiveCodeCache:
         return snap
 
     def _attach(self) -> None:
-        symbols = probe_symbols(self.jvm)
+        symbols = probe_handlers(self.jvm)
         if "on_register" not in symbols or "on_free" not in symbols:
             raise SourceUnavailable("libjvm has no register_nmethod/CodeCache::free symbols (stripped?): "
                                     "live updates need an unstripped libjvm")

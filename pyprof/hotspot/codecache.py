@@ -16,7 +16,6 @@ invalid ones are counted in `WalkStats`, never fatal.
 from __future__ import annotations
 
 import bisect
-import enum
 import gc
 import struct
 import time
@@ -26,6 +25,7 @@ from typing import Optional
 
 from pyprof.errors import MemoryReadError
 from pyprof.hotspot.jvm import HotSpotJvm
+from pyprof.hotspot.layout import BlobKind, CodeBlobHeader
 from pyprof.hotspot.method import MethodInfo, MethodResolver, PagedMemory, Reads
 
 WINDOW = 1 << 20           # bytes of code heap read at once during a walk
@@ -34,46 +34,6 @@ MAX_BLOCKS_PER_HEAP = 4_000_000
 MAX_SEGMAP_HOPS = 4096
 MAX_HEAP_BYTES = 1 << 34   # 16 GiB: larger means a garbage VirtualSpace
 SEGMENTED_HEAP_NAMES = ("non-profiled nmethods", "profiled nmethods", "non-nmethods")
-
-
-class BlobKind(str, enum.Enum):
-    NMETHOD = "nmethod"
-    INTERPRETER = "interpreter"
-    ADAPTER = "adapter"
-    RUNTIME_STUB = "runtime_stub"
-    VTABLE = "vtable"
-    BUFFER = "buffer"
-    STUBS = "stub_routines"
-    DEOPTIMIZATION = "deoptimization"
-    SAFEPOINT = "safepoint"
-    EXCEPTION = "exception"
-    UNCOMMON_TRAP = "uncommon_trap"
-    UPCALL = "upcall"
-    METHOD_HANDLES = "method_handles"
-    OTHER = "other"
-
-
-# CodeBlob C++ classes (JDK 17/21: known by their vtable) and CodeBlobKind names (23+).
-CLASS_KINDS = {
-    "nmethod": BlobKind.NMETHOD,
-    "BufferBlob": BlobKind.BUFFER,
-    "AdapterBlob": BlobKind.ADAPTER,
-    "VtableBlob": BlobKind.VTABLE,
-    "MethodHandlesAdapterBlob": BlobKind.METHOD_HANDLES,
-    "RuntimeStub": BlobKind.RUNTIME_STUB,
-    "DeoptimizationBlob": BlobKind.DEOPTIMIZATION,
-    "SafepointBlob": BlobKind.SAFEPOINT,
-    "ExceptionBlob": BlobKind.EXCEPTION,
-    "UncommonTrapBlob": BlobKind.UNCOMMON_TRAP,
-    "OptimizedEntryBlob": BlobKind.UPCALL,
-    "UpcallStub": BlobKind.UPCALL,
-}
-KIND_CONSTANTS = {
-    "Nmethod": BlobKind.NMETHOD, "Buffer": BlobKind.BUFFER, "Adapter": BlobKind.ADAPTER,
-    "Vtable": BlobKind.VTABLE, "MHAdapter": BlobKind.METHOD_HANDLES, "RuntimeStub": BlobKind.RUNTIME_STUB,
-    "Deoptimization": BlobKind.DEOPTIMIZATION, "Safepoint": BlobKind.SAFEPOINT,
-    "Exception": BlobKind.EXCEPTION, "UncommonTrap": BlobKind.UNCOMMON_TRAP, "Upcall": BlobKind.UPCALL,
-}
 
 
 @dataclass(frozen=True)
@@ -106,10 +66,6 @@ class CodeBlobInfo:
     @property
     def is_osr(self) -> bool:
         return self.is_nmethod and self.entry_bci >= 0
-
-    @property
-    def is_native_wrapper(self) -> bool:
-        return self.is_nmethod and self.level == 0
 
     @property
     def method_name(self) -> Optional[str]:
@@ -185,6 +141,8 @@ class CodeCacheSnapshot:
     stats: WalkStats
     taken_at: float
     source: str = "vmstructs"
+    # nmethod::_state -> name on this JVM (Layout.nmethod_states); empty when the source does not know
+    state_names: dict[int, str] = field(default_factory=dict)
     _starts: list[int] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -199,6 +157,9 @@ class CodeCacheSnapshot:
     def live_nmethods(self) -> list[CodeBlobInfo]:
         """The nmethods `jcmd Compiler.codelist` lists: without JDK 17's unloaded and zombie ones."""
         return [b for b in self.blobs if b.is_nmethod and b.alive]
+
+    def state_name(self, state: int) -> str:
+        return self.state_names.get(state, f"state_{state}")
 
     def lookup(self, pc: int) -> Optional[CodeBlobInfo]:
         i = bisect.bisect_right(self._starts, pc) - 1
@@ -216,8 +177,7 @@ class CodeCache:
         self.lay = jvm.layout
         self.resolver = resolver or MethodResolver(jvm.reader, jvm.layout)
         self._names: dict[int, str] = {}
-        self._kinds: dict[tuple[object, int], BlobKind] = {}
-        self._vtables = self._blob_vtables()
+        self._kinds: dict[tuple[int, int], BlobKind] = {}
         self._heaps: Optional[list[HeapInfo]] = None
         self._compile_decoders()
 
@@ -264,15 +224,6 @@ class CodeCache:
         return None
 
     # ---- blob decoding ---------------------------------------------------------------------------
-    def _blob_vtables(self) -> dict[int, BlobKind]:
-        """vptr -> kind, for JDKs whose CodeBlob is polymorphic (17/21): vptr = &vtable + 16."""
-        out: dict[int, BlobKind] = {}
-        for cls, kind in CLASS_KINDS.items():
-            sym = self.jvm.symbols.lookup(f"_ZTV{len(cls)}{cls}")
-            if sym is not None:
-                out[self.jvm.libjvm_address(sym.value) + 16] = kind
-        return out
-
     def _name(self, ptr: int) -> str:
         name = self._names.get(ptr)
         if name is None:
@@ -280,28 +231,16 @@ class CodeCache:
             self._names[ptr] = name
         return name
 
-    def _kind(self, buf: bytes, off: int, kind_id: Optional[int], name: str) -> BlobKind:
-        kind: Optional[BlobKind] = None
-        if kind_id is not None:
-            kind = KIND_CONSTANTS.get(self.lay.blob_kind_name(kind_id) or "")
-        elif self._vtables:
-            kind = self._vtables.get(int.from_bytes(buf[off : off + 8], "little"))
-        if kind is None and name in ("nmethod", "native nmethod"):
-            kind = BlobKind.NMETHOD
+    def _kind(self, kind_word: int, name: str) -> BlobKind:
+        kind = self.lay.blob_kind(kind_word, name)
         if kind is None:
             raise MemoryReadError(f"unknown blob kind ({name!r})")
-        if kind is BlobKind.BUFFER:
-            if name == "Interpreter":
-                return BlobKind.INTERPRETER
-            if name.startswith("StubRoutines"):
-                return BlobKind.STUBS
         return kind
 
     def _compile_decoders(self) -> None:
         self._heap_block = self.lay.heap_block_decoder()
         self._decode_header = self.lay.blob_decoder()
-        self._dead_states = self.lay.dead_nmethod_states()
-        self._has_kind_field = self.lay.has("CodeBlob._kind")
+        self._dead_states = self.lay.dead_nmethod_states
 
     def decode_blob(self, buf: bytes, off: int, address: int, heap: int,
                     max_size: Optional[int] = None, resolve_method: bool = True,
@@ -311,10 +250,10 @@ class CodeCache:
         `metadata_reader`: what the method resolver reads metaspace through (a page cache during a walk).
         """
         try:
-            values = self._decode_header(buf, off, address)
+            h: CodeBlobHeader = self._decode_header(buf, off, address)
         except struct.error:
             raise MemoryReadError("blob header truncated") from None
-        name_ptr, size, frame_size, frame_complete, code_begin, code_end, kind_id = values[:7]
+        size, code_begin, code_end, name_ptr = h.size, h.code_begin, h.code_end, h.name_ptr
         if size <= 0 or (max_size is not None and size > max_size):
             raise MemoryReadError(f"blob size {size} outside its block")
         if not address <= code_begin <= code_end <= address + size:
@@ -325,30 +264,31 @@ class CodeCache:
                 raise MemoryReadError("blob name pointer outside libjvm")
             name = self._name(name_ptr)
         # The kind follows from (CodeBlobKind or vtable, name): decide once per distinct pair.
-        kind_key = (kind_id if self._has_kind_field else buf[off : off + 8], name_ptr)
+        kind_key = (h.kind_word, name_ptr)
         kind = self._kinds.get(kind_key)
         if kind is None:
-            kind = self._kind(buf, off, kind_id, name)
+            kind = self._kind(h.kind_word, name)
             self._kinds[kind_key] = kind
         if kind is not BlobKind.NMETHOD:
             return _new_blob({"address": address, "size": size, "kind": kind, "name": name,
-                              "code_begin": code_begin, "code_end": code_end, "frame_size": frame_size,
-                              "frame_complete_offset": frame_complete, "heap": heap})
-        if len(values) == 7:
+                              "code_begin": code_begin, "code_end": code_end, "frame_size": h.frame_size,
+                              "frame_complete_offset": h.frame_complete_offset, "heap": heap})
+        method_ptr = h.method_ptr
+        if method_ptr is None:
             raise MemoryReadError("nmethod header truncated")
-        method_ptr, compile_id, level, state, entry_bci, verified, orig_pc, deopt = values[7:]
-        method = None
+        method, state = None, h.state
         if resolve_method and method_ptr:
             try:
                 method = self.resolver.resolve(method_ptr, metadata_reader)
             except MemoryReadError:
                 method = None
         return _new_blob({"address": address, "size": size, "kind": kind, "name": name,
-                          "code_begin": code_begin, "code_end": code_end, "frame_size": frame_size,
-                          "frame_complete_offset": frame_complete, "heap": heap, "compile_id": compile_id,
-                          "level": level, "state": state, "entry_bci": entry_bci, "method_ptr": method_ptr,
-                          "method": method, "verified_entry": verified, "orig_pc_offset": orig_pc,
-                          "deopt_handler": deopt, "alive": state not in self._dead_states})
+                          "code_begin": code_begin, "code_end": code_end, "frame_size": h.frame_size,
+                          "frame_complete_offset": h.frame_complete_offset, "heap": heap,
+                          "compile_id": h.compile_id, "level": h.level, "state": state,
+                          "entry_bci": h.entry_bci, "method_ptr": method_ptr, "method": method,
+                          "verified_entry": h.verified_entry, "orig_pc_offset": h.orig_pc_offset,
+                          "deopt_handler": h.deopt_handler, "alive": state not in self._dead_states})
 
     def read_blob(self, address: int, heap: int = -1, resolve_method: bool = True) -> CodeBlobInfo:
         """Read and decode one blob by its address (e.g. an nmethod* from a uprobe)."""
@@ -411,7 +351,8 @@ class CodeCache:
         stats.seconds = time.perf_counter() - started
         named = [_name_heap(h, [b for b in blobs if b.heap == h.index] if len(heaps) not in (1, 3) else [],
                             len(heaps)) for h in heaps]
-        return CodeCacheSnapshot(named, blobs, usage, stats, time.time())
+        return CodeCacheSnapshot(named, blobs, usage, stats, time.time(),
+                                 state_names=dict(self.lay.nmethod_states))
 
     def _walk_heap(self, heap: HeapInfo, stats: WalkStats, usage: HeapUsage, resolve_methods: bool,
                    metadata: Optional[Reads], out: list[CodeBlobInfo]) -> None:

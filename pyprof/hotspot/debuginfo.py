@@ -141,8 +141,8 @@ class DebugInfo:
             "ConstMethod* -> lines", 200_000)
         self._generation = resolver.generation
         self.failures = 0
-        self.available = all(layout.has(k) for k in ("nmethod._scopes_pcs_offset",)) and (
-            layout.has("nmethod._immutable_data") or layout.has("nmethod._scopes_data_begin"))
+        self.available = layout.supports("debug info")
+        self.lines_available = layout.supports("line numbers")
 
     # ---- compiled frames -------------------------------------------------------------------------
     def scopes_at(self, blob: CodeBlobInfo, pc: int) -> tuple[JavaScope, ...]:
@@ -244,7 +244,7 @@ class DebugInfo:
         if found:
             return cached
         table = None
-        if method.flags & self.line_bit:
+        if self.lines_available and method.flags & self.line_bit:
             try:
                 table = self._read_line_table(method)
             except (MemoryReadError, IndexError):
@@ -260,7 +260,7 @@ class DebugInfo:
             if data is None:
                 raise MemoryReadError("line-number table unreadable")
             try:
-                return parse_line_table(data, self.lay.major >= 20)
+                return parse_line_table(data, bool(self.lay.unsigned5_excludes_zero))
             except IndexError:
                 if len(data) < size or size >= MAX_LINE_TABLE:
                     raise MemoryReadError("line-number table without terminator") from None

@@ -5,21 +5,19 @@ Opening one never stops or signals the target: it reads /proc/PID/{maps,mem,map_
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from pyprof.errors import MemoryReadError, NoSuchProcess, NotAJvm, PermissionDenied, UnsupportedJvm
-from pyprof.hotspot.layout import Layout
+from pyprof.hotspot.layout import JvmVersion, Layout, read_version
+from pyprof.hotspot.versions import GC_FLAGS
 from pyprof.hotspot.vmstructs import VMStructs, read_vmstructs
 from pyprof.procfs.elf import ElfSymbols, load_symbols_cached
 from pyprof.procfs.maps import MapEntry, library_entries, load_base, open_mapped_file, read_maps
 from pyprof.procfs.memory import ProcessMemory, Reader
 from pyprof.procfs.process import comm, is_running, require_running
 
-TESTED_RANGE = (17, 25)
+TESTED_MAJORS = (11, 17, 21, 25)   # others are opened too: what their VMStructs describe is used
 MAX_FLAGS = 10_000
-
-GC_FLAGS = ("UseG1GC", "UseParallelGC", "UseSerialGC", "UseShenandoahGC", "UseZGC", "UseEpsilonGC")
 
 @dataclass
 class HotSpotJvm:
@@ -33,8 +31,6 @@ class HotSpotJvm:
     symbols: ElfSymbols
     vm: VMStructs
     layout: Layout
-    release: str = ""
-    major: int = 0
     flags: dict[str, bool] = field(default_factory=dict)
 
     # ---- opening ---------------------------------------------------------------------------------
@@ -64,16 +60,15 @@ class HotSpotJvm:
             if not is_running(pid):
                 raise NoSuchProcess(f"process {pid} exited") from e
             raise UnsupportedJvm(f"process {pid}: cannot read VMStructs ({e}); JVM still starting?") from e
-        jvm = cls(pid, reader, memory, entries[0].path, str(open_path), base, entries, symbols, vm,
-                  Layout(vm))
-        jvm.release = jvm._read_release()
-        jvm.major = _major_of(jvm.release, jvm._read_static_int("Abstract_VM_Version._vm_major_version"))
-        jvm.layout.major = jvm.major
+        try:
+            layout = Layout(vm, read_version(vm, reader), symbols, base)
+        except UnsupportedJvm as e:
+            memory.close()
+            raise UnsupportedJvm(f"process {pid}: {e}") from None
+        jvm = cls(pid, reader, memory, entries[0].path, str(open_path), base, entries, symbols, vm, layout)
         jvm.flags = jvm._read_bool_flags(GC_FLAGS + (
             "SegmentedCodeCache", "UseCompressedOops", "UseCompressedClassPointers",
             "UseCompactObjectHeaders"))
-        if jvm.major and jvm.major < TESTED_RANGE[0]:
-            raise UnsupportedJvm(f"process {pid} runs JDK {jvm.major}: pyprof supports JDK 17 and later")
         return jvm
 
     def close(self) -> None:
@@ -86,23 +81,31 @@ class HotSpotJvm:
         self.close()
 
     # ---- identity --------------------------------------------------------------------------------
-    def _read_static_int(self, key: str) -> int:
-        if not self.layout.has(key):
-            return 0
-        f = self.layout[key]
-        try:
-            return self.reader.uint(f.address, f.size, signed=True)
-        except MemoryReadError:
-            return 0
+    @property
+    def version(self) -> JvmVersion:
+        return self.layout.version
 
-    def _read_release(self) -> str:
-        if not self.layout.has("Abstract_VM_Version._s_vm_release"):
-            return ""
-        try:
-            ptr = self.reader.ptr(self.layout["Abstract_VM_Version._s_vm_release"].address)
-            return self.reader.cstring(ptr, 128)
-        except MemoryReadError:
-            return ""
+    @property
+    def major(self) -> int:
+        """The JDK feature release (17, 21, ...); 0 when the JVM does not say."""
+        return self.layout.version.major
+
+    @property
+    def release(self) -> str:
+        return self.layout.version.release
+
+    @property
+    def notes(self) -> list[str]:
+        """What cannot be decoded on this JVM, one line each (printed once by the CLI)."""
+        notes = list(self.layout.notes)
+        if self.major not in TESTED_MAJORS:
+            notes.insert(0, f"JDK {self.major or '?'} is untested (pyprof is tested on "
+                            f"{', '.join(map(str, TESTED_MAJORS))}): using what its VMStructs describe")
+        return notes
+
+    def nmethod_probes(self) -> dict[str, list[str]]:
+        """Live-update probe symbols of this libjvm for the GC this JVM runs (Layout.nmethod_probes)."""
+        return self.layout.nmethod_probes(self.gc_name)
 
     def _read_bool_flags(self, names: tuple[str, ...]) -> dict[str, bool]:
         """Read boolean -XX flags from the JVMFlag table (attach-free `jcmd VM.flags`)."""
@@ -141,7 +144,7 @@ class HotSpotJvm:
 
     @property
     def description(self) -> str:
-        return f"JDK {self.major} ({self.release or 'unknown release'}), {self.gc_name} GC"
+        return f"{self.version}, {self.gc_name} GC"   # "JDK 17 (17.0.15+6-...), G1 GC"
 
     def libjvm_address(self, vaddr: int) -> int:
         return self.libjvm_base + vaddr
@@ -149,9 +152,3 @@ class HotSpotJvm:
     def in_libjvm(self, address: int) -> bool:
         return any(e.contains(address) for e in self.libjvm_entries)
 
-
-def _major_of(release: str, published: int) -> int:
-    if published:
-        return published
-    m = re.match(r"(\d+)", release)
-    return int(m.group(1)) if m else 0

@@ -153,6 +153,13 @@ class MethodResolver:
         self._const_method_fields = layout.unpacker([
             "ConstMethod._constants", "ConstMethod._name_index", "ConstMethod._signature_index",
             "ConstMethod._code_size", "ConstMethod._flags"])
+        # The source file's constant-pool index: a ConstantPool field on 15+, an InstanceKlass one on 11
+        self._source_index_in_cp = layout.has("ConstantPool._source_file_name_index")
+        self._source_index_off = (
+            layout.offset("ConstantPool._source_file_name_index") if self._source_index_in_cp
+            else layout.offset("InstanceKlass._source_file_name_index")
+            if layout.has("InstanceKlass._source_file_name_index") else -1)
+        self._anonymous = layout.anonymous_class_flag
         self._methods: LRUCache[int, tuple[int, MethodInfo]] = LRUCache("Method* -> method", MAX_CACHE)
         self._symbols: LRUCache[int, str] = LRUCache("Symbol* -> text", MAX_CACHE)
         # ConstantPool* -> (class, source, length)
@@ -251,16 +258,23 @@ class MethodResolver:
         cp_length = r.i32(cp + self._cp_length_off) if self._cp_length_off >= 0 else 1 << 16
         klass = r.ptr(cp + lay.offset("ConstantPool._pool_holder"))
         holder = external_class_name(self.symbol(r.ptr(klass + lay.offset("Klass._name")), r))
+        if self._anonymous is not None and self._is_anonymous(klass, r):
+            holder = f"{holder}/0x{klass:016x}"
         source = ""
-        if lay.has("ConstantPool._source_file_name_index"):
-            index = r.u16(cp + lay.offset("ConstantPool._source_file_name_index"))
-            if index:
-                try:
-                    source = self._cp_symbol(cp, index, r, cp_length)
-                except MemoryReadError:
-                    source = ""
+        if self._source_index_off >= 0:
+            try:
+                index = r.u16((cp if self._source_index_in_cp else klass) + self._source_index_off)
+                source = self._cp_symbol(cp, index, r, cp_length) if index else ""
+            except MemoryReadError:
+                source = ""
         self._holders.put(cp, (holder, source, cp_length))
         return holder, source, cp_length
+
+    def _is_anonymous(self, klass: int, r: Reads) -> bool:
+        assert self._anonymous is not None
+        flags, bit = self._anonymous
+        raw = r.bytes(klass + flags.offset, flags.size)
+        return bool(int.from_bytes(raw, "little") & bit)
 
     def _cp_symbol(self, cp: int, index: int, r: Reads, cp_length: int) -> str:
         if not 0 < index < cp_length:

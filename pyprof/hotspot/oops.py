@@ -17,11 +17,7 @@ from pyprof.hotspot.jvm import HotSpotJvm
 MAX_STRING_BYTES = 4096      # a longer "thread name" is taken for garbage: /proc comm names it instead
 LATIN1, UTF16 = 0, 1
 
-_STATIC_INTS = {
-    "thread_name": "_ZN16java_lang_Thread12_name_offsetE",
-    "string_value": "_ZN16java_lang_String13_value_offsetE",
-    "string_coder": "_ZN16java_lang_String13_coder_offsetE",
-}
+_STATIC_INTS = ("thread_name", "string_value", "string_coder")   # Layout.java_field_offset_addresses()
 
 
 class JavaObjects:
@@ -38,16 +34,17 @@ class JavaObjects:
         compact = jvm.flags.get("UseCompactObjectHeaders", False)
         self.array_length_offset = 8 if compact else (12 if compressed_klass else 16)
         self.array_data_offset = 16 if (compact or compressed_klass) else 24
-        self.available = len(self.offsets) == len(_STATIC_INTS) and jvm.layout.has("OopHandle._obj")
+        lay = jvm.layout
+        # JavaThread::_threadObj is an OopHandle (16+: one more indirection) or the oop itself (11)
+        self.thread_obj_is_handle = lay.thread_obj_is_handle
+        self.available = (len(self.offsets) == len(_STATIC_INTS) and lay.has("JavaThread._threadObj")
+                          and (lay.has("OopHandle._obj") or not self.thread_obj_is_handle))
 
     def _static_offsets(self) -> dict[str, int]:
         out = {}
-        for key, symbol in _STATIC_INTS.items():
-            sym = self.jvm.symbols.lookup(symbol)
-            if sym is None:
-                continue
+        for key, address in self.jvm.layout.java_field_offset_addresses().items():
             try:
-                value = self.r.i32(self.jvm.libjvm_address(sym.value))
+                value = self.r.i32(address)
             except MemoryReadError:
                 continue
             if 0 < value < 4096:
@@ -90,9 +87,12 @@ class JavaObjects:
             return None
         lay = self.jvm.layout
         try:
-            slot = java_thread + lay.offset("JavaThread._threadObj") + lay.offset("OopHandle._obj")
-            handle = self.r.ptr(slot)
-            thread_oop = self.r.ptr(handle) if handle else 0
+            if self.thread_obj_is_handle:
+                slot = java_thread + lay.offset("JavaThread._threadObj") + lay.offset("OopHandle._obj")
+                handle = self.r.ptr(slot)
+                thread_oop = self.r.ptr(handle) if handle else 0
+            else:
+                thread_oop = self.r.ptr(java_thread + lay.offset("JavaThread._threadObj"))
             if not thread_oop:
                 return None   # attaching, or exiting
             name = self.oop_field(thread_oop, self.offsets["thread_name"])

@@ -2,7 +2,9 @@
 where its last-Java-frame anchor lives.
 
 ThreadsSMRSupport::_java_thread_list -> ThreadsList {_length, _threads[]} -> JavaThread ->
-_osthread -> OSThread::_thread_id. The anchor (JavaThread::_anchor: _last_Java_sp/pc/fp) is where a
+_osthread -> OSThread::_thread_id. JDK 11 does not publish the SMR list: there the threads are the
+linked list Threads::_thread_list -> JavaThread::_next (walked with a cap and a loop check).
+The anchor (JavaThread::_anchor: _last_Java_sp/pc/fp) is where a
 thread that left Java (into the VM, a JNI library or a blocking call) last was in Java code. The BPF
 sampler reads it at the moment of each sample (anchor_addresses()); the unwinder resumes Java
 unwinding there when native frames have no usable frame pointers.
@@ -35,28 +37,21 @@ class JavaThreads:
         self._namespaced = namespace_pid(jvm.pid) != jvm.pid
         self._host_tid: dict[int, int] = {}
         self.objects = JavaObjects(jvm)
-        self.available = all(self.lay.has(k) for k in (
-            "ThreadsSMRSupport._java_thread_list", "ThreadsList._length", "ThreadsList._threads",
-            "JavaThread._osthread", "OSThread._thread_id", "JavaThread._anchor",
-            "JavaFrameAnchor._last_Java_sp", "JavaFrameAnchor._last_Java_pc",
-            "JavaFrameAnchor._last_Java_fp"))
+        self.available = self.lay.supports("Java threads")
+        self._smr = self.lay.has("ThreadsSMRSupport._java_thread_list")
 
     def refresh(self) -> None:
         if not self.available:
             return
         lay = self.lay
         try:
-            tlist = self.r.ptr(lay["ThreadsSMRSupport._java_thread_list"].address)
-            count = self.r.u32(tlist + lay.offset("ThreadsList._length"))
-            array = self.r.ptr(tlist + lay.offset("ThreadsList._threads"))
-            if not 0 <= count <= MAX_THREADS:
-                return
-            pointers = self.r.bytes(array, 8 * count) if count else b""
+            threads = self._smr_list() if self._smr else self._linked_list()
         except MemoryReadError:
             return
+        if threads is None:
+            return
         by_tid = {}
-        for i in range(count):
-            thread = int.from_bytes(pointers[8 * i : 8 * i + 8], "little")
+        for thread in threads:
             try:
                 osthread = self.r.ptr(thread + lay.offset("JavaThread._osthread"))
                 tid = self.r.i32(osthread + lay.offset("OSThread._thread_id"))
@@ -79,6 +74,34 @@ class JavaThreads:
             except NoSuchProcess:
                 return {}
         return {self._host_tid[tid]: thread for tid, thread in by_ns_tid.items() if tid in self._host_tid}
+
+    def _smr_list(self) -> Optional[list[int]]:
+        """JavaThread*s of the current ThreadsList (12+), or None when its length is implausible."""
+        lay = self.lay
+        tlist = self.r.ptr(lay["ThreadsSMRSupport._java_thread_list"].address)
+        count = self.r.u32(tlist + lay.offset("ThreadsList._length"))
+        array = self.r.ptr(tlist + lay.offset("ThreadsList._threads"))
+        if not 0 <= count <= MAX_THREADS:
+            return None
+        pointers = self.r.bytes(array, 8 * count) if count else b""
+        return [int.from_bytes(pointers[8 * i : 8 * i + 8], "little") for i in range(count)]
+
+    def _linked_list(self) -> Optional[list[int]]:
+        """JavaThread*s along Threads::_thread_list / JavaThread::_next (11). The list changes under the
+        JVM's Threads_lock, which a reader outside cannot take: stop at a repeat, a null or the cap."""
+        lay = self.lay
+        next_off = lay.offset("JavaThread._next")
+        thread = self.r.ptr(lay["Threads._thread_list"].address)
+        seen: list[int] = []
+        visited: set[int] = set()
+        while thread and thread not in visited and len(seen) < MAX_THREADS:
+            visited.add(thread)
+            seen.append(thread)
+            try:
+                thread = self.r.ptr(thread + next_off)
+            except MemoryReadError:   # a thread freed while we read: keep those seen so far
+                break
+        return seen
 
     def _read_stack_bases(self, by_tid: dict[int, int]) -> dict[int, int]:
         """Thread::_stack_base: the top (highest address) of each thread's stack."""

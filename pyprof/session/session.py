@@ -290,6 +290,11 @@ class ProfileSession:
         return self.target.description if self.target is not None else "starting JVM"
 
     @property
+    def jvm_notes(self) -> list[str]:
+        """What this JVM's version does not let pyprof decode (said once; empty when everything works)."""
+        return self.target.jvm.notes if self.target is not None else []
+
+    @property
     def unwind_stats(self) -> UnwindStats:
         return self.target.unwinder.stats if self.target is not None else UnwindStats()
 

@@ -21,6 +21,11 @@ class VMStructsSource:
         cache.heaps()  # fail now, not on first use, if the code cache cannot be read
         return cls(jvm, cache)
 
+    @property
+    def notes(self) -> list[str]:
+        """What this JVM's VMStructs do not let pyprof decode (one line each)."""
+        return self.jvm.notes
+
     def snapshot(self) -> CodeCacheSnapshot:
         snap = self.cache.walk()
         snap.source = self.name

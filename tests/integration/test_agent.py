@@ -188,7 +188,16 @@ class Loaded:
     load_seconds: float
 
 
-@pytest.fixture(scope="module", params=JDK_VERSIONS, ids=[f"jdk{v}" for v in JDK_VERSIONS])
+# The agent is Java 17 bytecode and streams JFR events: JDK 11 gets a one-line refusal (tested below).
+AGENT_JDKS = [v for v in JDK_VERSIONS if v >= 17]
+
+
+@pytest.fixture(params=AGENT_JDKS, ids=[f"jdk{v}" for v in AGENT_JDKS])
+def agent_jdk(request) -> int:
+    return request.param
+
+
+@pytest.fixture(scope="module", params=AGENT_JDKS, ids=[f"jdk{v}" for v in AGENT_JDKS])
 def loaded(request, agent_jar) -> Loaded:
     """GIVEN a running JVM started without any agent, into which `pyprof agent load` loaded it."""
     target = start_target(request.param)
@@ -489,9 +498,10 @@ def target_factory():
         target.stop()
 
 
-def test_a_jvm_refusing_dynamic_agents_gives_one_line_and_pyprof_goes_on(jdk, agent_jar, target_factory):
+def test_a_jvm_refusing_dynamic_agents_gives_one_line_and_pyprof_goes_on(agent_jdk, agent_jar,
+                                                                          target_factory):
     # GIVEN a JVM started with -XX:-EnableDynamicAgentLoading
-    t = target_factory(jdk, "-XX:-EnableDynamicAgentLoading")
+    t = target_factory(agent_jdk, "-XX:-EnableDynamicAgentLoading")
     # WHEN pyprof is asked to load the agent THEN it says why not, in one line, and how to do it instead
     done = pyprof("agent", "load", str(t.pid), timeout=180)
     assert done.returncode == 9
@@ -511,9 +521,9 @@ def test_a_jvm_refusing_dynamic_agents_gives_one_line_and_pyprof_goes_on(jdk, ag
     assert t.alive_and_ticking()
 
 
-def test_javaagent_at_start_needs_no_attach_listener(jdk, agent_jar, target_factory):
+def test_javaagent_at_start_needs_no_attach_listener(agent_jdk, agent_jar, target_factory):
     # GIVEN a JVM started with -javaagent:pyprof-agent.jar
-    t = target_factory(jdk, f"-javaagent:{agent_jar}")
+    t = target_factory(agent_jdk, f"-javaagent:{agent_jar}")
     wait_for_agent(t.pid)
     # WHEN pyprof reads its code cache and threads through the agent
     status = pyprof("agent", "status", str(t.pid), "--json")
@@ -530,6 +540,25 @@ def test_javaagent_at_start_needs_no_attach_listener(jdk, agent_jar, target_fact
     assert "Attach Listener" not in comms(t.pid).values()
     assert "loaded into" not in ls.stderr and DYNAMIC_WARNING not in t.stderr()
     assert t.alive_and_ticking()
+
+
+def test_agent_load_on_jdk11_is_one_line_and_exit_5_and_loads_nothing(agent_jar, java_workload):
+    # GIVEN a JDK 11 JVM (the agent needs 17: Java 17 bytecode, JFR event streaming)
+    jp = java_workload(11, "Phases", "60,30,10")
+    # WHEN pyprof is asked to load the agent, or to use it as a code-cache source
+    load = pyprof("agent", "load", str(jp.pid), timeout=180)
+    ls = pyprof("codecache", "ls", str(jp.pid), "--source", "agent", "--json")
+    # THEN each says why in one line and exits 5 (unsupported JVM)
+    assert load.returncode == 5, load.stderr
+    assert "needs JDK 17 or later" in one_line_error(load) and "runs JDK 11" in load.stderr
+    assert ls.returncode == 5 and "needs JDK 17 or later" in one_line_error(ls)
+    # AND nothing was loaded or started in the JVM (no Attach Listener, no class-version error)
+    assert not [c for c in comms(jp.pid).values() if c.startswith("pyprof-agent")]
+    assert "Attach Listener" not in comms(jp.pid).values()
+    # AND the attach-free reader works there
+    auto = pyprof("codecache", "ls", str(jp.pid), "--json")
+    assert auto.returncode == 0, auto.stderr
+    assert sum(1 for b in json.loads(auto.stdout) if b["kind"] == "nmethod") > 20
 
 
 def test_a_jvm_in_its_own_pid_and_network_namespaces(agent_jar, tmp_path: Path):

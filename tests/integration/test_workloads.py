@@ -240,9 +240,9 @@ def test_threads_java_names_and_os_names(jdk: int, java_workload) -> None:
     assert all(len(name.encode()) <= 15 for name in comms(jp.pid).values())
 
 
-# Compiler.codelist's third column is nmethod::_state: not_entrant is 2 on JDK 17 and 21, 1 on JDK 25
+# Compiler.codelist's third column is nmethod::_state: not_entrant is 2 on JDK 11, 17 and 21, 1 on JDK 25
 # (JDK 23 dropped not_used).
-NOT_ENTRANT_STATE = {17: "2", 21: "2", 25: "1"}
+NOT_ENTRANT_STATE = {11: "2", 17: "2", 21: "2", 25: "1"}
 
 
 def test_jitzoo_threads_osr_and_deoptimisation_storm(jdk: int, java_workload, tmp_path: Path) -> None:
