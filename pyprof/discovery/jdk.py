@@ -18,7 +18,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from pyprof.errors import MemoryReadError, UnsupportedJvm
-from pyprof.hotspot.jvm import TESTED_RANGE
+from pyprof.hotspot.jvm import TESTED_MAJORS
 from pyprof.hotspot.vmstructs import read_vmstructs
 from pyprof.procfs.elf import Symbol
 from pyprof.procfs.maps import MapEntry, load_base
@@ -71,8 +71,8 @@ def read_release(pid: int, libjvm_fd: int, entries: list[MapEntry]) -> str:
     if not release:
         raise MemoryReadError("the JVM's release string is not set yet")
     major = major_of(release)
-    if major and major < TESTED_RANGE[0]:
-        raise UnsupportedJvm(f"JDK {major} ({release}): pyprof supports JDK {TESTED_RANGE[0]} and later")
+    if major and major < TESTED_MAJORS[0]:
+        raise UnsupportedJvm(f"JDK {major} ({release}): pyprof supports JDK {TESTED_MAJORS[0]} and later")
     return release
 
 
