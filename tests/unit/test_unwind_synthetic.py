@@ -163,7 +163,8 @@ def unwinder(live_stack: Optional[Stack] = None, extra_regions: Optional[dict[in
         if blob is NO_BANG:
             regions[blob.code_begin] = nmethod_code(SUB_RSP_IMM32 + MOV_RBP)
         else:
-            regions[blob.code_begin] = nmethod_code() if blob.is_nmethod else NOP * (blob.code_end - blob.code_begin)
+            size = blob.code_end - blob.code_begin
+            regions[blob.code_begin] = nmethod_code() if blob.is_nmethod else NOP * size
     if live_stack is not None:
         regions[SP] = live_stack.bytes()
     regions.update(extra_regions or {})

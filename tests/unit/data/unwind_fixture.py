@@ -92,9 +92,9 @@ class Recording:
         if pc in self.lookups:
             index = self.lookups[pc]
             return None if index is None else self.blobs[index]
-        starts = [b.address for b in self.blobs]
-        i = bisect.bisect_right(starts, pc) - 1
-        return self.blobs[i] if i >= 0 and self.blobs[i].contains(pc) else None
+        by_address = sorted(self.blobs, key=lambda b: b.address)
+        i = bisect.bisect_right([b.address for b in by_address], pc) - 1
+        return by_address[i] if i >= 0 and by_address[i].contains(pc) else None
 
     def kernel_symbols(self) -> KernelSymbols:
         starts = sorted(self.kernel)
