@@ -211,7 +211,8 @@ def test_osr_nmethod_is_marked_and_called_from_the_interpreter() -> None:
         # THEN it is the leaf, compiled and OSR, at a line of its loop, called by run
         assert names(frames) == ["pyproftest.JitZoo.osrLoop [C2 OSR]", *ZOO_THREAD]
         assert frames[0].frames[0].osr
-        loop_begin, loop_end = line_of("JitZoo", "for (long i = 0; ; i++)"), marker_line("JitZoo", "osr-publish")
+        loop_begin = line_of("JitZoo", "for (long i = 0; ; i++)")
+        loop_end = marker_line("JitZoo", "osr-publish")
         assert loop_begin <= lines(frames)[0] <= loop_end
         assert lines(frames)[1] == line_of("JitZoo", "osrLoop();")
         assert stats == counters(frames)
@@ -259,7 +260,8 @@ def test_native_library_frames_then_the_java_native_method() -> None:
                              "Java_java_util_zip_Deflater_deflateBytesBytes",
                              "java.util.zip.Deflater.deflateBytesBytes [jni]",
                              "java.util.zip.Deflater.deflate [interp]",
-                             "java.util.zip.Deflater.deflate [interp]", "pyproftest.JitZoo.deflateLoop [interp]",
+                             "java.util.zip.Deflater.deflate [interp]",
+                             "pyproftest.JitZoo.deflateLoop [interp]",
                              *ZOO_THREAD]
     assert lines(frames)[7] == marker_line("JitZoo", "deflate-call")
     assert stats == counters(frames, anchor_used=1)
