@@ -277,6 +277,23 @@ def test_stub_routine_without_frame_size_follows_rbp() -> None:
     assert stats == counters_of()
 
 
+def test_call_stub_is_an_rbp_frame_whatever_its_blob_says() -> None:
+    # GIVEN C1 `caller` returning into the call stub, in a blob that claims a frame size (the blob holding
+    # the call stub differs between JDKs: only StubRoutines::_call_stub_return_address says which pc it is)
+    sized = dataclasses.replace(CALL_STUB, kind=BlobKind.BUFFER, frame_size=4)
+    stack = Stack()
+    compiled_frame(stack, SP, CALLER, CALL_STUB_RETURN, saved_rbp=ENTRY_FP)
+    stack.put(SP + WORD * CALLER.frame_size + WORD * 3, at(HOT, 0x99))   # where the frame size would look
+    bottom = java_entry(stack)
+    u, _ = unwinder()
+    u.lookup_blob = lambda pc, _t: sized if sized.contains(pc) else CALLER if CALLER.contains(pc) else None  # type: ignore[method-assign]
+    # WHEN unwound
+    frames = u.unwind(sample(stack, ip=at(CALLER, 0x100)))
+    # THEN the entry frame is walked by rbp, down to the thread's entry
+    assert described(frames) == [(at(CALLER, 0x100), "pyproftest.Synth.caller [C1]"), *bottom]
+    assert stats_of(u.stats) == counters(frames=len(frames))
+
+
 # ---- the top frame's prologue and epilogue ------------------------------------------------------------
 BUG_UEP = ("bug: before the verified entry (the inline-cache check) nothing is pushed, but _prologue_slot "
            "reads the code at code_begin, finds no push rbp and answers 1")
