@@ -24,7 +24,7 @@ import pytest
 
 from pyprof.hotspot.codecache import BlobKind, CodeBlobInfo
 from pyprof.hotspot.method import MethodInfo, MethodResolver
-from pyprof.model import Mapping, PhysicalFrame, display_name
+from pyprof.model import FrameKind, Mapping, PhysicalFrame, display_name
 from pyprof.sampling.sampler import RawSample
 from pyprof.sampling.unwind import LIVE_READ_LIMIT, MAX_DEPTH, MAX_STACK_SPAN, Unwinder, UnwindStats
 from pyprof.symbols.native import NativeSymbol
@@ -97,9 +97,10 @@ NO_BANG = nmethod(CODE + 0x4000, "nobang", 4, frame_size=6, compile_id=14)      
 CALLER = nmethod(CODE + 0x2000, "caller", 3, frame_size=4, compile_id=12)        # C1
 DEOPTEE = nmethod(CODE + 0x3000, "deoptee", 4, frame_size=8, compile_id=13, orig_pc_offset=0x18)
 CALL_STUB = stub(CODE + 0x8000, "StubRoutines (initial stubs)", BlobKind.STUBS, frame_size=0)
+INTERPRETER = stub(CODE + 0xA000, "Interpreter", BlobKind.INTERPRETER, frame_size=0)
 RUNTIME_STUB = stub(CODE + 0x9000, "_new_array_Java", BlobKind.RUNTIME_STUB, frame_size=2)
 CALL_STUB_RETURN = CALL_STUB.code_begin + 0x40
-BLOBS = (HOT, CALLER, DEOPTEE, NO_BANG, CALL_STUB, RUNTIME_STUB)
+BLOBS = (HOT, CALLER, DEOPTEE, NO_BANG, CALL_STUB, RUNTIME_STUB, INTERPRETER)
 
 NATIVE_FUNCTIONS = {      # name -> (start, end, library)
     "thread_native_entry": (LIBJVM + 0x1000, LIBJVM + 0x1100, "/synthetic/libjvm.so"),
@@ -158,7 +159,8 @@ def unwinder(live_stack: Optional[Stack] = None, extra_regions: Optional[dict[in
     """A fresh Unwinder over the synthetic code heap and libraries; `live_stack` is the thread's stack as
     live memory (what reads beyond the sample's copy find)."""
     lay = LAYOUT_OF.jvm(None).layout
-    regions = {lay["StubRoutines._call_stub_return_address"].address: CALL_STUB_RETURN.to_bytes(8, "little")}
+    regions = dict(LAYOUT_OF.regions)   # the recorded JVM's metaspace: real Method*s for interpreted frames
+    regions[lay["StubRoutines._call_stub_return_address"].address] = CALL_STUB_RETURN.to_bytes(8, "little")
     for blob in BLOBS:
         if blob is NO_BANG:
             regions[blob.code_begin] = nmethod_code(SUB_RSP_IMM32 + MOV_RBP)
@@ -395,6 +397,70 @@ def test_top_frame_running_its_deopt_handler_is_not_a_deoptimized_caller() -> No
     frames, stats = unwound(sample(stack, ip=DEOPTEE.deopt_handler))
     assert frames == [(DEOPTEE.deopt_handler, "pyproftest.Synth.deoptee [C2]")]
     assert stats == counters_of()
+
+
+# ---- interpreted frames -------------------------------------------------------------------------------
+def recorded_method(name: str) -> int:
+    """The Method* of an interpreted frame of `name` in the recording (the word at rbp + method slot of
+    a sample whose top frame is that method, interpreted)."""
+    slot = LAYOUT_OF.jvm(None).layout.interpreter_frame_slots()["method"] * WORD
+    for s in LAYOUT_OF.samples:
+        top = [f.frames[0] for f in s.frames if f.frames[0].kind is FrameKind.INTERPRETED][:1]
+        if "top:interpreted" in s.features and top and top[0].name == name:
+            off = s.raw.bp + slot - s.raw.sp
+            return int.from_bytes(s.raw.stack[off:off + WORD], "little")
+    raise AssertionError(f"no interpreted {name} at the top of a recorded sample")
+
+
+INTERPRETED_FP = SP + 0x100
+CALLER_SP = SP + 0x180          # the compiled caller's sp: the interpreted frame's sender_sp slot
+
+
+def interpreted_stack(method_ptr: int, fp: int = INTERPRETED_FP) -> Stack:
+    """C2 `hot` (top) called by an interpreted frame (rbp frame, Method* and sender_sp in their slots),
+    called by C1 `caller` whose sp is the sender_sp slot (above fp + 16: the interpreter extended the
+    caller's frame for its locals), the end of the stack."""
+    slots = LAYOUT_OF.jvm(None).layout.interpreter_frame_slots()
+    stack = Stack()
+    compiled_frame(stack, SP, HOT, INTERPRETER.code_begin + 0x40, saved_rbp=fp)
+    stack.put(fp, 0).put(fp + WORD, at(CALLER, 0x120))
+    stack.put(fp + WORD * slots["method"], method_ptr).put(fp + WORD * slots["sender_sp"], CALLER_SP)
+    stack.put(fp + WORD * slots["bcp"], 0)
+    compiled_frame(stack, CALLER_SP, CALLER, 0, saved_rbp=0)
+    stack.put(fp + 2 * WORD + WORD * (CALLER.frame_size - 1), at(HOT, 0x222))   # where fp + 16 would lead
+    return stack
+
+
+def test_interpreted_frame_between_compiled_frames_continues_at_its_sender_sp() -> None:
+    # GIVEN a real Method* (Phases.loop, from the recorded JVM's metaspace) in an interpreted frame
+    stack = interpreted_stack(recorded_method("pyproftest.Phases.loop"))
+    frames, stats = unwound(sample(stack, ip=at(HOT, 0x80)))
+    # THEN the interpreted frame is named by its Method* (no bcp: no line), and its compiled caller is
+    # found from the sender_sp slot, not from fp + 16
+    assert frames == [(at(HOT, 0x80), "pyproftest.Synth.hot [C2]"),
+                      (INTERPRETER.code_begin + 0x40, "pyproftest.Phases.loop [interp]"),
+                      (at(CALLER, 0x120), "pyproftest.Synth.caller [C1]")]
+    assert stats == counters_of()
+
+
+def test_interpreted_frame_with_an_unreadable_method_is_a_counted_unknown() -> None:
+    # GIVEN the same stack with a Method* that points nowhere
+    frames, stats = unwound(sample(interpreted_stack(0x7F50_DEAD_0000), ip=at(HOT, 0x80)))
+    # THEN that frame is an [unknown] with its reason, and the walk goes on
+    assert frames == [(at(HOT, 0x80), "pyproftest.Synth.hot [C2]"), (0, "[unknown]"),
+                      (at(CALLER, 0x120), "pyproftest.Synth.caller [C1]")]
+    assert stats == counters_of(unknown_frames={"interpreted frame with unreadable Method*": 1})
+
+
+def test_interpreted_frame_without_a_frame_pointer_ends_the_walk() -> None:
+    # GIVEN an interpreted frame whose rbp (saved by hot) lies below its sp
+    stack = interpreted_stack(recorded_method("pyproftest.Phases.loop"))
+    compiled_frame(stack, SP, HOT, INTERPRETER.code_begin + 0x40, saved_rbp=SP + 0x8)
+    frames, stats = unwound(sample(stack, ip=at(HOT, 0x80)))
+    # THEN an [unknown] frame saying so, and an incomplete stack
+    assert frames == [(at(HOT, 0x80), "pyproftest.Synth.hot [C2]"), (0, "[unknown]")]
+    assert stats == counters_of(reached_root=0, java_reached_root=0,
+                                unknown_frames={"interpreter frame without frame pointer": 1})
 
 
 # ---- native frames ------------------------------------------------------------------------------------
