@@ -160,11 +160,13 @@ def test_interrupted_runs_still_write_a_valid_profile(how, java_workload, tmp_pa
 
 
 def test_record_profiles_from_the_first_instruction_and_keeps_the_exit_code(tmp_path) -> None:
-    # GIVEN a Java program that works 3 s and exits with status 3
+    # GIVEN a Java program that works 6 s and exits with status 3 (pyprof needs a few seconds to attach:
+    # its code-cache probes are compiled once the JVM is readable; on a loaded machine a JVM that exits
+    # sooner can be gone before that, and its early samples with it)
     out = tmp_path / "rec.pb.gz"
     # WHEN pyprof starts it (199 Hz: the JVM's own start-up is ~0.1 s of CPU, about 10 samples at that rate)
     done = pyprof("record", "-r", "199", "-o", str(out), "--json", "--", java_bin(21), "-cp", str(CLASSES),
-                  f"-Djava.library.path={NATIVE_LIBS}", "pyproftest.Exiter", "3", timeout=120)
+                  f"-Djava.library.path={NATIVE_LIBS}", "pyproftest.Exiter", "6", timeout=120)
     # THEN pyprof exits with the JVM's status, and the profile shows JVM start-up and the JIT at work
     assert done.returncode == 3, done.stderr
     profile = read_pprof(str(out))
