@@ -176,6 +176,7 @@ def line_tables() -> dict[tuple[str, str], set[int]]:
     ("JitZoo", "JitZoo", "osrLoop", "osr-hot"),
     ("JitZoo", "JitZoo$Victim", "work", "victim-branch"),
     ("JitZoo", "JitZoo$Victim", "work", "victim-call"),
+    ("JitZoo", "JitZoo$Victim", "workThenDeflate", "victim-deflate"),
     ("JitZoo", "JitZoo", "crcLoop", "crc-update"),
     ("JitZoo", "JitZoo", "deflateLoop", "deflate-call"),
 ])
