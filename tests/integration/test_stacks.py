@@ -7,6 +7,7 @@ Threads (four workers, two renamed after start, one of them by another thread).
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -26,6 +27,14 @@ def profile_of(pid: int, out: Path, seconds: float = 6) -> ProfileData:
     done = pyprof("attach", str(pid), "-d", str(seconds), "-r", "199", "-o", str(out), timeout=seconds + 90)
     assert done.returncode == 0, done.stderr
     return read_pprof(str(out))
+
+
+def profile_and_summary(pid: int, out: Path, seconds: float) -> tuple[ProfileData, dict]:
+    """The profile and the `--json` summary (its unwinder counters) of one attach."""
+    done = pyprof("attach", str(pid), "-d", str(seconds), "-r", "199", "-o", str(out), "--json",
+                  timeout=seconds + 90)
+    assert done.returncode == 0, done.stderr
+    return read_pprof(str(out)), json.loads(done.stdout)
 
 
 def samples_of(profile: ProfileData, thread: str) -> dict:
@@ -65,7 +74,7 @@ def test_jit_zoo_every_kind_of_frame_is_named(java_workload, tmp_path) -> None:
     # (the stream pipeline and its lambdas are inlined: see the inlining test for why the flag)
     jvm = java_workload(21, "JitZoo", jvm_flags=DEBUG_NON_SAFEPOINTS)
     out = tmp_path / "zoo.pb.gz"
-    profile = profile_of(jvm.pid, out, seconds=8)
+    profile, summary = profile_and_summary(jvm.pid, out, seconds=8)
 
     def names(thread: str) -> Counter:
         return Counter(lf.name for key, n in samples_of(profile, thread).items()
@@ -89,6 +98,13 @@ def test_jit_zoo_every_kind_of_frame_is_named(java_workload, tmp_path) -> None:
     frames = sum(len(key.frames) * n for key, n in deopt.items())
     unknown = sum(n for key, n in deopt.items() for f in key.frames if f.frames[0].kind is FrameKind.UNKNOWN)
     assert unknown <= 0.01 * frames, (unknown, frames)
+    # AND frames being deoptimized were unwound: each round, Victim.workThenDeflate's compiled frame is
+    # deoptimized while it waits for a ~50 ms native deflate (its return address is the deopt handler, the
+    # original pc saved in the frame), and samples in zlib then have it on their stack
+    assert summary["unwind"]["deoptimized_frames"] >= 1, summary["unwind"]
+    assert any(lf.name == "pyproftest.JitZoo$Victim.workThenDeflate"
+               and lf.line == marker_line("JitZoo", "victim-deflate")
+               for key in deopt for f in key.frames for lf in f.frames)
     # AND zlib's native code is there under the Java native method that called it
     deflate = names("deflate")
     assert any(n.startswith("java.util.zip.Deflater.deflateBytes") for n in deflate), deflate.most_common(10)

@@ -176,6 +176,7 @@ def line_tables() -> dict[tuple[str, str], set[int]]:
     ("JitZoo", "JitZoo", "osrLoop", "osr-hot"),
     ("JitZoo", "JitZoo$Victim", "work", "victim-branch"),
     ("JitZoo", "JitZoo$Victim", "work", "victim-call"),
+    ("JitZoo", "JitZoo$Victim", "workThenDeflate", "victim-deflate"),
     ("JitZoo", "JitZoo", "crcLoop", "crc-update"),
     ("JitZoo", "JitZoo", "deflateLoop", "deflate-call"),
 ])
@@ -251,7 +252,7 @@ def test_jitzoo_threads_osr_and_deoptimisation_storm(jdk: int, java_workload, tm
     jp = java_workload(jdk, "JitZoo", jvm_flags=(*vm_output_to(log), "-XX:+PrintCompilation"))
     # THEN its five threads run under their documented names
     assert {"lambdas", "osr", "deopt", "crc", "deflate"} <= set(comms(jp.pid).values())
-    # WHEN two code lists are taken about a second apart (a deopt round lasts about 0.3 s)
+    # WHEN two code lists are taken about a second apart (a deopt round lasts about 0.4 s)
     first = jcmd(jdk, jp.pid, "Compiler.codelist")
     read_until(jp, "deopt-rounds ")
     read_until(jp, "deopt-rounds ")

@@ -32,14 +32,20 @@ import java.util.zip.Deflater;
  *       -XX:+PrintCompilation). The tiered policy also compiles a normal tier-3 version, which is never
  *       entered (there is no second call). It calls nothing, so its frame is the leaf and
  *       pyproftest.JitZoo.run the caller.
- *   "deopt": pyproftest.JitZoo.deoptLoop, a deoptimisation storm. Each round (about 300 ms) loads fresh
+ *   "deopt": pyproftest.JitZoo.deoptLoop, a deoptimisation storm. Each round (about 0.4 s) loads fresh
  *       copies of JitZoo$Victim, $Base, $Impl and $Late through a new class loader (named
  *       "jitzoo-round"), then:
  *         1. calls Victim.work(data, 0) for 150 ms: C2 compiles it with Base.f devirtualised by class
  *            hierarchy analysis (Impl is Base's only subclass) and the branch at LINE:victim-branch never
  *            taken;
  *         2. loads Late (a second subclass of Base): the CHA dependency breaks and Victim.work's
- *            nmethods are made not entrant (deoptimisation of dependents);
+ *            nmethods are made not entrant (deoptimisation of dependents). Late is loaded by a short-lived
+ *            thread "deopt-late" while the deopt thread is inside Victim.workThenDeflate (compiled, with
+ *            base.f devirtualised the same way, after 100 ms of warm-up calls on a small input) deflating
+ *            a 2 MiB text in native code: its compiled frame is then a *caller* being deoptimised -
+ *            HotSpot patches its return address to the nmethod's deopt handler and saves the original pc
+ *            in the frame - until the native call (~50 ms) returns (LINE:victim-deflate). Samples of the
+ *            deopt thread in zlib during that time have a deoptimised frame on their stack;
  *         3. calls work(data, 0) for 100 ms more (recompiled, now with a type-profile guard), then
  *            work(data, 1): the branch is taken, an unstable_if uncommon trap (action "reinterpret")
  *            deoptimises the frame and the nmethod is made not entrant.
@@ -79,7 +85,10 @@ import java.util.zip.Deflater;
  *   in osrLoop's nmethod; "lambdas" ~60 % in the nmethod of java.util.stream.LongPipeline.sum(), into
  *   which C2 inlined the whole pipeline (so the lambda bodies are inlined frames there), the rest in
  *   the forEach code; "deopt" ~40 % in the interpreter (code that was just deoptimised or not yet
- *   recompiled), the rest spread over the many short-lived nmethods of Victim.work and class loading.
+ *   recompiled), the rest spread over the many short-lived nmethods of Victim.work and class loading
+ *   (measured before step 2 deflated in native code; with it, pyprof on a heavily loaded machine - load
+ *   average 18 on 2 cores - found 92 % of the "deopt" samples under Victim.workThenDeflate, mostly in
+ *   zlib, and deoptimised frames on 31 of 556 samples of the process in 8 s at 199 Hz).
  *   All five loops are called from pyproftest.JitZoo.run (JitZoo extends Thread), the bottom Java frame.
  *
  * Line markers ("// LINE:<name>" ending a line) are resolved by marker_line() in
@@ -189,6 +198,8 @@ public final class JitZoo extends Thread {
     public interface Kernel {
         long work(int[] data, int mode);
 
+        long workThenDeflate(int[] data, Deflater deflater, byte[] input, byte[] out);
+
         void loadLate() throws ReflectiveOperationException;
     }
 
@@ -205,6 +216,21 @@ public final class JitZoo extends Thread {
             }
             for (int i = 0; i < data.length; i++) {
                 s += base.f(data[i]);                                                   // LINE:victim-call
+            }
+            return s;
+        }
+
+        @Override
+        public long workThenDeflate(int[] data, Deflater deflater, byte[] input, byte[] out) {
+            long s = 0;
+            for (int i = 0; i < data.length; i++) {
+                s += base.f(data[i]);
+            }
+            deflater.reset();
+            deflater.setInput(input);
+            deflater.finish();
+            while (!deflater.finished()) {
+                s += deflater.deflate(out);                                             // LINE:victim-deflate
             }
             return s;
         }
@@ -284,12 +310,16 @@ public final class JitZoo extends Thread {
         for (int i = 0; i < data.length; i++) {
             data[i] = i * 0x61C88647;
         }
+        byte[] small = text(256);
+        byte[] big = text(2 << 20);
+        byte[] out = new byte[1 << 17];
+        Deflater deflater = new Deflater(6);
         long s = 0;
         for (long round = 1; ; round++) {
             FreshLoader loader = new FreshLoader(app);
             Kernel k = (Kernel) loader.loadClass(PKG + "Victim").getDeclaredConstructor().newInstance();
             s += callFor(k, data, 150_000_000L);       // C2: CHA-devirtualised base.f, branch never taken
-            k.loadLate();                               // CHA dependency broken: made not entrant
+            s += lateDuringNativeCall(k, data, deflater, small, big, out);   // CHA broken under a caller
             s += callFor(k, data, 100_000_000L);       // recompiled with a type-profile guard
             s += k.work(data, 1);                       // unstable_if: deoptimised, made not entrant
             sink = s;
@@ -301,6 +331,32 @@ public final class JitZoo extends Thread {
                 System.gc();                            // unload old rounds' classes and nmethods
             }
         }
+    }
+
+    /**
+     * Step 2 of a deopt round (see the header): Late is loaded by another thread while a compiled frame
+     * that depends on Base having one subclass is the caller of a long native call.
+     */
+    static long lateDuringNativeCall(Kernel k, int[] data, Deflater deflater, byte[] small, byte[] big,
+                                     byte[] out) throws InterruptedException {
+        long s = 0;
+        long warm = System.nanoTime() + 100_000_000L;   // time for C1 and C2 to compile workThenDeflate
+        while (System.nanoTime() < warm) {
+            s += k.workThenDeflate(data, deflater, small, out);
+        }
+        Thread late = new Thread(() -> {
+            try {
+                Thread.sleep(10);
+                k.loadLate();                           // CHA dependency broken: made not entrant
+            } catch (ReflectiveOperationException | InterruptedException e) {
+                throw new IllegalStateException(e);
+            }
+        }, "deopt-late");
+        late.setDaemon(true);
+        late.start();
+        s += k.workThenDeflate(data, deflater, big, out);
+        late.join();
+        return s;
     }
 
     // ---- crc, deflate --------------------------------------------------------------------------------

@@ -1,0 +1,413 @@
+"""Recorded stacks for the unwinder's unit tests: record once (root, BPF, a real JVM), replay anywhere.
+
+A recording holds everything pyprof.sampling.unwind.Unwinder consumed while it unwound real samples of a
+tests/java workload:
+- the JVM's VMStructs (so the replay builds the very Layout the JVM published), its version;
+- every byte the unwinder read from the target (stack words beyond the copy, Method/ConstMethod/constant
+  pool/Symbol, nmethod headers, PcDescs, scopes, code bytes of the top frame) - merged regions;
+- the code blobs its PC lookups returned (and which PCs found none), the native and kernel symbols it
+  asked for, and which threads were Java threads;
+- the raw eBPF samples (registers, the stack copy, the JavaThread anchor), each with the frames and the
+  UnwindStats counters the live unwinder gave it.
+
+Replay (load()) serves those bytes through tests.unit.test_hostile_memory.ReplayMemory - the same replay
+the hostile-memory tests use - so no root, BPF or JVM is needed.
+
+Record (as root, from the repository root; rewrites tests/unit/data/unwind-<workload>-jdk<N>.json.gz):
+    .venv/bin/python -m tests.unit.data.unwind_fixture Phases 21
+    .venv/bin/python -m tests.unit.data.unwind_fixture JitZoo 21
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import dataclasses
+import gzip
+import json
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from pyprof.errors import MemoryReadError
+from pyprof.hotspot.codecache import BlobKind, CodeBlobInfo
+from pyprof.hotspot.jvm import HotSpotJvm
+from pyprof.hotspot.layout import Layout
+from pyprof.hotspot.method import MethodInfo, MethodResolver
+from pyprof.hotspot.vmstructs import FieldEntry, TypeEntry, VMStructs
+from pyprof.model import FrameKind, LogicalFrame, Mapping, PhysicalFrame
+from pyprof.procfs.memory import Reader
+from pyprof.sampling.sampler import RawSample
+from pyprof.sampling.unwind import Unwinder, UnwindStats
+from pyprof.symbols.kernel import KernelSymbols
+from pyprof.symbols.native import NativeSymbol
+
+DATA = Path(__file__).resolve().parent
+FORMAT = 1
+SAMPLES_PER_FEATURE = 3
+MAX_SAMPLES = 40
+WORKLOAD_FLAGS = {"JitZoo": ("-XX:+UnlockDiagnosticVMOptions", "-XX:+DebugNonSafepoints")}
+
+
+def fixture_path(workload: str, jdk: int) -> Path:
+    return DATA / f"unwind-{workload.lower()}-jdk{jdk}.json.gz"
+
+
+# ---- what a replay is made of -------------------------------------------------------------------------
+@dataclass
+class RecordedSample:
+    raw: RawSample
+    frames: tuple[PhysicalFrame, ...]     # what the live unwinder gave
+    stats: dict[str, Any]                 # its UnwindStats for this sample alone (see stats_of)
+    features: tuple[str, ...]
+
+
+@dataclass
+class Recording:
+    workload: str
+    jdk: int
+    release: str
+    vm: VMStructs
+    regions: list[tuple[int, bytes]]
+    blobs: list[CodeBlobInfo]
+    lookups: dict[int, Optional[int]]                 # pc -> index into blobs (None: no blob)
+    natives: dict[int, Optional[NativeSymbol]]
+    kernel: dict[int, str]
+    java_tids: frozenset[int]
+    samples: list[RecordedSample]
+
+    def jvm(self, memory) -> HotSpotJvm:
+        """A HotSpotJvm over replayed memory: the recorded layout; nothing else of the process exists."""
+        layout = Layout(self.vm)
+        layout.major = self.jdk
+        return HotSpotJvm(pid=0, reader=Reader(memory), memory=None, libjvm_path="",  # type: ignore[arg-type]
+                          libjvm_open_path="", libjvm_base=0, libjvm_entries=[], symbols=None,  # type: ignore[arg-type]
+                          vm=self.vm, layout=layout, release=self.release, major=self.jdk)
+
+    def lookup_blob(self, pc: int, _time_ns: int = 0) -> Optional[CodeBlobInfo]:
+        """The recorded answer of the live code-cache map for `pc`."""
+        if pc in self.lookups:
+            index = self.lookups[pc]
+            return None if index is None else self.blobs[index]
+        by_address = sorted(self.blobs, key=lambda b: b.address)
+        i = bisect.bisect_right([b.address for b in by_address], pc) - 1
+        return by_address[i] if i >= 0 and by_address[i].contains(pc) else None
+
+    def kernel_symbols(self) -> KernelSymbols:
+        starts = sorted(self.kernel)
+        return KernelSymbols(starts, [self.kernel[s] for s in starts])
+
+    def by_feature(self, feature: str) -> list[RecordedSample]:
+        return [s for s in self.samples if feature in s.features]
+
+
+class RecordedThreads:
+    """JavaThreads as the unwinder asks it: is this tid a Java thread (as of the last refresh)?"""
+
+    def __init__(self, tids: frozenset[int]) -> None:
+        self.tids = tids
+
+    def is_java_thread(self, tid: int) -> bool:
+        return tid in self.tids
+
+
+class RecordedNatives:
+    """NativeSymbolizer.symbolize() answers as recorded; a PC never asked during recording is None."""
+
+    def __init__(self, answers: dict[int, Optional[NativeSymbol]]) -> None:
+        self.answers = answers
+
+    def symbolize(self, pc: int) -> Optional[NativeSymbol]:
+        return self.answers.get(pc)
+
+
+def stats_of(stats: UnwindStats) -> dict[str, Any]:
+    d = dataclasses.asdict(stats)
+    d["unknown_frames"] = dict(sorted(stats.unknown_frames.items()))
+    return d
+
+
+def features_of(frames: tuple[PhysicalFrame, ...], stats: UnwindStats) -> tuple[str, ...]:
+    """What a sample exercises, for picking samples and for tests to find them."""
+    kinds = [f.frames[0].kind for f in frames]
+    user = [k for k in kinds if k is not FrameKind.KERNEL]
+    out = {k.value for f in frames for k in (lf.kind for lf in f.frames)}
+    if user:
+        out.add(f"top:{user[0].value}")
+    if stats.anchor_used:
+        out.add("anchor")
+    if stats.deoptimized_frames:
+        out.add("deoptimized")
+    if stats.live_reads:
+        out.add("live_reads")
+    if stats.reached_root:
+        out.add("root")
+    if any(f.frames[0].osr for f in frames):
+        out.add("osr")
+    if any(len(f.frames) > 1 for f in frames):
+        out.add("inlining")
+    return tuple(sorted(out))
+
+
+# ---- encoding -----------------------------------------------------------------------------------------
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _method_json(m: Optional[MethodInfo]) -> Optional[dict]:
+    return dataclasses.asdict(m) if m is not None else None
+
+
+def _blob_json(b: CodeBlobInfo) -> dict:
+    d = {f.name: getattr(b, f.name) for f in dataclasses.fields(CodeBlobInfo)}
+    d["kind"] = b.kind.value
+    d["method"] = _method_json(b.method)
+    return d
+
+
+def _blob_from(d: dict) -> CodeBlobInfo:
+    d = dict(d)
+    d["kind"] = BlobKind(d["kind"])
+    d["method"] = MethodInfo(**d["method"]) if d["method"] else None
+    return CodeBlobInfo(**d)
+
+
+def _frame_json(f: PhysicalFrame) -> list:
+    logicals = [[lf.name, lf.kind.value, lf.system_name, lf.filename, lf.line, lf.osr] for lf in f.frames]
+    return [f.address, logicals,
+            dataclasses.asdict(f.mapping) if f.mapping else None]
+
+
+def _frame_from(d: list) -> PhysicalFrame:
+    address, logicals, mapping = d
+    return PhysicalFrame(address, tuple(LogicalFrame(n, FrameKind(k), s, fn, line, osr)
+                                        for n, k, s, fn, line, osr in logicals),
+                         Mapping(**mapping) if mapping else None)
+
+
+def _native_json(pc: int, n: Optional[NativeSymbol]) -> list:
+    if n is None:
+        return [pc, None]
+    return [pc, [n.symbol, n.system_name, n.library, dataclasses.asdict(n.mapping)]]
+
+
+def _raw_json(s: RawSample) -> dict:
+    d = dataclasses.asdict(s)
+    d["stack"] = _b64(s.stack)
+    d["kernel_ips"] = list(s.kernel_ips)
+    return d
+
+
+def _raw_from(d: dict) -> RawSample:
+    d = dict(d)
+    d["stack"] = base64.b64decode(d["stack"])
+    d["kernel_ips"] = tuple(d["kernel_ips"])
+    return RawSample(**d)
+
+
+def save(rec: Recording, path: Path) -> None:
+    doc = {
+        "format": FORMAT, "workload": rec.workload, "jdk": rec.jdk, "release": rec.release,
+        "vmstructs": {
+            "fields": [dataclasses.asdict(f) for f in rec.vm.fields.values()],
+            "types": [dataclasses.asdict(t) for t in rec.vm.types.values()],
+            "int_constants": rec.vm.int_constants, "long_constants": rec.vm.long_constants},
+        "regions": [[a, _b64(d)] for a, d in rec.regions],
+        "blobs": [_blob_json(b) for b in rec.blobs],
+        "lookups": [[pc, i] for pc, i in sorted(rec.lookups.items())],
+        "natives": [_native_json(pc, n) for pc, n in sorted(rec.natives.items())],
+        "kernel": sorted(rec.kernel.items()),
+        "java_tids": sorted(rec.java_tids),
+        "samples": [{"raw": _raw_json(s.raw), "frames": [_frame_json(f) for f in s.frames], "stats": s.stats,
+                     "features": list(s.features)} for s in rec.samples],
+    }
+    with gzip.open(path, "wt", compresslevel=9) as f:
+        json.dump(doc, f, separators=(",", ":"))
+
+
+def load(path: Path) -> Recording:
+    with gzip.open(path, "rt") as f:
+        doc = json.load(f)
+    if doc["format"] != FORMAT:
+        raise ValueError(f"{path}: recording format {doc['format']}, expected {FORMAT}")
+    v = doc["vmstructs"]
+    fields = [FieldEntry(**f) for f in v["fields"]]
+    vm = VMStructs({(f.type_name, f.field_name): f for f in fields},
+                   {t["name"]: TypeEntry(**t) for t in v["types"]}, v["int_constants"], v["long_constants"])
+    natives = {pc: (None if n is None else NativeSymbol(n[0], n[1], n[2], Mapping(**n[3])))
+               for pc, n in doc["natives"]}
+    samples = [RecordedSample(_raw_from(s["raw"]), tuple(_frame_from(f) for f in s["frames"]), s["stats"],
+                              tuple(s["features"])) for s in doc["samples"]]
+    return Recording(doc["workload"], doc["jdk"], doc["release"], vm,
+                     [(a, base64.b64decode(d)) for a, d in doc["regions"]],
+                     [_blob_from(b) for b in doc["blobs"]], {pc: i for pc, i in doc["lookups"]}, natives,
+                     {ip: name for ip, name in doc["kernel"]}, frozenset(doc["java_tids"]), samples)
+
+
+def replay_unwinder(rec: Recording, memory=None) -> Unwinder:
+    """A fresh Unwinder (empty caches, zero counters) over the recording."""
+    from tests.unit.test_hostile_memory import ReplayMemory
+
+    mem = memory if memory is not None else ReplayMemory(rec.regions)
+    jvm = rec.jvm(mem)
+    resolver = MethodResolver(jvm.reader, jvm.layout)
+    return Unwinder(jvm, rec.lookup_blob, resolver, RecordedThreads(rec.java_tids),  # type: ignore[arg-type]
+                    RecordedNatives(rec.natives), rec.kernel_symbols())
+
+
+# ---- recording (root, BPF, a live JVM) ----------------------------------------------------------------
+class _Recorder:
+    """Wraps what the live unwinder consumes and keeps every answer."""
+
+    def __init__(self, jvm: HotSpotJvm, natives, kernel) -> None:
+        from pyprof.hotspot.codecache import CodeCache
+        from tests.unit.test_hostile_memory import RecordingMemory
+
+        self.memory = RecordingMemory(jvm.memory)
+        self.jvm = dataclasses.replace(jvm, reader=Reader(self.memory))
+        self.cache = CodeCache(jvm)            # PC lookups read the segment map directly: not recorded
+        self.blobs: dict[tuple[int, int], int] = {}
+        self.blob_list: list[CodeBlobInfo] = []
+        self.lookups: dict[int, Optional[int]] = {}
+        self.native_answers: dict[int, Optional[NativeSymbol]] = {}
+        self.kernel_answers: dict[int, str] = {}
+        self._natives, self._kernel = natives, kernel
+
+    def lookup_blob(self, pc: int, _time_ns: int = 0) -> Optional[CodeBlobInfo]:
+        if pc in self.lookups:
+            i = self.lookups[pc]
+            return None if i is None else self.blob_list[i]
+        try:
+            blob = self.cache.blob_at(pc)
+        except MemoryReadError:
+            blob = None
+        if blob is None:
+            self.lookups[pc] = None
+            return None
+        key = (blob.address, blob.compile_id)
+        if key not in self.blobs:
+            self.blobs[key] = len(self.blob_list)
+            self.blob_list.append(blob)
+        self.lookups[pc] = self.blobs[key]
+        return blob
+
+    def symbolize(self, pc: int) -> Optional[NativeSymbol]:
+        if pc not in self.native_answers:
+            self.native_answers[pc] = self._natives.symbolize(pc)
+        return self.native_answers[pc]
+
+    def lookup(self, ip: int) -> Optional[str]:
+        name = self._kernel.lookup(ip)
+        if name is not None:
+            self.kernel_answers[ip] = name
+        return name
+
+
+def _pick(samples: list[RecordedSample]) -> list[RecordedSample]:
+    """Up to SAMPLES_PER_FEATURE samples of every feature seen, rarest features first."""
+    counts = Counter(f for s in samples for f in s.features)
+    chosen: list[RecordedSample] = []
+    for feature, _n in sorted(counts.items(), key=lambda kv: kv[1]):
+        have = sum(feature in s.features for s in chosen)
+        for s in samples:
+            if have >= SAMPLES_PER_FEATURE or len(chosen) >= MAX_SAMPLES:
+                break
+            if feature in s.features and s not in chosen:
+                chosen.append(s)
+                have += 1
+    return chosen
+
+
+def record(workload: str, jdk: int, seconds: float = 60.0, rate_hz: int = 499, enough: int = 3000
+           ) -> Recording:
+    from pyprof.hotspot.threads import JavaThreads
+    from pyprof.sampling.sampler import Sampler
+    from pyprof.symbols.native import NativeSymbolizer
+    from tests.conftest import start_java
+
+    java = start_java(jdk, workload, jvm_flags=WORKLOAD_FLAGS.get(workload, ()))
+    sampler = None
+    try:
+        time.sleep(1.0)   # past "ready": the steady state
+        jvm = HotSpotJvm.open(java.pid)
+        threads = JavaThreads(jvm)
+        threads.refresh()
+        rec = _Recorder(jvm, NativeSymbolizer(java.pid), KernelSymbols.load())
+        unwinder = Unwinder(rec.jvm, rec.lookup_blob, MethodResolver(rec.jvm.reader, rec.jvm.layout), threads,
+                            rec, rec)
+        sampler = Sampler(java.pid, rate_hz=rate_hz)
+        sampler.start()
+        sampler.set_java_threads(threads.anchor_addresses())
+        taken: list[RecordedSample] = []
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and len(taken) < enough:
+            for raw in sampler.poll(50):
+                stats = unwinder.stats
+                before = dataclasses.replace(stats, unknown_frames=Counter(stats.unknown_frames))
+                frames = unwinder.unwind(raw)
+                delta = _delta(unwinder.stats, before)
+                taken.append(RecordedSample(raw, frames, stats_of(delta), features_of(frames, delta)))
+        chosen = _pick(taken)
+        print(f"{len(taken)} samples, kept {len(chosen)}: "
+              f"{dict(Counter(f for s in chosen for f in s.features))}", file=sys.stderr)
+        java_tids = frozenset(s.raw.tid for s in chosen if threads.is_java_thread(s.raw.tid))
+        return Recording(workload, jdk, jvm.release, jvm.vm, rec.memory.regions(), rec.blob_list,
+                         rec.lookups, rec.native_answers, rec.kernel_answers, java_tids, chosen)
+    finally:
+        if sampler is not None:
+            sampler.close()
+        java.stop()
+
+
+def _delta(after: UnwindStats, before: UnwindStats) -> UnwindStats:
+    out = UnwindStats()
+    for f in dataclasses.fields(UnwindStats):
+        if f.name == "unknown_frames":
+            out.unknown_frames = after.unknown_frames - before.unknown_frames
+        else:
+            setattr(out, f.name, getattr(after, f.name) - getattr(before, f.name))
+    return out
+
+
+def verify(rec: Recording) -> list[RecordedSample]:
+    """Samples whose replay (a fresh unwinder each) differs from what the live unwinder gave."""
+    bad = []
+    for s in rec.samples:
+        u = replay_unwinder(rec)
+        if u.unwind(s.raw) != s.frames or stats_of(u.stats) != s.stats:
+            bad.append(s)
+    return bad
+
+
+def _needed_regions(rec: Recording) -> list[tuple[int, bytes]]:
+    """Only the bytes the kept samples need: their replay, each on a fresh unwinder, re-recorded."""
+    from tests.unit.test_hostile_memory import RecordingMemory, ReplayMemory
+
+    needed = RecordingMemory(ReplayMemory(rec.regions))
+    for s in rec.samples:
+        replay_unwinder(rec, needed).unwind(s.raw)
+    return needed.regions()
+
+
+def main(argv: list[str]) -> int:
+    workload, jdk = argv[0], int(argv[1])
+    rec = record(workload, jdk)
+    bad = verify(rec)
+    if bad:
+        print(f"{len(bad)} samples replay differently; dropped", file=sys.stderr)
+        rec.samples = [s for s in rec.samples if s not in bad]
+    rec.regions = _needed_regions(rec)
+    path = fixture_path(workload, jdk)
+    save(rec, path)
+    again = load(path)
+    assert not verify(again), "a saved recording must replay exactly"
+    print(f"wrote {path} ({path.stat().st_size} bytes, {len(again.samples)} samples, "
+          f"{sum(len(d) for _, d in again.regions)} bytes of memory)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

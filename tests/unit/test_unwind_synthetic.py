@@ -1,0 +1,630 @@
+"""The unwinder on synthetic stacks, where the layout of the frames is what a test is about.
+
+No root, BPF or JVM: the Layout is the one a real JDK 21 published (VMStructs, recorded in
+tests/unit/data/unwind-phases-jdk21.json.gz), memory is served by test_hostile_memory's ReplayMemory, and
+the stacks, code blobs and code bytes are built here word by word, so each test knows exactly where every
+return address, saved rbp and original pc lies (x86_64 HotSpot frames, ../shared/docs/hotspot-facts.md):
+- compiled frames (C1/C2 nmethods, RuntimeStubs): sender_sp = sp + 8 * frame_size, return address at
+  sender_sp - 8, saved rbp at sender_sp - 16;
+- the call stub and StubRoutines without a frame size: rbp frames;
+- the top frame's prologue (stack bang, push rbp, sub rsp) and epilogue (add rsp, pop rbp, poll, ret);
+- deoptimized callers: return address = the nmethod's deopt handler, the original pc at
+  sp + orig_pc_offset;
+- native code with frame pointers, and without (the JavaThread's last-Java-frame anchor);
+- the caps: depth, a stack going backwards, bounded reads of the live stack beyond the copy.
+Every test asserts the exact frames (address and name) and the UnwindStats counters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import pytest
+
+from pyprof.hotspot.codecache import BlobKind, CodeBlobInfo
+from pyprof.hotspot.method import MethodInfo, MethodResolver
+from pyprof.model import FrameKind, Mapping, PhysicalFrame, display_name
+from pyprof.sampling.sampler import RawSample
+from pyprof.sampling.unwind import LIVE_READ_LIMIT, MAX_DEPTH, MAX_STACK_SPAN, Unwinder, UnwindStats
+from pyprof.symbols.native import NativeSymbol
+from tests.unit.data.unwind_fixture import RecordedThreads, fixture_path, load, stats_of
+from tests.unit.test_hostile_memory import ReplayMemory
+
+LAYOUT_OF = load(fixture_path("Phases", 21))   # a real JDK 21's VMStructs; its memory is not used here
+TID = 4242
+WORD = 8
+SP = 0x7FFD_1000_0000            # the sampled thread's stack pointer
+CODE = 0x7F10_0000_0000          # a synthetic code heap
+LIBJVM = 0x7F20_0000_0000        # a synthetic native library's text
+LIBJNI = 0x7F30_0000_0000        # a JNI library built without frame pointers
+
+NOP = b"\x90"
+STACK_BANG = b"\x89\x84\x24\x00\xc0\xfe\xff"   # mov [rsp-0x14000], eax
+PUSH_RBP = b"\x55"
+SUB_RSP = b"\x48\x83\xec\x20"                    # sub rsp, 0x20: the frame is complete after it
+ADD_RSP = b"\x48\x83\xc4\x20"
+POP_RBP = b"\x5d"
+POLL = b"\x49\x3b\xa7\x28\x04\x00\x00"           # cmp rsp, [r15+0x428]: the return safepoint poll
+JA = b"\x0f\x87\x10\x00\x00\x00"
+RET = b"\xc3"
+SUB_RSP_IMM32 = b"\x48\x81\xec\x28\x00\x00\x00"      # sub rsp, 0x28 (C2 without a stack bang)
+MOV_RBP = b"\x48\x89\x6c\x24\x20"                   # mov [rsp+0x20], rbp
+UEP = b"\x48\x3b\x46\x08\x0f\x85\x00\x00\x00\x00\x66\x90"   # inline-cache check: cmp; jne ic_miss; nop
+
+VERIFIED = 0x20                   # offsets in an nmethod's code
+FRAME_COMPLETE = VERIFIED + len(STACK_BANG + PUSH_RBP + SUB_RSP)
+EPILOGUE = 0x300
+DEOPT_HANDLER = 0x380
+CODE_SIZE = 0x400
+
+
+# ---- building blocks ----------------------------------------------------------------------------------
+def method(name: str, const_method: int) -> MethodInfo:
+    return MethodInfo("pyproftest.Synth", name, "()J", "Synth.java", const_method=const_method, code_size=16)
+
+
+def nmethod(address: int, name: str, level: int, frame_size: int, compile_id: int,
+            orig_pc_offset: int = 0) -> CodeBlobInfo:
+    begin = address + 0x100
+    return CodeBlobInfo(address=address, size=0x100 + CODE_SIZE, kind=BlobKind.NMETHOD, name="nmethod",
+                        code_begin=begin, code_end=begin + CODE_SIZE, frame_size=frame_size,
+                        frame_complete_offset=FRAME_COMPLETE, heap=0, compile_id=compile_id, level=level,
+                        state=0, entry_bci=-1, method_ptr=0x8_0000_0000 + compile_id * 0x100,
+                        method=method(name, 0x9_0000_0000 + compile_id * 0x100),
+                        verified_entry=begin + VERIFIED,
+                        orig_pc_offset=orig_pc_offset, deopt_handler=begin + DEOPT_HANDLER)
+
+
+def stub(address: int, name: str, kind: BlobKind, frame_size: int) -> CodeBlobInfo:
+    return CodeBlobInfo(address=address, size=0x200, kind=kind, name=name, code_begin=address + 0x80,
+                        code_end=address + 0x200, frame_size=frame_size, frame_complete_offset=-1, heap=0)
+
+
+def nmethod_code(prologue: bytes = STACK_BANG + PUSH_RBP + SUB_RSP) -> bytes:
+    """The code of a synthetic nmethod: inline-cache check, verified entry with the C1/C2 prologue, a body
+    of nops, the epilogue with the return poll at EPILOGUE."""
+    code = bytearray(NOP * CODE_SIZE)
+    code[0:len(UEP)] = UEP
+    code[VERIFIED:VERIFIED + len(prologue)] = prologue
+    epilogue = ADD_RSP + POP_RBP + POLL + JA + RET
+    code[EPILOGUE:EPILOGUE + len(epilogue)] = epilogue
+    return bytes(code)
+
+
+HOT = nmethod(CODE + 0x1000, "hot", 4, frame_size=6, compile_id=11)             # C2
+NO_BANG = nmethod(CODE + 0x4000, "nobang", 4, frame_size=6, compile_id=14)      # C2, small frame: no bang
+CALLER = nmethod(CODE + 0x2000, "caller", 3, frame_size=4, compile_id=12)        # C1
+DEOPTEE = nmethod(CODE + 0x3000, "deoptee", 4, frame_size=8, compile_id=13, orig_pc_offset=0x18)
+CALL_STUB = stub(CODE + 0x8000, "StubRoutines (initial stubs)", BlobKind.STUBS, frame_size=0)
+INTERPRETER = stub(CODE + 0xA000, "Interpreter", BlobKind.INTERPRETER, frame_size=0)
+RUNTIME_STUB = stub(CODE + 0x9000, "_new_array_Java", BlobKind.RUNTIME_STUB, frame_size=2)
+CALL_STUB_RETURN = CALL_STUB.code_begin + 0x40
+BLOBS = (HOT, CALLER, DEOPTEE, NO_BANG, CALL_STUB, RUNTIME_STUB, INTERPRETER)
+
+NATIVE_FUNCTIONS = {      # name -> (start, end, library)
+    "thread_native_entry": (LIBJVM + 0x1000, LIBJVM + 0x1100, "/synthetic/libjvm.so"),
+    "JavaCalls::call_helper": (LIBJVM + 0x2000, LIBJVM + 0x2400, "/synthetic/libjvm.so"),
+    "SharedRuntime::runtime_work": (LIBJVM + 0x3000, LIBJVM + 0x3100, "/synthetic/libjvm.so"),
+    "Java_pyproftest_Synth_work": (LIBJNI + 0x500, LIBJNI + 0x600, "/synthetic/libsynth.so"),
+    "checksum_no_fp": (LIBJNI + 0x700, LIBJNI + 0x800, "/synthetic/libsynth.so"),
+}
+
+
+def native(name: str, offset: int = 0x10) -> int:
+    return NATIVE_FUNCTIONS[name][0] + offset
+
+
+class Natives:
+    """NativeSymbolizer.symbolize() over the synthetic libraries."""
+
+    def symbolize(self, pc: int) -> Optional[NativeSymbol]:
+        for name, (start, end, library) in NATIVE_FUNCTIONS.items():
+            if start <= pc < end:
+                return NativeSymbol(name, name, library, Mapping(start & ~0xFFFFFF, end, 0, library))
+        return None
+
+
+class Stack:
+    """The sampled thread's stack, word by word from SP upwards."""
+
+    def __init__(self, size: int = 0x1000) -> None:
+        self.size = size
+        self.words: dict[int, int] = {}
+
+    def put(self, address: int, value: int) -> Stack:
+        assert SP <= address < SP + self.size and address % WORD == 0, hex(address)
+        self.words[address] = value
+        return self
+
+    def bytes(self) -> bytes:
+        out = bytearray(self.size)
+        for address, value in self.words.items():
+            off = address - SP
+            out[off:off + WORD] = value.to_bytes(WORD, "little")
+        return bytes(out)
+
+
+def sample(stack: Stack, ip: int, bp: int = 0, copied: Optional[int] = None, sp: int = SP,
+           anchor: tuple[int, int, int] = (0, 0, 0)) -> RawSample:
+    """A raw sample as the eBPF program delivers it: registers and the first `copied` bytes above sp."""
+    data = stack.bytes()[sp - SP:]
+    return RawSample(time_ns=1, tid=TID, cpu=0, ip=ip, sp=sp, bp=bp, r13=0, flags=0, kernel_ips=(),
+                     stack=data[:copied] if copied is not None else data,
+                     anchor_sp=anchor[0], anchor_pc=anchor[1], anchor_fp=anchor[2])
+
+
+def unwinder(live_stack: Optional[Stack] = None, extra_regions: Optional[dict[int, bytes]] = None
+             ) -> tuple[Unwinder, ReplayMemory]:
+    """A fresh Unwinder over the synthetic code heap and libraries; `live_stack` is the thread's stack as
+    live memory (what reads beyond the sample's copy find)."""
+    lay = LAYOUT_OF.jvm(None).layout
+    regions = dict(LAYOUT_OF.regions)   # the recorded JVM's metaspace: real Method*s for interpreted frames
+    regions[lay["StubRoutines._call_stub_return_address"].address] = CALL_STUB_RETURN.to_bytes(8, "little")
+    for blob in BLOBS:
+        if blob is NO_BANG:
+            regions[blob.code_begin] = nmethod_code(SUB_RSP_IMM32 + MOV_RBP)
+        else:
+            size = blob.code_end - blob.code_begin
+            regions[blob.code_begin] = nmethod_code() if blob.is_nmethod else NOP * size
+    if live_stack is not None:
+        regions[SP] = live_stack.bytes()
+    regions.update(extra_regions or {})
+    memory = ReplayMemory(sorted(regions.items()))
+    jvm = LAYOUT_OF.jvm(memory)
+
+    def lookup(pc: int, _time_ns: int) -> Optional[CodeBlobInfo]:
+        return next((b for b in BLOBS if b.contains(pc)), None)
+
+    u = Unwinder(jvm, lookup, MethodResolver(jvm.reader, jvm.layout), RecordedThreads(frozenset({TID})),  # type: ignore[arg-type]
+                 Natives(), None)
+    return u, memory
+
+
+def described(frames: tuple[PhysicalFrame, ...]) -> list[tuple[int, str]]:
+    """(address, what a user reads) of every frame, leaf first."""
+    return [(f.address, " | ".join(display_name(lf) for lf in f.frames)) for f in frames]
+
+
+def counters(**changed) -> dict:
+    """The UnwindStats of one sample: one sample, root reached, a Java thread, unless `changed`."""
+    unknown = changed.pop("unknown_frames", {})
+    stats = UnwindStats(samples=1, reached_root=1, java_samples=1, java_reached_root=1)
+    for k, v in changed.items():
+        setattr(stats, k, v)
+    stats.unknown_frames.update(unknown)
+    return stats_of(stats)
+
+
+def unwound(s: RawSample, live_stack: Optional[Stack] = None) -> tuple[list[tuple[int, str]], dict]:
+    u, _ = unwinder(live_stack)
+    frames = u.unwind(s)
+    stats = stats_of(u.stats)
+    assert stats["frames"] == len(frames)
+    del stats["frames"]
+    return described(frames), stats
+
+
+def counters_of(**changed) -> dict:
+    c = counters(**changed)
+    del c["frames"]
+    return c
+
+
+def at(blob: CodeBlobInfo, offset: int) -> int:
+    return blob.code_begin + offset
+
+
+# The bottom of every Java stack below: the call stub (entry frame), JavaCalls::call_helper and the thread's
+# entry function, linked by frame pointers.
+ENTRY_FP = SP + 0x800
+HELPER_FP = SP + 0x900
+
+
+def java_entry(stack: Stack) -> list[tuple[int, str]]:
+    """Lays out call stub <- JavaCalls::call_helper <- thread_native_entry; returns their frames."""
+    stack.put(ENTRY_FP, HELPER_FP).put(ENTRY_FP + WORD, native("JavaCalls::call_helper", 0x40))
+    stack.put(HELPER_FP, 0).put(HELPER_FP + WORD, native("thread_native_entry", 0x30))
+    return [(CALL_STUB_RETURN, "[StubRoutines (initial stubs)]"),
+            (native("JavaCalls::call_helper", 0x40), "JavaCalls::call_helper"),
+            (native("thread_native_entry", 0x30), "thread_native_entry")]
+
+
+def compiled_frame(stack: Stack, sp: int, blob: CodeBlobInfo, ret: int, saved_rbp: int) -> int:
+    """A complete compiled frame at sp: its return address and saved rbp; returns the caller's sp."""
+    sender_sp = sp + WORD * blob.frame_size
+    stack.put(sender_sp - WORD, ret).put(sender_sp - 2 * WORD, saved_rbp)
+    return sender_sp
+
+
+# ---- compiled frames ----------------------------------------------------------------------------------
+def test_compiled_frames_are_walked_by_their_frame_sizes_down_to_the_thread_entry() -> None:
+    # GIVEN C2 `hot` (6 words) called by C1 `caller` (4 words) called from the call stub; rbp holds
+    # garbage in the C2 frame (C2 does not keep a frame pointer) and C1's frame saved the stub's rbp
+    stack = Stack()
+    caller_sp = compiled_frame(stack, SP, HOT, at(CALLER, 0x120), saved_rbp=0xDEAD)
+    compiled_frame(stack, caller_sp, CALLER, CALL_STUB_RETURN, saved_rbp=ENTRY_FP)
+    bottom = java_entry(stack)
+    # WHEN the sample taken in hot's body is unwound
+    frames, stats = unwound(sample(stack, ip=at(HOT, 0x80), bp=0x42))
+    # THEN every frame, with its tier, down to the thread's entry function
+    assert frames == [(at(HOT, 0x80), "pyproftest.Synth.hot [C2]"),
+                      (at(CALLER, 0x120), "pyproftest.Synth.caller [C1]"), *bottom]
+    assert stats == counters_of()
+
+
+def test_runtime_stub_with_a_frame_size_and_stub_routines_without_one() -> None:
+    # GIVEN a RuntimeStub (2 words: return address and saved rbp) called from C2 `hot`, called from the
+    # call stub
+    stack = Stack()
+    hot_sp = compiled_frame(stack, SP, RUNTIME_STUB, at(HOT, 0x90), saved_rbp=0xBAD)
+    compiled_frame(stack, hot_sp, HOT, CALL_STUB_RETURN, saved_rbp=ENTRY_FP)
+    bottom = java_entry(stack)
+    # WHEN unwound from inside the stub
+    frames, stats = unwound(sample(stack, ip=RUNTIME_STUB.code_begin + 0x10))
+    # THEN the stub is named by its blob and its caller found by its frame size
+    assert frames == [(RUNTIME_STUB.code_begin + 0x10, "[_new_array_Java]"),
+                      (at(HOT, 0x90), "pyproftest.Synth.hot [C2]"), *bottom]
+    assert stats == counters_of()
+
+
+def test_stub_routine_without_frame_size_follows_rbp() -> None:
+    # GIVEN the top frame in a StubRoutines blob without a frame size, rbp = the entry frame's
+    stack = Stack()
+    bottom = java_entry(stack)
+    # WHEN unwound
+    frames, stats = unwound(sample(stack, ip=CALL_STUB.code_begin + 0x10, bp=ENTRY_FP))
+    # THEN the stub's caller is found through rbp (a stub is no Java method: the thread makes it Java)
+    assert frames == [(CALL_STUB.code_begin + 0x10, "[StubRoutines (initial stubs)]"), *bottom[1:]]
+    assert stats == counters_of()
+
+
+def test_call_stub_is_an_rbp_frame_whatever_its_blob_says() -> None:
+    # GIVEN C1 `caller` returning into the call stub, in a blob that claims a frame size (the blob holding
+    # the call stub differs between JDKs: only StubRoutines::_call_stub_return_address says which pc it is)
+    sized = dataclasses.replace(CALL_STUB, kind=BlobKind.BUFFER, frame_size=4)
+    stack = Stack()
+    compiled_frame(stack, SP, CALLER, CALL_STUB_RETURN, saved_rbp=ENTRY_FP)
+    stack.put(SP + WORD * CALLER.frame_size + WORD * 3, at(HOT, 0x99))   # where the frame size would look
+    bottom = java_entry(stack)
+    u, _ = unwinder()
+    u.lookup_blob = lambda pc, _t: sized if sized.contains(pc) else CALLER if CALLER.contains(pc) else None  # type: ignore[method-assign]
+    # WHEN unwound
+    frames = u.unwind(sample(stack, ip=at(CALLER, 0x100)))
+    # THEN the entry frame is walked by rbp, down to the thread's entry
+    assert described(frames) == [(at(CALLER, 0x100), "pyproftest.Synth.caller [C1]"), *bottom]
+    assert stats_of(u.stats) == counters(frames=len(frames))
+
+
+# ---- the top frame's prologue and epilogue ------------------------------------------------------------
+BUG_UEP = ("bug: before the verified entry (the inline-cache check) nothing is pushed, but _prologue_slot "
+           "reads the code at code_begin, finds no push rbp and answers 1")
+BUG_NO_BANG = ("bug: C2's prologue without a stack bang is `sub rsp, N; mov [rsp+N-8], rbp` (no push rbp; "
+               "seen in tests/unit/data/unwind-phases-jdk21.json.gz, sample 2): _prologue_slot answers 1 at "
+               "the "
+               "verified entry (the return address is at [sp]) and after the sub (it is at the frame size)")
+
+
+def prologue_case(blob: CodeBlobInfo, offset: int, slot: Optional[int], why: str, bug: str = ""):
+    marks = [pytest.mark.xfail(strict=True, reason=bug)] if bug else []
+    return pytest.param(blob, offset, slot, why, marks=marks, id=f"{blob.method.name}+{offset:#x}")
+
+
+@pytest.mark.parametrize("blob, offset, slot, why", [
+    prologue_case(HOT, 0x4, 0, "inline-cache check before the verified entry", BUG_UEP),
+    prologue_case(HOT, VERIFIED, 0, "at the stack bang"),
+    prologue_case(HOT, VERIFIED + len(STACK_BANG), 0, "at push rbp"),
+    prologue_case(HOT, VERIFIED + len(STACK_BANG + PUSH_RBP), 1, "after push rbp, before sub rsp"),
+    prologue_case(HOT, EPILOGUE + len(ADD_RSP), 1, "at pop rbp: rbp and the return address left"),
+    prologue_case(HOT, EPILOGUE + len(ADD_RSP + POP_RBP), 0, "at the return poll: only the return address"),
+    prologue_case(HOT, EPILOGUE + len(ADD_RSP + POP_RBP + POLL + JA), 0, "at ret"),
+    prologue_case(NO_BANG, VERIFIED, 0, "C2 without stack bang, at sub rsp", BUG_NO_BANG),
+    prologue_case(NO_BANG, VERIFIED + len(SUB_RSP_IMM32), None, "C2 without stack bang, after sub rsp",
+                  BUG_NO_BANG),
+    prologue_case(NO_BANG, FRAME_COMPLETE + 0x10, None, "C2 without stack bang, in the body"),
+])
+def test_top_frame_in_prologue_or_epilogue_finds_the_return_address_by_the_code(
+        blob: CodeBlobInfo, offset: int, slot: Optional[int], why: str) -> None:
+    # GIVEN a C2 nmethod sampled where its frame may not be complete: the return address to C1 `caller`
+    # is `slot` words above sp (None: where its frame size says), and every other candidate slot holds a
+    # decoy (a return address into the nmethod itself)
+    stack = Stack()
+    for candidate in (0, 1, blob.frame_size - 1):
+        stack.put(SP + WORD * candidate, at(blob, 0x200))
+    ret_slot = blob.frame_size - 1 if slot is None else slot
+    stack.put(SP + WORD * ret_slot, at(CALLER, 0x120))
+    compiled_frame(stack, SP + WORD * (ret_slot + 1), CALLER, 0, saved_rbp=0)   # the end of the stack
+    # WHEN unwound
+    frames, stats = unwound(sample(stack, ip=at(blob, offset)))
+    # THEN the caller is the one at that slot, and the walk ends at its zero return address: complete
+    assert frames == [(at(blob, offset), f"pyproftest.Synth.{blob.method.name} [C2]"),
+                      (at(CALLER, 0x120), "pyproftest.Synth.caller [C1]")], why
+    assert stats == counters_of(), why
+
+
+def test_prologue_and_epilogue_rules_apply_to_the_top_frame_only() -> None:
+    # GIVEN C2 `hot` complete at the top, returning into C1 `caller` at an address that looks like
+    # `caller`'s epilogue (`pop rbp`): a caller frame is complete whatever its pc
+    stack = Stack()
+    caller_sp = compiled_frame(stack, SP, HOT, at(CALLER, EPILOGUE + len(ADD_RSP)), saved_rbp=0)
+    compiled_frame(stack, caller_sp, CALLER, 0, saved_rbp=0)
+    stack.put(caller_sp + WORD, at(HOT, 0x77))   # where the epilogue rule would look
+    # WHEN unwound  THEN caller's frame size is used, and the stack ends at its zero return address
+    frames, stats = unwound(sample(stack, ip=at(HOT, 0x80)))
+    assert frames == [(at(HOT, 0x80), "pyproftest.Synth.hot [C2]"),
+                      (at(CALLER, EPILOGUE + len(ADD_RSP)), "pyproftest.Synth.caller [C1]")]
+    assert stats == counters_of()
+
+
+# ---- deoptimized frames -------------------------------------------------------------------------------
+def test_deoptimized_caller_is_named_by_its_original_pc() -> None:
+    # GIVEN C2 `hot` called by `deoptee`, whose frame was deoptimized while `hot` ran: hot returns to
+    # deoptee's deopt handler, and HotSpot saved the original return pc at deoptee's sp + orig_pc_offset
+    stack = Stack()
+    deoptee_sp = compiled_frame(stack, SP, HOT, DEOPTEE.deopt_handler, saved_rbp=0)
+    original = at(DEOPTEE, 0x144)
+    stack.put(deoptee_sp + DEOPTEE.orig_pc_offset, original)
+    compiled_frame(stack, deoptee_sp, DEOPTEE, CALL_STUB_RETURN, saved_rbp=ENTRY_FP)
+    bottom = java_entry(stack)
+    # WHEN unwound
+    frames, stats = unwound(sample(stack, ip=at(HOT, 0x80)))
+    # THEN the deoptimized frame stands at its original pc (where its inlining and line are), counted,
+    # and the walk goes on below it by its frame size
+    assert frames == [(at(HOT, 0x80), "pyproftest.Synth.hot [C2]"),
+                      (original, "pyproftest.Synth.deoptee [C2]"), *bottom]
+    assert stats == counters_of(deoptimized_frames=1)
+
+
+def test_deoptimized_frame_with_an_implausible_original_pc_keeps_the_handler_pc() -> None:
+    # GIVEN the same, but the saved original pc points outside deoptee's code (garbage)
+    stack = Stack()
+    deoptee_sp = compiled_frame(stack, SP, HOT, DEOPTEE.deopt_handler, saved_rbp=0)
+    stack.put(deoptee_sp + DEOPTEE.orig_pc_offset, HOT.code_begin)
+    compiled_frame(stack, deoptee_sp, DEOPTEE, 0, saved_rbp=0)
+    # WHEN unwound  THEN the frame is still deoptee's (at the handler), still counted
+    frames, stats = unwound(sample(stack, ip=at(HOT, 0x80)))
+    assert frames == [(at(HOT, 0x80), "pyproftest.Synth.hot [C2]"),
+                      (DEOPTEE.deopt_handler, "pyproftest.Synth.deoptee [C2]")]
+    assert stats == counters_of(deoptimized_frames=1)
+
+
+def test_top_frame_running_its_deopt_handler_is_not_a_deoptimized_caller() -> None:
+    # GIVEN the sample's pc itself at deoptee's deopt handler (deoptee is unpacking itself)
+    stack = Stack()
+    compiled_frame(stack, SP, DEOPTEE, 0, saved_rbp=0)
+    stack.put(SP + DEOPTEE.orig_pc_offset, at(DEOPTEE, 0x144))
+    # WHEN unwound  THEN it is named at its real pc and not counted as a deoptimized caller
+    frames, stats = unwound(sample(stack, ip=DEOPTEE.deopt_handler))
+    assert frames == [(DEOPTEE.deopt_handler, "pyproftest.Synth.deoptee [C2]")]
+    assert stats == counters_of()
+
+
+# ---- interpreted frames -------------------------------------------------------------------------------
+def recorded_method(name: str) -> int:
+    """The Method* of an interpreted frame of `name` in the recording (the word at rbp + method slot of
+    a sample whose top frame is that method, interpreted)."""
+    slot = LAYOUT_OF.jvm(None).layout.interpreter_frame_slots()["method"] * WORD
+    for s in LAYOUT_OF.samples:
+        top = [f.frames[0] for f in s.frames if f.frames[0].kind is FrameKind.INTERPRETED][:1]
+        if "top:interpreted" in s.features and top and top[0].name == name:
+            off = s.raw.bp + slot - s.raw.sp
+            return int.from_bytes(s.raw.stack[off:off + WORD], "little")
+    raise AssertionError(f"no interpreted {name} at the top of a recorded sample")
+
+
+INTERPRETED_FP = SP + 0x100
+CALLER_SP = SP + 0x180          # the compiled caller's sp: the interpreted frame's sender_sp slot
+
+
+def interpreted_stack(method_ptr: int, fp: int = INTERPRETED_FP) -> Stack:
+    """C2 `hot` (top) called by an interpreted frame (rbp frame, Method* and sender_sp in their slots),
+    called by C1 `caller` whose sp is the sender_sp slot (above fp + 16: the interpreter extended the
+    caller's frame for its locals), the end of the stack."""
+    slots = LAYOUT_OF.jvm(None).layout.interpreter_frame_slots()
+    stack = Stack()
+    compiled_frame(stack, SP, HOT, INTERPRETER.code_begin + 0x40, saved_rbp=fp)
+    stack.put(fp, 0).put(fp + WORD, at(CALLER, 0x120))
+    stack.put(fp + WORD * slots["method"], method_ptr).put(fp + WORD * slots["sender_sp"], CALLER_SP)
+    stack.put(fp + WORD * slots["bcp"], 0)
+    compiled_frame(stack, CALLER_SP, CALLER, 0, saved_rbp=0)
+    stack.put(fp + 2 * WORD + WORD * (CALLER.frame_size - 1), at(HOT, 0x222))   # where fp + 16 would lead
+    return stack
+
+
+def test_interpreted_frame_between_compiled_frames_continues_at_its_sender_sp() -> None:
+    # GIVEN a real Method* (Phases.loop, from the recorded JVM's metaspace) in an interpreted frame
+    stack = interpreted_stack(recorded_method("pyproftest.Phases.loop"))
+    frames, stats = unwound(sample(stack, ip=at(HOT, 0x80)))
+    # THEN the interpreted frame is named by its Method* (no bcp: no line), and its compiled caller is
+    # found from the sender_sp slot, not from fp + 16
+    assert frames == [(at(HOT, 0x80), "pyproftest.Synth.hot [C2]"),
+                      (INTERPRETER.code_begin + 0x40, "pyproftest.Phases.loop [interp]"),
+                      (at(CALLER, 0x120), "pyproftest.Synth.caller [C1]")]
+    assert stats == counters_of()
+
+
+def test_interpreted_frame_with_an_unreadable_method_is_a_counted_unknown() -> None:
+    # GIVEN the same stack with a Method* that points nowhere
+    frames, stats = unwound(sample(interpreted_stack(0x7F50_DEAD_0000), ip=at(HOT, 0x80)))
+    # THEN that frame is an [unknown] with its reason, and the walk goes on
+    assert frames == [(at(HOT, 0x80), "pyproftest.Synth.hot [C2]"), (0, "[unknown]"),
+                      (at(CALLER, 0x120), "pyproftest.Synth.caller [C1]")]
+    assert stats == counters_of(unknown_frames={"interpreted frame with unreadable Method*": 1})
+
+
+def test_interpreted_frame_without_a_frame_pointer_ends_the_walk() -> None:
+    # GIVEN an interpreted frame whose rbp (saved by hot) lies below its sp
+    stack = interpreted_stack(recorded_method("pyproftest.Phases.loop"))
+    compiled_frame(stack, SP, HOT, INTERPRETER.code_begin + 0x40, saved_rbp=SP + 0x8)
+    frames, stats = unwound(sample(stack, ip=at(HOT, 0x80)))
+    # THEN an [unknown] frame saying so, and an incomplete stack
+    assert frames == [(at(HOT, 0x80), "pyproftest.Synth.hot [C2]"), (0, "[unknown]")]
+    assert stats == counters_of(reached_root=0, java_reached_root=0,
+                                unknown_frames={"interpreter frame without frame pointer": 1})
+
+
+# ---- native frames ------------------------------------------------------------------------------------
+def test_native_frames_with_frame_pointers_reach_the_thread_entry() -> None:
+    # GIVEN libjvm code (frame pointers kept) in a runtime call from JavaCalls::call_helper
+    stack = Stack()
+    stack.put(HELPER_FP, 0).put(HELPER_FP + WORD, native("thread_native_entry", 0x30))
+    work_fp = SP + 0x40
+    stack.put(work_fp, HELPER_FP).put(work_fp + WORD, native("JavaCalls::call_helper", 0x40))
+    # WHEN sampled in SharedRuntime::runtime_work with rbp = its frame
+    frames, stats = unwound(sample(stack, ip=native("SharedRuntime::runtime_work"), bp=work_fp))
+    # THEN the rbp chain names each caller (looked up at return address - 1) down to the root
+    assert frames == [(native("SharedRuntime::runtime_work"), "SharedRuntime::runtime_work"),
+                      (native("JavaCalls::call_helper", 0x40), "JavaCalls::call_helper"),
+                      (native("thread_native_entry", 0x30), "thread_native_entry")]
+    assert stats == counters_of()
+
+
+def jni_stack() -> tuple[Stack, tuple[int, int, int], list[tuple[int, str]]]:
+    """C2 `hot` (called by C1 `caller`, called from the call stub) called a native method whose JNI code has
+    no frame pointers. The JavaThread's anchor recorded hot's frame when it left Java: last_Java_sp =
+    hot's sp, last_Java_pc = 0 (HotSpot leaves it 0 for compiled code: the pc is the word below sp)."""
+    stack = Stack()
+    anchor_sp = SP + 0x200
+    stack.put(anchor_sp - WORD, at(HOT, 0xA0))
+    caller_sp = compiled_frame(stack, anchor_sp, HOT, at(CALLER, 0x120), saved_rbp=0)
+    compiled_frame(stack, caller_sp, CALLER, CALL_STUB_RETURN, saved_rbp=ENTRY_FP)
+    bottom = java_entry(stack)
+    java = [(at(HOT, 0xA0), "pyproftest.Synth.hot [C2]"), (at(CALLER, 0x120), "pyproftest.Synth.caller [C1]"),
+            *bottom]
+    return stack, (anchor_sp, 0, 0x1234), java
+
+
+def test_native_code_without_frame_pointers_resumes_at_the_java_frame_anchor() -> None:
+    # GIVEN a sample in JNI code whose rbp is not a frame pointer (a small integer)
+    stack, anchor, java = jni_stack()
+    # WHEN unwound with the thread's anchor
+    frames, stats = unwound(sample(stack, ip=native("checksum_no_fp"), bp=0x1F, anchor=anchor))
+    # THEN after the native leaf the walk continues at the last Java frame, down to the thread's entry
+    assert frames == [(native("checksum_no_fp"), "checksum_no_fp"), *java]
+    assert stats == counters_of(anchor_used=1)
+
+
+def test_without_the_anchor_the_same_stack_stops_at_the_native_leaf() -> None:
+    # GIVEN the same sample without an anchor (not a Java thread's, or the anchor was not readable)
+    stack, _, _ = jni_stack()
+    frames, stats = unwound(sample(stack, ip=native("checksum_no_fp"), bp=0x1F))
+    # THEN only the leaf, an incomplete stack (still a Java thread's sample)
+    assert frames == [(native("checksum_no_fp"), "checksum_no_fp")]
+    assert stats == counters_of(reached_root=0, java_reached_root=0)
+
+
+def test_frame_pointer_chain_into_garbage_prefers_the_anchor() -> None:
+    # GIVEN JNI code whose rbp looks like a frame pointer but leads to a "return address" that is neither
+    # code-cache nor native code
+    stack, anchor, java = jni_stack()
+    bogus_fp = SP + 0x60
+    stack.put(bogus_fp, SP + 0x80).put(bogus_fp + WORD, 0x1234_5678)
+    frames, stats = unwound(sample(stack, ip=native("checksum_no_fp"), bp=bogus_fp, anchor=anchor))
+    # THEN the anchor wins over the frame-pointer step
+    assert frames == [(native("checksum_no_fp"), "checksum_no_fp"), *java]
+    assert stats == counters_of(anchor_used=1)
+
+
+def test_anchor_farther_than_any_thread_stack_is_ignored() -> None:
+    # GIVEN an anchor more than MAX_STACK_SPAN above sp (garbage, or another thread's)
+    stack, _, _ = jni_stack()
+    far = (SP + MAX_STACK_SPAN + 0x1000, 0, 0)
+    frames, stats = unwound(sample(stack, ip=native("checksum_no_fp"), bp=0x1F, anchor=far))
+    # THEN it is not used
+    assert frames == [(native("checksum_no_fp"), "checksum_no_fp")]
+    assert stats == counters_of(reached_root=0, java_reached_root=0)
+
+
+# ---- the caps -----------------------------------------------------------------------------------------
+def fp_chain_stack(frames: int) -> Stack:
+    """`frames` native frames of JavaCalls::call_helper linked by rbp from SP + 0x10, 0x20 bytes apart:
+    a chain that never ends."""
+    step = 0x20
+    stack = Stack(size=(frames + 2) * step)
+    for i in range(frames):
+        fp = SP + 0x10 + i * step
+        stack.put(fp, fp + step).put(fp + WORD, native("JavaCalls::call_helper", 0x40))
+    return stack
+
+
+def test_depth_limit_ends_an_endless_chain_with_a_counted_unknown_frame() -> None:
+    # GIVEN a frame-pointer chain longer than MAX_DEPTH
+    stack = fp_chain_stack(MAX_DEPTH + 50)
+    # WHEN unwound
+    frames, stats = unwound(sample(stack, ip=native("SharedRuntime::runtime_work"), bp=SP + 0x10))
+    # THEN MAX_DEPTH frames, then one [unknown] frame saying why
+    helper = (native("JavaCalls::call_helper", 0x40), "JavaCalls::call_helper")
+    assert frames == [(native("SharedRuntime::runtime_work"), "SharedRuntime::runtime_work"),
+                      *[helper] * (MAX_DEPTH - 1), (0, "[unknown]")]
+    assert stats == counters_of(reached_root=0, java_reached_root=0, unknown_frames={"depth limit": 1})
+
+
+def test_reads_beyond_the_copied_stack_are_bounded() -> None:
+    # GIVEN a 300-frame rbp chain of which the sample copied only the first 64 bytes; the rest is in the
+    # thread's live stack
+    stack = fp_chain_stack(300)
+    u, memory = unwinder(live_stack=stack)
+    before = memory.reads
+    # WHEN unwound
+    frames = u.unwind(sample(stack, ip=native("SharedRuntime::runtime_work"), bp=SP + 0x10, copied=64))
+    # THEN exactly LIVE_READ_LIMIT words were read live (and counted), and the walk stopped there: the
+    # leaf, two callers from the copy, then one caller per two live reads (saved rbp, return address)
+    assert memory.reads - before == LIVE_READ_LIMIT
+    assert len(frames) == 3 + LIVE_READ_LIMIT // 2
+    assert stats_of(u.stats) == counters(frames=len(frames), reached_root=0, java_reached_root=0,
+                                         live_reads=LIVE_READ_LIMIT)
+
+
+def test_rbp_below_sp_ends_the_walk() -> None:
+    # GIVEN C2 `hot` <- C1 `caller` <- the call stub, whose saved rbp points below the stack pointer
+    stack = Stack()
+    caller_sp = compiled_frame(stack, SP, HOT, at(CALLER, 0x120), saved_rbp=0)
+    compiled_frame(stack, caller_sp, CALLER, CALL_STUB_RETURN, saved_rbp=SP + 0x10)
+    # WHEN unwound
+    frames, stats = unwound(sample(stack, ip=at(HOT, 0x80)))
+    # THEN the call stub's rbp step is refused and the walk stops there, incomplete
+    assert frames == [(at(HOT, 0x80), "pyproftest.Synth.hot [C2]"),
+                      (at(CALLER, 0x120), "pyproftest.Synth.caller [C1]"),
+                      (CALL_STUB_RETURN, "[StubRoutines (initial stubs)]")]
+    assert stats == counters_of(reached_root=0, java_reached_root=0)
+
+
+def test_stack_going_backwards_is_a_counted_unknown_frame() -> None:
+    # GIVEN C2 `hot` that called into libjvm code whose rbp is garbage, and a stale anchor whose sp lies
+    # inside hot's frame: resuming there would walk back down the stack
+    stack = Stack()
+    compiled_frame(stack, SP, HOT, native("SharedRuntime::runtime_work"), saved_rbp=0x1F)
+    stack.put(SP + 0x8, at(HOT, 0x60))
+    # WHEN unwound
+    frames, stats = unwound(sample(stack, ip=at(HOT, 0x80), anchor=(SP + 0x10, 0, 0)))
+    # THEN the anchor is taken (counted) but the step back is refused with a counted unknown frame
+    assert frames == [(at(HOT, 0x80), "pyproftest.Synth.hot [C2]"),
+                      (native("SharedRuntime::runtime_work"), "SharedRuntime::runtime_work"),
+                      (0, "[unknown]")]
+    assert stats == counters_of(reached_root=0, java_reached_root=0, anchor_used=1,
+                                unknown_frames={"stack went backwards": 1})
+
+
+def test_frame_larger_than_a_mebibyte_is_refused() -> None:
+    # GIVEN a RuntimeStub whose frame size says 2 MiB (garbage), with a plausible return address there
+    huge = dataclasses.replace(RUNTIME_STUB, frame_size=(2 << 20) // WORD)
+    far = SP + WORD * huge.frame_size
+    live = {far - 2 * WORD: (0).to_bytes(8, "little") + at(HOT, 0x90).to_bytes(8, "little")}
+    u, _ = unwinder(extra_regions=live)
+    u.lookup_blob = lambda pc, _t: huge if huge.contains(pc) else None   # type: ignore[method-assign]
+    # WHEN unwound
+    frames = u.unwind(sample(Stack(), ip=huge.code_begin + 0x10))
+    # THEN the step is refused as the stack going backwards (a frame larger than MAX_FRAME_BYTES)
+    assert described(frames) == [(huge.code_begin + 0x10, "[_new_array_Java]"), (0, "[unknown]")]
+    assert stats_of(u.stats) == counters(frames=2, reached_root=0, java_reached_root=0, live_reads=2,
+                                         unknown_frames={"stack went backwards": 1})
+
+
+def test_sample_without_user_registers_is_one_unknown_frame() -> None:
+    # GIVEN a sample of an exiting thread: no user registers (sp 0)
+    u, _ = unwinder()
+    s = dataclasses.replace(sample(Stack(), ip=0), sp=0, stack=b"")
+    # WHEN unwound  THEN one counted unknown frame
+    assert described(u.unwind(s)) == [(0, "[unknown]")]
+    assert stats_of(u.stats) == counters(frames=1, reached_root=0, java_samples=0, java_reached_root=0,
+                                         unknown_frames={"no user registers": 1})
