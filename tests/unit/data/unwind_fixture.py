@@ -35,7 +35,7 @@ from typing import Any, Optional
 from pyprof.errors import MemoryReadError
 from pyprof.hotspot.codecache import BlobKind, CodeBlobInfo
 from pyprof.hotspot.jvm import HotSpotJvm
-from pyprof.hotspot.layout import Layout
+from pyprof.hotspot.layout import JvmVersion, Layout
 from pyprof.hotspot.method import MethodInfo, MethodResolver
 from pyprof.hotspot.vmstructs import FieldEntry, TypeEntry, VMStructs
 from pyprof.model import FrameKind, LogicalFrame, Mapping, PhysicalFrame
@@ -81,11 +81,10 @@ class Recording:
 
     def jvm(self, memory) -> HotSpotJvm:
         """A HotSpotJvm over replayed memory: the recorded layout; nothing else of the process exists."""
-        layout = Layout(self.vm)
-        layout.major = self.jdk
+        layout = Layout(self.vm, JvmVersion(self.jdk, self.release))
         return HotSpotJvm(pid=0, reader=Reader(memory), memory=None, libjvm_path="",  # type: ignore[arg-type]
                           libjvm_open_path="", libjvm_base=0, libjvm_entries=[], symbols=None,  # type: ignore[arg-type]
-                          vm=self.vm, layout=layout, release=self.release, major=self.jdk)
+                          vm=self.vm, layout=layout)
 
     def lookup_blob(self, pc: int, _time_ns: int = 0) -> Optional[CodeBlobInfo]:
         """The recorded answer of the live code-cache map for `pc`."""
