@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import click
 
-from pyprof.cli.common import PID, emit_json, resolve_output
+from pyprof.cli.common import PID, emit_json, require_privileges, resolve_output
 from pyprof.errors import MemoryReadError, PyprofError, UsageError
 from pyprof.lru import cache_stats
 from pyprof.model import ProfileData
@@ -24,6 +24,7 @@ from pyprof.reporters import write_report
 from pyprof.sampling.unwind import UnwindStats
 from pyprof.session.runloop import DURATION, StopSignals, run_until_stopped
 from pyprof.session.session import ProfileOptions, ProfileSession
+from pyprof.symbols.kernel import KernelSymbols
 
 JVM_READY = "jvm ready"
 
@@ -174,6 +175,9 @@ def _announce(session: ProfileSession, duration: Optional[float]) -> None:
     if session.degraded_code_map:
         click.echo(f"pyprof: note: no live code-cache probes ({session.degraded_code_map}); new JIT code is "
                    "found through the JVM's segment map instead", err=True)
+    if not KernelSymbols.shared().available:
+        click.echo("pyprof: note: kernel frames are not named: /proc/kallsyms shows this process no "
+                   "addresses (needs CAP_SYSLOG, and kernel.kptr_restrict below 2)", err=True)
 
 
 @click.command("attach")
@@ -189,6 +193,7 @@ def attach(pid: int, duration: Optional[float], use_agent: bool, output: Optiona
     """Profile the running JVM PID: no agent needed, no JVM flags, the target never stops."""
     output, fmt = resolve_output(output, fmt, pid)
     options = ProfileOptions(rate_hz=rate, stack_bytes=stack_bytes, force=force, agent=use_agent)
+    require_privileges(pid)
     with StopSignals() as stop:
         session = ProfileSession.attach(pid, options)
         _announce(session, duration)
@@ -219,6 +224,7 @@ def record(duration: Optional[float], output: Optional[str], fmt: Optional[str],
         from pyprof.agent.jar import agent_command
 
         command = agent_command(command)
+    require_privileges()
     session = ProfileSession(0, ProfileOptions(rate_hz=rate, stack_bytes=stack_bytes, force=force))
     with StopSignals() as stop:
         # The sampler is compiled and attached *before* the JVM starts, so its first instruction is seen.

@@ -30,6 +30,20 @@ class PidType(click.ParamType):
 PID = PidType()
 
 
+def require_privileges(pid: Optional[int] = None, host_wide: bool = False) -> None:
+    """Before any BPF is compiled: PermissionDenied naming each missing capability (one line, exit 6)
+    instead of a bcc error in the middle of start-up. `host_wide` (the daemon) needs what reading any
+    user's JVM needs; one target needs it only when it belongs to another user."""
+    from pyprof.procfs import capabilities
+
+    if host_wide:
+        capabilities.require(*capabilities.REQUIRED, why="pyprof daemon (every JVM of every user)")
+        return
+    capabilities.require("CAP_BPF", "CAP_PERFMON", "CAP_SYS_PTRACE", why="profiling")
+    if pid is not None:
+        capabilities.require_target_access(pid)
+
+
 def parse_address(text: str) -> int:
     """An address as jcmd, perf and gdb print them: hex, with or without 0x."""
     t = text.strip().lower()

@@ -8,6 +8,7 @@ from typing import Optional
 
 import click
 
+from pyprof.cli.common import require_privileges
 from pyprof.errors import UsageError
 
 DEFAULT_OUT = "/var/lib/pyprof"
@@ -28,6 +29,15 @@ def _queue(kind: str, url: str, credentials_file: Optional[str], ca: Optional[st
     endpoint = Endpoint(url, load_credentials(credentials_file, prefix), ca_file=ca)
     sink = PyroscopeSink(endpoint) if kind == "push" else OtlpSink(endpoint)
     return DeliveryQueue(sink, log=log, on_settled=lambda window_id: store.mark_settled(sink.name, window_id))
+
+
+def _log_missing_optional(daemon_loop) -> None:
+    """One line per optional capability the daemon runs without, and what it does instead."""
+    from pyprof.procfs import capabilities
+
+    for use in capabilities.USES:
+        if not use.required and not capabilities.has(use.capability):
+            daemon_loop.log("capability-missing", capability=use.capability, without=use.without)
 
 
 @click.command("daemon")
@@ -74,7 +84,9 @@ def daemon(out: str, interval: float, rate: int, pids: tuple[int, ...], match: O
 
     rules = tuple(ServiceRule.parse(text) for text in services)
     selection = Selection.parse(pids, match, exclude)
-    store = Store.open(out, Retention.parse(retention))
+    retention_rule = Retention.parse(retention)
+    require_privileges(host_wide=True)
+    store = Store.open(out, retention_rule)
     host = HostProfiler(rate_hz=rate, stack_bytes=stack_bytes, force=force)
     daemon_loop = Daemon(host, JvmScanner(selection, rules), [], interval_s=interval)
     queues = []
@@ -84,6 +96,7 @@ def daemon(out: str, interval: float, rate: int, pids: tuple[int, ...], match: O
                 raise UsageError(f"--{kind} {url}: expected an http:// or https:// URL")
             queues.append(_queue(kind, url, creds, ca,
                                  lambda line, kind=kind: daemon_loop.log(f"{kind}", message=line), store))
+    _log_missing_optional(daemon_loop)
     store_sink = StoreSink(store, queues)
     daemon_loop.sinks.append(store_sink)
     resumed = store_sink.resume()

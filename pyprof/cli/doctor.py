@@ -32,6 +32,14 @@ def system_lines() -> list[Line]:
     return out
 
 
+def capability_lines() -> list[Line]:
+    """One line per capability pyprof uses (least privilege: docs/deploy/README.md)."""
+    from pyprof.kernel import features
+
+    return [Line(check.name, "ok" if check.ok else ("missing" if check.required else "warn"), check.detail,
+                 check.fix, check.required) for check in features.capability_checks()]
+
+
 def jvm_lines(pid: int) -> list[Line]:
     from pyprof.hotspot.codecache import CodeCache
     from pyprof.hotspot.jvm import TESTED_MAJORS, HotSpotJvm
@@ -88,7 +96,7 @@ def _jvm_fix(error: PyprofError) -> str:
     return {
         "NoSuchProcess": "check the pid (`jps -l` or `pgrep java`)",
         "NotAJvm": "point pyprof at the java process itself",
-        "PermissionDenied": "run as root (sudo) or with CAP_SYS_PTRACE + CAP_BPF + CAP_PERFMON",
+        "PermissionDenied": "run as root, or grant the capability named (docs/deploy/README.md)",
         "UnsupportedJvm": "pyprof reads HotSpot JDK 11 and later (tested on 11, 17, 21 and 25)",
     }.get(name, "")
 
@@ -99,6 +107,7 @@ def _jvm_fix(error: PyprofError) -> str:
 def doctor(pid: Optional[int], as_json: bool) -> None:
     """Check what pyprof needs on this machine (and for JVM PID), with the fix for anything missing."""
     lines = system_lines()
+    lines += capability_lines()
     if pid is not None:
         lines += jvm_lines(pid)
     failed = [line for line in lines if line.status == "missing" and line.required]

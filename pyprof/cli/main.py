@@ -8,7 +8,7 @@ import sys
 import click
 
 from pyprof import __version__
-from pyprof.errors import PyprofError
+from pyprof.errors import PermissionDenied, PyprofError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -36,6 +36,13 @@ def _register_commands() -> None:
         cli.add_command(command)
 
 
+def _permission_message(error: PermissionError) -> str:
+    from pyprof.procfs import capabilities
+
+    what = str(error.filename) if error.filename else "an operation"
+    return str(capabilities.denied(what, *capabilities.REQUIRED))
+
+
 def main(argv: list[str] | None = None) -> int:
     _register_commands()
     try:
@@ -47,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except click.exceptions.Exit as e:
         return e.exit_code
+    except PermissionError as e:
+        # a refusal no layer below explained: still one line, exit 6, and the capability it most
+        # likely means (what pyprof needs and this process lacks)
+        click.echo(f"pyprof: error: {_permission_message(e)}", err=True)
+        return PermissionDenied.exit_code
     except click.UsageError as e:
         # one line, like every other error; the command's --help is named for the rest
         where = e.ctx.command_path if e.ctx is not None else "pyprof"

@@ -18,7 +18,7 @@ from typing import Optional
 
 import click
 
-from pyprof.cli.common import PID, resolve_output
+from pyprof.cli.common import PID, require_privileges, resolve_output
 from pyprof.model import ProfileData, StackKey
 from pyprof.reporters import write_report
 from pyprof.reporters.aggregate import FrameTable, compile_regex, thread_label
@@ -275,6 +275,7 @@ def top(pid: int, rate: int, duration: Optional[float], interval: float, sort: s
     live_top = LiveTop(tiers=not no_tiers, thread=thread)   # validates --thread before any BPF work
     state = ViewState(sort=sort, per_thread=per_thread)
     options = ProfileOptions(rate_hz=rate, stack_bytes=stack_bytes, force=force)
+    require_privileges(pid)
     with StopSignals() as stop:
         session = ProfileSession.attach(pid, options)
         try:

@@ -14,6 +14,7 @@ from typing import Callable, Optional
 from pyprof.errors import SourceUnavailable
 from pyprof.hotspot.jvm import HotSpotJvm
 from pyprof.kernel.bpf_loader import close_bpf, detach_uprobes, load_bpf
+from pyprof.kernel.features import uprobes_permitted
 
 
 class NmethodEvent(ctypes.Structure):
@@ -47,6 +48,9 @@ class NmethodProbes:
     def attach(self, jvm: HotSpotJvm, symbols: dict[str, list[str]], handler: EventHandler) -> int:
         """Attach every handler -> libjvm symbols of `symbols` for this JVM only; returns probes attached.
         SourceUnavailable when one cannot be attached (the ones attached so far are removed)."""
+        if not uprobes_permitted():   # ask first: bcc would print its tracefs fallback's failure
+            raise SourceUnavailable("uprobes on libjvm need CAP_SYS_ADMIN on this kernel: its perf uprobe "
+                                    "PMU refuses CAP_PERFMON")
         bpf = self._program()
         before = set(bpf.uprobe_fds)
         self._handlers[jvm.pid] = handler

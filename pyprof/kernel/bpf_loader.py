@@ -11,8 +11,9 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from pyprof.errors import MissingKernelFeature, PermissionDenied
+from pyprof.errors import MissingKernelFeature
 from pyprof.kernel import kheaders
+from pyprof.procfs import capabilities
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 
@@ -33,8 +34,10 @@ def _compile(**kwargs):
         return bcc.BPF(**kwargs)
     except Exception as e:  # bcc raises plain Exception for compile and load errors
         text = str(e)
-        if "Operation not permitted" in text or "Permission denied" in text:
-            raise PermissionDenied("loading BPF needs root (or CAP_BPF + CAP_PERFMON)") from e
+        # bcc prints the kernel's EPERM and raises a bare "Failed to compile": our capabilities decide
+        if "Operation not permitted" in text or "Permission denied" in text or \
+                capabilities.missing("CAP_BPF", "CAP_PERFMON"):
+            raise capabilities.denied("loading BPF", "CAP_BPF", "CAP_PERFMON") from e
         hint = "" if kheaders.status().ok else " (kernel headers missing: run `make setup`)"
         raise MissingKernelFeature(f"BPF: cannot compile/load: {text.splitlines()[0] if text else e}"
                                    f"{hint}") from e

@@ -85,14 +85,16 @@ def has_capability(cap: int) -> bool:
 
 
 def check_privileges() -> Check:
-    caps = _capabilities()
-    bpf_ok = bool(caps >> CAP_SYS_ADMIN & 1) or bool(caps >> CAP_BPF & 1 and caps >> CAP_PERFMON & 1)
-    ptrace_ok = bool(caps >> CAP_SYS_PTRACE & 1)
-    ok = bpf_ok and ptrace_ok
+    """What sampling needs (the capabilities of each other use: capability_checks)."""
+    from pyprof.procfs import capabilities
+
+    needed = ("CAP_BPF", "CAP_PERFMON", "CAP_SYS_PTRACE")
+    lacking = capabilities.missing(*needed)
     who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
-    return Check("privileges", ok, f"{who}, BPF {'ok' if bpf_ok else 'missing'}, "
-                 f"ptrace-read {'ok' if ptrace_ok else 'missing'}",
-                 "" if ok else "run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE")
+    have = f"missing {', '.join(lacking)}" if lacking else ", ".join(needed) + " effective"
+    return Check("privileges", not lacking, f"{who}, {have}",
+                 "" if not lacking else f"run as root, or grant {', '.join(capabilities.REQUIRED)} "
+                 f"(see {capabilities.DOCS})")
 
 
 class _PerfEventAttr(ctypes.Structure):
@@ -178,3 +180,53 @@ def require_sampling(force: bool = False) -> None:
     copy = check_stack_copy_safe()
     if not copy.ok and not force:
         raise MissingKernelFeature(f"{copy.detail}: {copy.fix}")
+
+
+# ---- least privilege: one line per capability pyprof uses (docs/deploy/README.md) -------------------
+
+def capability_checks() -> list[Check]:
+    """Each capability pyprof uses: effective or not, what it is for, what pyprof does without it."""
+    from pyprof.procfs import capabilities
+
+    mask = capabilities.effective_mask()
+    out = []
+    for use in capabilities.USES:
+        ok = capabilities.has(use.capability, mask)
+        detail = use.purpose if ok else f"missing: {use.without}"
+        fix = "" if ok else f"grant {use.capability}" + ("" if use.required else " (optional)")
+        out.append(Check(use.capability, ok, detail, fix, use.required))
+    return out
+
+
+class _UprobeAttr(ctypes.Structure):
+    """perf_event_attr up to config2 (PERF_ATTR_SIZE_VER1): config1 is the uprobe's path."""
+    _fields_ = [("type", ctypes.c_uint32), ("size", ctypes.c_uint32), ("config", ctypes.c_uint64),
+                ("sample_period", ctypes.c_uint64), ("sample_type", ctypes.c_uint64),
+                ("read_format", ctypes.c_uint64), ("flags", ctypes.c_uint64),
+                ("wakeup_events", ctypes.c_uint32), ("bp_type", ctypes.c_uint32),
+                ("config1", ctypes.c_uint64), ("config2", ctypes.c_uint64)]
+
+
+_uprobes_permitted: bool | None = None
+
+
+def uprobes_permitted() -> bool:
+    """Whether the perf uprobe PMU accepts this process (CAP_SYS_ADMIN on 6.18; CAP_PERFMON on some
+    older kernels). Asks the kernel with a uprobe on an empty path: the PMU checks the capability
+    first (EACCES) and only then looks the path up (ENOENT), so nothing is ever created."""
+    global _uprobes_permitted
+    if _uprobes_permitted is None:
+        try:
+            pmu_type = int(_read("/sys/bus/event_source/devices/uprobe/type"))
+        except ValueError:
+            _uprobes_permitted = False
+            return False
+        path = ctypes.create_string_buffer(b"")
+        attr = _UprobeAttr(type=pmu_type, size=ctypes.sizeof(_UprobeAttr), config1=ctypes.addressof(path),
+                           flags=1)   # disabled
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = libc.syscall(298, ctypes.byref(attr), os.getpid(), -1, -1, 0)   # perf_event_open
+        if fd >= 0:
+            os.close(fd)
+        _uprobes_permitted = fd >= 0 or ctypes.get_errno() not in (1, 13)   # EPERM, EACCES
+    return _uprobes_permitted

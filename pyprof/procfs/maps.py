@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
-from pyprof.errors import NoSuchProcess, PermissionDenied
+from pyprof.errors import NoSuchProcess
+from pyprof.procfs.capabilities import denied
 
 MAX_MAPS_BYTES = 64 * 1024 * 1024  # a JVM has a few thousand lines; this only guards against abuse
 
@@ -63,7 +64,7 @@ def read_maps(pid: int) -> list[MapEntry]:
     except (FileNotFoundError, ProcessLookupError) as e:   # ESRCH: its memory is being torn down
         raise NoSuchProcess(f"no such process: {pid}") from e
     except PermissionError as e:
-        raise PermissionDenied(f"cannot read /proc/{pid}/maps: run as root (or with CAP_SYS_PTRACE)") from e
+        raise denied(f"cannot read /proc/{pid}/maps", "CAP_SYS_PTRACE") from e
     entries = (parse_maps_line(line) for line in data.decode("utf-8", "replace").splitlines())
     return [e for e in entries if e is not None]
 
@@ -85,6 +86,10 @@ def open_mapped_file(pid: int, entries: list[MapEntry]) -> tuple[str, os.PathLik
             return "map_files", candidate
     path = entries[0].path
     root_path = Path(f"/proc/{pid}/root") / path.lstrip("/")
-    if root_path.exists():
+    try:
+        reachable = root_path.exists()
+    except PermissionError as e:   # /proc/PID/root of another user's process
+        raise denied(f"cannot open /proc/{pid}/root", "CAP_SYS_PTRACE") from e
+    if reachable:
         return "root", str(root_path)
     return "path", path

@@ -11,7 +11,8 @@ import os
 import struct
 from typing import Protocol
 
-from pyprof.errors import MemoryReadError, NoSuchProcess, PermissionDenied
+from pyprof.errors import MemoryReadError, NoSuchProcess
+from pyprof.procfs.capabilities import memory_denied
 
 MAX_READ = 16 * 1024 * 1024   # no single read of target memory larger than this
 MAX_CSTRING = 4096            # C strings in HotSpot's tables are short; longer means garbage
@@ -48,9 +49,7 @@ class ProcessMemory:
         except (FileNotFoundError, ProcessLookupError) as e:   # ESRCH: exited, or exec replaces its mm
             raise NoSuchProcess(f"no such process: {pid}") from e
         except PermissionError as e:
-            raise PermissionDenied(
-                f"cannot read memory of process {pid}: run as root (or with CAP_SYS_PTRACE)"
-            ) from e
+            raise memory_denied(pid) from e
         self.reads = 0
         self.bytes_read = 0
 
