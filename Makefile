@@ -22,10 +22,10 @@ test: setup
 	@bash scripts/run-tests.sh
 
 # The core subset of the suite on each kernel of the matrix (Debian 6.1, 6.12, 5.10 in TCG VMs, and the
-# host's kernel); one line per kernel. Downloads and caches kernels under /var/cache/pyprof-kernels.
-# KERNELS=debian-6.12,host runs a subset (docs/kernels.md).
+# host's kernel); one line per kernel. Downloads and caches kernels under /var/lib/pyprof-kernels.
+# KERNELS=debian-6.12,host runs a subset; KERNEL_BUDGET=SECONDS starts no VM that would not fit (docs/kernels.md).
 test-kernels: setup
-	$(PY) scripts/kernels/matrix.py $(if $(KERNELS),--only $(KERNELS))
+	$(PY) scripts/kernels/matrix.py $(if $(KERNELS),--only $(KERNELS)) $(if $(KERNEL_BUDGET),--budget $(KERNEL_BUDGET))
 
 test-fast: setup
 	$(PY) -m pytest -q tests/unit
