@@ -17,9 +17,9 @@ SUDO=""
 # --- Debian packages -------------------------------------------------------------------------
 need_pkgs=()
 # chromium and tmux: the flame graph is tested in real headless Chromium, `pyprof top` in a real terminal;
-# qemu-system-x86 and busybox-static: virtme-ng boots the kernels of `make test-kernels` with them
+# qemu-system-x86, busybox-static and kmod (depmod): virtme-ng boots the kernels of `make test-kernels`
 for p in python3-bpfcc linux-headers-amd64 openjdk-17-jdk-headless golang-go python3-venv python3-pip \
-         chromium tmux qemu-system-x86 busybox-static; do
+         chromium tmux qemu-system-x86 busybox-static kmod; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

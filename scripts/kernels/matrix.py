@@ -159,9 +159,14 @@ def prepare(kernel: Kernel) -> Prepared:
             subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], check=True, timeout=600)
     # vng links /lib/modules/RELEASE to the modules next to the image; bcc finds the headers there too
     # (build: the arch-specific part, source: Debian's -common part, as linux-headers-* installs them)
+    # (Debian 13's packages install under usr/lib/modules, older ones under lib/modules)
     common = sorted(headers.parent.glob("linux-headers-*-common"))
+    candidates = (tree / "lib" / "modules" / release, tree / "usr" / "lib" / "modules" / release)
+    modules = next((d for d in candidates if d.is_dir()), None)
+    if modules is None:
+        raise RuntimeError(f"{image} has no modules directory for {release}")
     for link, target in (("build", headers), ("source", common[-1] if common else headers)):
-        path = tree / "lib" / "modules" / release / link
+        path = modules / link
         if path.is_symlink() and path.resolve() != target.resolve():
             path.unlink()
         if not path.is_symlink():
