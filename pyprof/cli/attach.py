@@ -43,8 +43,9 @@ def _common_options(f):
     f = click.option("--stack-bytes", type=click.IntRange(1024, 65536), default=32768, show_default=True,
                      help="bytes of user stack copied per sample")(f)
     f = click.option("--json", "as_json", is_flag=True, help="print the summary as JSON on stdout")(f)
-    f = click.option("--force", is_flag=True,
-                     help="sample even on kernels with known BPF stack-copy problems (5.19-6.1)")(f)
+    f = click.option("--allow-unsafe-kernel", "--force", "force", is_flag=True,
+                     help="sample even on a kernel whose BPF user-memory reads can freeze it "
+                          "(5.19-6.3 without the fix; docs/kernels.md); --force is the old name")(f)
     f = click.option("--no-progress", is_flag=True, help="no progress line")(f)
     f = click.option("-v", "--verbose", is_flag=True,
                      help="also report the caches (entries, hits, misses, evictions) in the summary")(f)

@@ -105,7 +105,12 @@ def _jvm_fix(error: PyprofError) -> str:
 @click.argument("pid", type=PID, required=False)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def doctor(pid: Optional[int], as_json: bool) -> None:
-    """Check what pyprof needs on this machine (and for JVM PID), with the fix for anything missing."""
+    """Check what pyprof needs on this machine (and for JVM PID), with the fix for anything missing.
+
+    A kernel older than the minimum is one line and exit 7: nothing else matters until it changes."""
+    from pyprof.kernel import features
+
+    features.require_minimum_kernel()
     lines = system_lines()
     lines += capability_lines()
     if pid is not None:

@@ -259,8 +259,9 @@ def _render_plain(pid: int, rates: Rates, snap: LiveSnapshot, state: ViewState, 
               help="also write the whole profile here when top ends (format from the extension)")
 @click.option("--stack-bytes", type=click.IntRange(1024, 65536), default=32768, show_default=True,
               help="bytes of user stack copied per sample")
-@click.option("--force", is_flag=True,
-              help="sample even on kernels with known BPF stack-copy problems (5.19-6.1)")
+@click.option("--allow-unsafe-kernel", "--force", "force", is_flag=True,
+              help="sample even on a kernel whose BPF user-memory reads can freeze it "
+                   "(5.19-6.3 without the fix; docs/kernels.md); --force is the old name")
 def top(pid: int, rate: int, duration: Optional[float], interval: float, sort: str, per_thread: bool,
         thread: Optional[str], limit: Optional[int], no_tiers: bool, output: Optional[str], stack_bytes: int,
         force: bool) -> None:

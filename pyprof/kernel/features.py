@@ -9,15 +9,12 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
-import re
 from dataclasses import dataclass
 from typing import Callable
 
 from pyprof.errors import MissingKernelFeature, PermissionDenied
-from pyprof.kernel import kheaders
+from pyprof.kernel import kheaders, requirements, safety
 
-MIN_KERNEL = (5, 15)          # BPF ring buffer (5.8), bpf_task_pt_regs (5.15)
-FREEZE_RANGE = ((5, 19), (6, 2))   # copy_from_user_nofault from BPF could freeze (Debian #1033398)
 CAP_PERFMON, CAP_BPF, CAP_SYS_PTRACE, CAP_SYS_ADMIN = 38, 39, 19, 21
 
 
@@ -30,25 +27,36 @@ class Check:
     required: bool = True
 
 
-def kernel_version(release: str | None = None) -> tuple[int, int]:
-    m = re.match(r"(\d+)\.(\d+)", release or platform.release())
-    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+def minimum_kernel_problem() -> str:
+    """One line naming what this kernel lacks of pyprof's minimum, or "" when it has it all."""
+    version, source = requirements.upstream_version()
+    missing = [f for f in requirements.missing_features(version) if f.required]
+    if not missing:
+        return ""
+    first = missing[0]
+    return (f"Linux {requirements.format_version(version)} ({platform.release()}, from {source}) is older "
+            f"than {requirements.format_version(requirements.MIN_KERNEL)}, the oldest pyprof supports: "
+            f"it lacks {first.name} (Linux {requirements.format_version(first.since)}+, for {first.used_for})"
+            + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+
+
+def require_minimum_kernel() -> None:
+    problem = minimum_kernel_problem()
+    if problem:
+        raise MissingKernelFeature(problem)
 
 
 def check_kernel() -> Check:
-    version = kernel_version()
-    ok = version >= MIN_KERNEL
-    return Check("kernel", ok, f"{platform.release()} ({platform.machine()})",
-                 "" if ok else f"pyprof needs Linux >= {MIN_KERNEL[0]}.{MIN_KERNEL[1]} on x86_64")
+    problem = minimum_kernel_problem()
+    minimum = requirements.format_version(requirements.MIN_KERNEL)
+    return Check("kernel", not problem, problem or f"{platform.release()} ({platform.machine()}), "
+                 f"minimum {minimum}", "" if not problem else f"pyprof needs Linux >= {minimum} on x86_64")
 
 
 def check_stack_copy_safe() -> Check:
-    version = kernel_version()
-    risky = FREEZE_RANGE[0] <= version < FREEZE_RANGE[1]
-    return Check("BPF user-stack copy", not risky,
-                 "kernel with the known copy_from_user_nofault freeze (5.19-6.1)" if risky
-                 else "no known problem on this kernel",
-                 "upgrade the kernel, or pass --force to sample anyway" if risky else "")
+    decision = safety.running_kernel_decision()
+    return Check("kernel safety (BPF reads)", decision.safe, decision.detail,
+                 "" if decision.safe else safety.ALLOW_HINT)
 
 
 def check_arch() -> Check:
@@ -78,10 +86,6 @@ def _capabilities() -> int:
     except OSError:
         pass
     return 0
-
-
-def has_capability(cap: int) -> bool:
-    return bool(_capabilities() >> cap & 1)
 
 
 def check_privileges() -> Check:
@@ -170,16 +174,16 @@ def run_all() -> list[Check]:
     return out
 
 
-def require_sampling(force: bool = False) -> None:
-    """Raise the one error that explains why sampling cannot run here (before compiling anything)."""
-    for check in (check_arch, check_kernel, check_privileges, check_bcc, check_headers):
+def require_sampling(allow_unsafe_kernel: bool = False) -> safety.SafetyDecision:
+    """Raise the one error that explains why sampling cannot run here (before compiling anything);
+    else return the kernel-safety decision (unsafe only when the user allowed it)."""
+    require_minimum_kernel()
+    for check in (check_arch, check_privileges, check_bcc, check_headers):
         result = check()
         if not result.ok:
             error = PermissionDenied if check is check_privileges else MissingKernelFeature
             raise error(f"{result.name}: {result.detail}; fix: {result.fix}")
-    copy = check_stack_copy_safe()
-    if not copy.ok and not force:
-        raise MissingKernelFeature(f"{copy.detail}: {copy.fix}")
+    return safety.require_safe_kernel(allow_unsafe_kernel)
 
 
 # ---- least privilege: one line per capability pyprof uses (docs/deploy/README.md) -------------------

@@ -90,11 +90,14 @@ def decode_sample(data: int, size: int) -> RawSample:
 
 
 class Sampler:
-    def __init__(self, pid: int, rate_hz: int = 99, stack_bytes: int = 32768, force: bool = False) -> None:
+    def __init__(self, pid: int, rate_hz: int = 99, stack_bytes: int = 32768, force: bool = False,
+                 allow_unsafe_kernel: bool = False) -> None:
         self.pid = pid
         self.rate_hz = rate_hz
         self.stack_bytes = stack_window(stack_bytes)
-        self.force = force
+        # `force` is the old name of allow_unsafe_kernel (kept: `--force` is its alias on the CLI)
+        self.allow_unsafe_kernel = allow_unsafe_kernel or force
+        self.kernel_safety = None
         self._bpf = None
         self._pending: list[RawSample] = []
         self._callback = None
@@ -103,7 +106,7 @@ class Sampler:
     def start(self) -> None:
         """Compile, load and attach; samples flow once a target pid is set (the constructor's, or
         set_target() later: `record` attaches before it starts the JVM)."""
-        features.require_sampling(force=self.force)
+        self.kernel_safety = features.require_sampling(allow_unsafe_kernel=self.allow_unsafe_kernel)
         if self.pid:
             require_running(self.pid)
         from bcc import PerfSWConfig, PerfType

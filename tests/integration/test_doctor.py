@@ -20,9 +20,12 @@ def test_doctor_on_a_ready_machine_is_all_ok() -> None:
     report = json.loads(done.stdout)
     names = {c["name"]: c for c in report["checks"]}
     assert report["ok"] is True
-    for name in ("kernel", "privileges", "perf events (cpu-clock)", "bcc", "kernel headers (bcc)",
-                 "BPF compile + load"):
+    for name in ("kernel", "kernel safety (BPF reads)", "privileges", "perf events (cpu-clock)", "bcc",
+                 "kernel headers (bcc)", "BPF compile + load"):
         assert names[name]["status"] == "ok", names[name]
+    # AND the kernel lines say the minimum and why this kernel is safe (6.18: by its version)
+    assert "minimum 5.15.0" in names["kernel"]["detail"]
+    assert "outside the affected versions" in names["kernel safety (BPF reads)"]["detail"]
 
 
 @pytest.mark.jvm
