@@ -50,7 +50,6 @@ class HostProfiler:
         self.targets: dict[int, HostTarget] = {}
         self.counters = HostCounters()
         self._threads_refreshed = 0.0
-        self._pushed_anchors: dict[int, tuple[int, int, int, int]] = {}
 
     def start(self) -> None:
         """Compile and attach the one sampler (no targets yet)."""
@@ -121,16 +120,17 @@ class HostProfiler:
         """Re-read every target's threads; push the union of their anchors to the one BPF map (tids are
         unique across the host)."""
         self._threads_refreshed = time.monotonic()
-        anchors: dict[int, tuple[int, int, int, int]] = {}
+        changed = force
         for host_target in self.targets.values():
             try:
-                host_target.target.threads.refresh()
-                anchors.update(host_target.target.threads.anchor_addresses())
+                changed |= host_target.target.threads.refresh()
             except (MemoryReadError, NoSuchProcess, OSError):
                 continue   # a JVM on its way out: the next scan closes it
-        if force or anchors != self._pushed_anchors:
+        if changed:
+            anchors: dict[int, tuple[int, int, int, int]] = {}
+            for host_target in self.targets.values():
+                anchors.update(host_target.target.threads.anchor_addresses())
             self.sampler.set_java_threads(anchors)
-            self._pushed_anchors = anchors
 
     # ---- windows ---------------------------------------------------------------------------------
     def _new_window(self, target: JvmTarget) -> ProfileData:

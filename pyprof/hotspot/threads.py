@@ -9,8 +9,9 @@ thread that left Java (into the VM, a JNI library or a blocking call) last was i
 sampler reads it at the moment of each sample (anchor_addresses()); the unwinder resumes Java
 unwinding there when native frames have no usable frame pointers.
 
-Whoever owns a JavaThreads refreshes it (the profiling session, every 0.5 s); lookups never read the
-target, so they are safe on the per-sample path.
+Whoever owns a JavaThreads refreshes it (the profiling session, every 0.5 s); a refresh of an unchanged
+thread set reads one pointer. Lookups never read the target (name() reads one thread's name, and its
+callers cache it), so they are safe on the per-sample path.
 """
 
 from __future__ import annotations
@@ -24,14 +25,24 @@ from pyprof.procfs.process import host_tids, namespace_pid
 
 MAX_THREADS = 100_000
 
+
 class JavaThreads:
+    """The JVM's threads, read incrementally: a refresh costs one or two reads while the thread set is
+    unchanged (SMR: the ThreadsList pointer is replaced whenever a thread starts or ends), and a few
+    reads per thread that started since the last refresh. Idle threads cost nothing; names are read when
+    asked for (only sampled threads are), not at every refresh."""
+
     def __init__(self, jvm: HotSpotJvm) -> None:
         self.jvm = jvm
         self.r = jvm.reader
         self.lay = jvm.layout
-        self._by_tid: dict[int, int] = {}
-        self._names: dict[int, str] = {}
-        self._stack_bases: dict[int, int] = {}
+        self._by_tid: dict[int, int] = {}               # host tid -> JavaThread*
+        self._tid_of: dict[int, int] = {}               # JavaThread* -> host tid (as last read)
+        self._stack_bases: dict[int, int] = {}          # host tid -> stack base
+        self._list: Optional[list[int]] = None          # the JavaThread*s of the last refresh
+        self._list_address = 0                          # the SMR ThreadsList they came from
+        self._anchors: dict[int, tuple[int, int, int, int]] = {}
+        self.changes = 0                                # bumped whenever the thread set changes
         # A JVM in its own pid namespace (a container) knows its threads by that namespace's tids; the
         # kernel, BPF and /proc speak host tids.
         self._namespaced = namespace_pid(jvm.pid) != jvm.pid
@@ -40,17 +51,31 @@ class JavaThreads:
         self.available = self.lay.supports("Java threads")
         self._smr = self.lay.has("ThreadsSMRSupport._java_thread_list")
 
-    def refresh(self) -> None:
+    def refresh(self) -> bool:
+        """Re-read the thread list; True when the set of threads changed."""
         if not self.available:
-            return
-        lay = self.lay
+            return False
         try:
-            threads = self._smr_list() if self._smr else self._linked_list()
+            if self._smr:
+                address = self.r.ptr(self.lay["ThreadsSMRSupport._java_thread_list"].address)
+                if address == self._list_address and self._list is not None:
+                    return False            # the same ThreadsList: no thread started or ended
+                threads = self._smr_list(address)
+            else:
+                address, threads = 0, self._linked_list()
         except MemoryReadError:
-            return
-        if threads is None:
-            return
-        by_tid = {}
+            return False
+        if threads is None or threads == self._list:
+            return False
+        self._update(threads)
+        self._list, self._list_address = threads, address
+        return True
+
+    def _update(self, threads: list[int]) -> None:
+        """Read what is new: tid and stack base of threads not seen before, and the tid again of threads
+        seen before (when the list changes, a JavaThread* of an exited thread may have been reused)."""
+        lay = self.lay
+        by_ns_tid: dict[int, int] = {}
         for thread in threads:
             try:
                 osthread = self.r.ptr(thread + lay.offset("JavaThread._osthread"))
@@ -58,12 +83,17 @@ class JavaThreads:
             except MemoryReadError:
                 continue
             if tid > 0:
-                by_tid[tid] = thread
-        if self._namespaced:
-            by_tid = self._to_host_tids(by_tid)
+                by_ns_tid[tid] = thread
+        by_tid = self._to_host_tids(by_ns_tid) if self._namespaced else by_ns_tid
+        bases = {tid: self._stack_bases[tid] for tid, thread in by_tid.items()
+                 if self._tid_of.get(thread) == tid and tid in self._stack_bases}
+        bases.update(self._read_stack_bases({tid: t for tid, t in by_tid.items() if tid not in bases}))
         self._by_tid = by_tid
-        self._names = self._read_names(by_tid)
-        self._stack_bases = self._read_stack_bases(by_tid)
+        self._tid_of = {thread: tid for tid, thread in by_tid.items()}
+        self._stack_bases = bases
+        self._anchors = {tid: (*self._anchor_fields(thread), bases.get(tid, 0))
+                         for tid, thread in by_tid.items()}
+        self.changes += 1
 
     def _to_host_tids(self, by_ns_tid: dict[int, int]) -> dict[int, int]:
         """Keys from the JVM's namespace tids to host tids; /proc/PID/task is re-read only when a thread
@@ -75,10 +105,9 @@ class JavaThreads:
                 return {}
         return {self._host_tid[tid]: thread for tid, thread in by_ns_tid.items() if tid in self._host_tid}
 
-    def _smr_list(self) -> Optional[list[int]]:
-        """JavaThread*s of the current ThreadsList (12+), or None when its length is implausible."""
+    def _smr_list(self, tlist: int) -> Optional[list[int]]:
+        """JavaThread*s of the ThreadsList at `tlist` (12+), or None when its length is implausible."""
         lay = self.lay
-        tlist = self.r.ptr(lay["ThreadsSMRSupport._java_thread_list"].address)
         count = self.r.u32(tlist + lay.offset("ThreadsList._length"))
         array = self.r.ptr(tlist + lay.offset("ThreadsList._threads"))
         if not 0 <= count <= MAX_THREADS:
@@ -116,17 +145,11 @@ class JavaThreads:
                 continue
         return out
 
-    def _read_names(self, by_tid: dict[int, int]) -> dict[int, str]:
-        names = {}
-        for tid, thread in by_tid.items():
-            name = self.objects.thread_name(thread)
-            if name:
-                names[tid] = name
-        return names
-
     def name(self, tid: int) -> Optional[str]:
-        """The Java name of thread `tid` as of the last refresh (None: not a Java thread, or unreadable)."""
-        return self._names.get(tid)
+        """The Java name of thread `tid`, read now (None: not a Java thread as of the last refresh, or
+        unreadable). Callers cache it (ThreadNames, per sampled thread and second)."""
+        thread = self._by_tid.get(tid)
+        return self.objects.thread_name(thread) if thread is not None else None
 
     def is_java_thread(self, tid: int) -> bool:
         """As of the last refresh."""
@@ -139,10 +162,7 @@ class JavaThreads:
         """tid -> addresses of its JavaThread's _last_Java_sp, _pc and _fp, and its stack base (for the
         BPF sampler, which reads the anchor at the moment of each sample and copies the stack up to the
         base)."""
-        if not self.available:
-            return {}
-        return {tid: (*self._anchor_fields(thread), self._stack_bases.get(tid, 0))
-                for tid, thread in self._by_tid.items()}
+        return self._anchors
 
     def _anchor_fields(self, thread: int) -> tuple[int, int, int]:
         lay = self.lay

@@ -102,6 +102,7 @@ class Sampler:
         self._pending: list[RawSample] = []
         self._callback = None
         self.targets: set[int] = set()
+        self._java_threads: dict[int, tuple[int, int, int, int]] = {}   # what the BPF map holds
 
     def start(self) -> None:
         """Compile, load and attach; samples flow once a target pid is set (the constructor's, or
@@ -172,19 +173,22 @@ class Sampler:
 
     def set_java_threads(self, anchors: dict[int, tuple[int, int, int, int]]) -> None:
         """tid -> addresses of its JavaThread's last_Java_sp/pc/fp and its stack base; threads no longer
-        listed are removed."""
+        listed are removed. Only the difference to the last call is written (a server's thousands of
+        threads change a few at a time)."""
         if self._bpf is None:
             return
         table = self._bpf["java_threads"]
         key_type, leaf_type = table.Key, table.Leaf
-        for key in list(table.keys()):
-            if key.value not in anchors:
-                try:
-                    del table[key]
-                except KeyError:
-                    pass
-        for tid, (sp, pc, fp, base) in anchors.items():
-            table[key_type(tid)] = leaf_type(sp, pc, fp, base)
+        for tid in [tid for tid in self._java_threads if tid not in anchors]:
+            try:
+                del table[key_type(tid)]
+            except KeyError:
+                pass
+            del self._java_threads[tid]
+        for tid, addresses in anchors.items():
+            if self._java_threads.get(tid) != addresses:
+                table[key_type(tid)] = leaf_type(*addresses)
+                self._java_threads[tid] = addresses
 
     def counters(self) -> SamplerCounters:
         if self._bpf is None:

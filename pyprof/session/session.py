@@ -165,7 +165,7 @@ class ProfileSession:
         self._started_cpu = time.process_time()
         self._sampling_since = 0.0
         self._threads_refreshed = 0.0
-        self._pushed_anchors: dict[int, tuple[int, int, int, int]] = {}
+        self._pushed_changes = -1        # the JavaThreads.changes last pushed to the BPF map
         self._final: Optional[Counters] = None
         self._final_code_events = (0, 0)
 
@@ -254,13 +254,11 @@ class ProfileSession:
         self._threads_refreshed = time.monotonic()
         if self.target is None:
             return
-        self.target.threads.refresh()
-        if self.sampler is None:
-            return
-        anchors = self.target.threads.anchor_addresses()
-        if anchors != self._pushed_anchors:
-            self.sampler.set_java_threads(anchors)
-            self._pushed_anchors = anchors
+        threads = self.target.threads
+        threads.refresh()
+        if self.sampler is not None and threads.changes != self._pushed_changes:
+            self.sampler.set_java_threads(threads.anchor_addresses())
+            self._pushed_changes = threads.changes
 
     def _process(self, raw: list[RawSample]) -> None:
         if not raw:
