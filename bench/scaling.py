@@ -1,0 +1,141 @@
+"""What pyprof costs as the work grows: its CPU against the sample rate, busy threads, idle threads and
+the number of JVMs, with the unique stacks of each run, so the cost on a big host can be predicted
+(docs/performance.md).
+
+Each point runs the real server workload (tests/java HttpServerLoad: a com.sun.net.httpserver thread pool
+driven by a loopback load loop) and `pyprof attach --json` (one JVM) or `pyprof daemon` (several), and
+reads pyprof's own CPU from its summary (attach) or from /proc (daemon). Points of one axis run
+back to back in one invocation, so their ratios are comparable even on a noisy machine.
+
+    .venv/bin/python bench/scaling.py [--seconds 20] [--axes rate,busy,idle,jvms]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.conftest import CLASSES, JDK_HOMES  # noqa: E402
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def start_server(workers: int, clients: int, idle: int) -> subprocess.Popen:
+    java = JDK_HOMES[17] / "bin" / "java"
+    cmd = [str(java), "-cp", str(CLASSES), "pyproftest.HttpServerLoad", str(workers), str(clients), "-1",
+           str(idle)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("ready"):
+            break
+    time.sleep(3)   # let the JIT settle
+    return proc
+
+
+def attach(pid: int, seconds: float, rate: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "p.pb.gz"
+        cmd = [sys.executable, "-m", "pyprof.cli.main", "attach", str(pid), "-d", str(seconds), "-r",
+               str(rate), "-o", str(out), "--json"]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
+        summary = json.loads(done.stdout)
+        from pyprof.output.pprof import read_pprof
+
+        summary["unique_stacks"] = len(read_pprof(str(out)).counts)
+    return summary
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def daemon_point(jvms: int, seconds: float, rate: int) -> dict:
+    servers = [start_server(2, 2, 0) for _ in range(jvms)]
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [sys.executable, "-m", "pyprof.cli.main", "daemon", "--out", str(Path(tmp) / "store"),
+                   "--interval", str(seconds / 2), "--rate", str(rate)]
+            for s in servers:
+                cmd += ["--pid", str(s.pid)]
+            daemon = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                                      stdin=subprocess.DEVNULL)
+            time.sleep(10)                   # start-up and discovery: not part of the steady cost
+            cpu0 = cpu_seconds(daemon.pid)
+            time.sleep(seconds)
+            cpu = cpu_seconds(daemon.pid) - cpu0
+            daemon.send_signal(signal.SIGTERM)
+            _, err = daemon.communicate(timeout=60)
+            samples = sum(int(part.split("=")[1]) for line in err.splitlines() if " window " in line
+                          for part in line.split() if part.startswith("samples="))
+        return {"jvms": jvms, "steady_cpu_s": round(cpu, 3), "samples_total": samples}
+    finally:
+        for s in servers:
+            s.kill()
+
+
+def row(label: str, s: dict, seconds: float) -> str:
+    per_s = s["samples"] / seconds
+    return (f"{label:<18} {s['samples']:>7} samples ({per_s:6.0f}/s) "
+            f"{s['unique_stacks']:>6} unique stacks "
+            f"pyprof CPU {s['sampling_cpu_s']:6.2f} s = {100 * s['sampling_cpu_s'] / seconds:5.1f} % of a core, "
+            f"{s['cpu_us_per_sample'] or 0:6.0f} us/sample, RSS {s['peak_rss_mib']:.0f} MiB, "
+            f"complete {s['unwind']['java_stacks_complete_percent']} %")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--axes", default="rate,busy,idle,jvms")
+    args = parser.parse_args()
+    axes = set(args.axes.split(","))
+    t = args.seconds
+    if "rate" in axes:
+        print("# sample rate (4 workers, 4 clients)")
+        server = start_server(4, 4, 0)
+        try:
+            for rate in (99, 299, 999):
+                print(row(f"{rate} Hz", attach(server.pid, t, rate), t))
+        finally:
+            server.kill()
+    if "busy" in axes:
+        print("# busy threads (workers = clients), 199 Hz")
+        for busy in (1, 2, 4, 8):
+            server = start_server(busy, busy, 0)
+            try:
+                print(row(f"{busy} busy", attach(server.pid, t, 199), t))
+            finally:
+                server.kill()
+    if "idle" in axes:
+        print("# idle threads (2 workers, 2 clients), 99 Hz")
+        for idle in (10, 1000, 5000):
+            server = start_server(2, 2, idle)
+            try:
+                print(row(f"{idle} idle", attach(server.pid, t, 99), t))
+            finally:
+                server.kill()
+    if "jvms" in axes:
+        print("# JVMs in one daemon (2 workers + 2 clients each), 49 Hz")
+        for jvms in (1, 2, 4):
+            d = daemon_point(jvms, t, 49)
+            per_sample = 1e6 * d["steady_cpu_s"] / d["samples_total"] if d["samples_total"] else float("nan")
+            print(f"{jvms} JVMs             {d['samples_total']:>7} samples  pyprof CPU "
+                  f"{d['steady_cpu_s']:6.2f} s = {100 * d['steady_cpu_s'] / t:5.1f} % of a core, "
+                  f"{per_sample:6.0f} us/sample (all-in)")
+
+
+if __name__ == "__main__":
+    main()
