@@ -91,7 +91,8 @@ def row(label: str, s: dict, seconds: float) -> str:
     per_s = s["samples"] / seconds
     return (f"{label:<18} {s['samples']:>7} samples ({per_s:6.0f}/s) "
             f"{s['unique_stacks']:>6} unique stacks "
-            f"pyprof CPU {s['sampling_cpu_s']:6.2f} s = {100 * s['sampling_cpu_s'] / seconds:5.1f} % of a core, "
+            f"pyprof CPU {s['sampling_cpu_s']:6.2f} s = "
+            f"{100 * s['sampling_cpu_s'] / seconds:5.1f} % of a core, "
             f"{s['cpu_us_per_sample'] or 0:6.0f} us/sample, RSS {s['peak_rss_mib']:.0f} MiB, "
             f"complete {s['unwind']['java_stacks_complete_percent']} %")
 
