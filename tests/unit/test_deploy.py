@@ -6,6 +6,8 @@ registry and a cluster: not here.)"""
 from __future__ import annotations
 
 import json
+import os
+import platform
 import re
 import shlex
 import shutil
@@ -25,6 +27,7 @@ from tests.conftest import ROOT
 DEPLOY = ROOT / "docs" / "deploy"
 UNIT = DEPLOY / "pyprof-daemon.service"
 IMAGE_PYPROF = "/opt/pyprof/bin/pyprof"
+IMAGE_ENTRYPOINT = "/opt/pyprof/entrypoint.sh"
 
 
 def daemonset() -> dict:
@@ -138,12 +141,47 @@ def test_image_entrypoint_runs_the_daemon_the_manifest_configures() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     entrypoint = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", text, re.M).group(1))
     cmd = json.loads(re.search(r"^CMD (\[.*\])$", text, re.M).group(1))
-    assert entrypoint == [IMAGE_PYPROF]
+    assert entrypoint == [IMAGE_ENTRYPOINT]
+    assert f"COPY docs/deploy/entrypoint.sh {IMAGE_ENTRYPOINT}" in text
     assert_options_documented(cmd, daemon_help())
     assert parse_daemon_args(cmd)["out"] == parse_daemon_args(container(daemonset())["args"])["out"]
     # bcc from Debian, seen by the venv
     assert "python3-bpfcc" in text and "--system-site-packages" in text
     assert "image" in container(daemonset())
+
+
+def test_dockerfile_run_steps_are_valid_shell() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    steps = [m.group(1).replace("\\\n", " ") for m in re.finditer(r"^RUN (.*?)(?<!\\)\n", text, re.S | re.M)]
+    assert len(steps) >= 3
+    for step in steps:
+        done = subprocess.run(["sh", "-n", "-c", step], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, (step, done.stderr)
+
+
+def run_entrypoint(tmp_path: Path, node_headers: bool, baked: bool) -> dict[str, str]:
+    """The image's entry point with `env` in place of pyprof: the environment pyprof would get."""
+    modules = tmp_path / "modules"
+    if node_headers:
+        (modules / platform.release() / "build" / "include").mkdir(parents=True)
+    modules.mkdir(parents=True, exist_ok=True)
+    image_headers = tmp_path / "image-headers"
+    if baked:
+        (image_headers / "include").mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k != "BCC_KERNEL_SOURCE"}
+    env.update(PYPROF="/usr/bin/env", PYPROF_MODULES_DIR=str(modules),
+               PYPROF_IMAGE_HEADERS=str(image_headers))
+    done = subprocess.run([str(DEPLOY / "entrypoint.sh")], capture_output=True, text=True, env=env,
+                          timeout=30)
+    assert done.returncode == 0, done.stderr
+    return dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+
+
+def test_entrypoint_prefers_the_nodes_kernel_headers_to_the_images(tmp_path: Path) -> None:
+    assert "BCC_KERNEL_SOURCE" not in run_entrypoint(tmp_path / "a", node_headers=True, baked=True)
+    fallback = run_entrypoint(tmp_path / "b", node_headers=False, baked=True)
+    assert fallback["BCC_KERNEL_SOURCE"] == str(tmp_path / "b" / "image-headers")
+    assert "BCC_KERNEL_SOURCE" not in run_entrypoint(tmp_path / "c", node_headers=False, baked=False)
 
 
 # ---- the systemd unit ---------------------------------------------------------------------------
