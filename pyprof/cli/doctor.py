@@ -71,14 +71,7 @@ def jvm_lines(pid: int) -> list[Line]:
         except MemoryReadError as e:
             lines.append(Line("code cache (attach-free)", "missing", str(e),
                               "use --source jcmd (needs jcmd of the same JDK)"))
-        probes = jvm.nmethod_probes()
-        live_ok = "register" in probes and "free" in probes
-        lines.append(Line("live code-cache updates", "ok" if live_ok else "warn",
-                          f"uprobes on {sum(len(v) for v in probes.values())} libjvm symbols "
-                          f"({jvm.gc_name} GC)"
-                          if live_ok else "libjvm has no .symtab (stripped): no register_nmethod symbols",
-                          "" if live_ok else "optional: new JIT code is found through the segment map",
-                          required=False))
+        lines.append(_live_updates_line(jvm, jvm.nmethod_probes()))
         threads = JavaThreads(jvm)
         threads.refresh()
         lines.append(Line("Java threads", "ok" if threads.tids() else "warn",
@@ -89,6 +82,20 @@ def jvm_lines(pid: int) -> list[Line]:
     except PyprofError as e:
         lines.append(Line("jcmd fallback", "warn", str(e), "optional: install the full JDK", required=False))
     return lines
+
+
+def _live_updates_line(jvm, probes: dict) -> Line:
+    from pyprof.kernel.features import uprobes_permitted
+
+    if "register" not in probes or "free" not in probes:
+        detail = "libjvm has no .symtab (stripped): no register_nmethod symbols"
+    elif not uprobes_permitted():
+        detail = "the kernel refuses uprobes to this process (CAP_SYS_ADMIN on this kernel)"
+    else:
+        return Line("live code-cache updates", "ok", f"uprobes on {sum(len(v) for v in probes.values())} "
+                    f"libjvm symbols ({jvm.gc_name} GC)", required=False)
+    return Line("live code-cache updates", "warn", detail,
+                "optional: new JIT code is found through the segment map", required=False)
 
 
 def _jvm_fix(error: PyprofError) -> str:

@@ -97,7 +97,8 @@ class JvmScanner:
                  young_s: float = YOUNG_S) -> None:
         self.selection = selection or Selection()
         self.rules = rules
-        self.host = host if host is not None else socket.gethostname()
+        # PYPROF_HOST: in a pod the hostname is the pod's; the DaemonSet passes the node's name
+        self.host = host if host is not None else (os.environ.get("PYPROF_HOST") or socket.gethostname())
         self.proc = proc
         self.jdk_release = jdk_release
         self.container_name = container_name

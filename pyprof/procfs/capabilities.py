@@ -64,6 +64,9 @@ USES: tuple[Use, ...] = (
         "new JIT code found through the JVM's segment map"),
 )
 REQUIRED = tuple(use.capability for use in USES if use.required)
+# what docs/deploy's systemd unit and DaemonSet grant: the required ones and the two cheap optional
+# ones; not CAP_SYS_ADMIN (near-root, for uprobes only: see docs/deploy/README.md)
+DEPLOYED = (*REQUIRED, "CAP_SYSLOG", "CAP_CHECKPOINT_RESTORE")
 
 
 def effective_mask(status_path: str = "/proc/self/status") -> int:
