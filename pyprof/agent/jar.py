@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
 from pyprof.errors import SourceUnavailable, UnsupportedJvm, UsageError
+from pyprof.jvmtools.release import jdk_major
 
 JAR_NAME = "pyprof-agent.jar"
 ENV_JAR = "PYPROF_AGENT_JAR"
@@ -47,18 +47,6 @@ def agent_command(command: Sequence[str], jar: Optional[Path] = None, options: s
 
 
 def java_major(java: str) -> int:
-    """The feature release of the JDK a `java` launcher belongs to, from its home's `release` file
-    (JAVA_VERSION="11.0.13"; "1.8.0_392" is 8); 0 when it cannot be told."""
+    """The JDK major of a `java` launcher (found on $PATH, symlinks resolved); 0 when it cannot be told."""
     path = shutil.which(java)
-    if path is None:
-        return 0
-    release = Path(os.path.realpath(path)).parent.parent / "release"
-    try:
-        text = release.read_text(errors="replace")[:65536]
-    except OSError:
-        return 0
-    m = re.search(r'^JAVA_VERSION="(\d+)(?:\.(\d+))?', text, re.M)
-    if not m:
-        return 0
-    major = int(m.group(1))
-    return int(m.group(2) or 0) if major == 1 else major
+    return jdk_major(Path(os.path.realpath(path))) if path is not None else 0

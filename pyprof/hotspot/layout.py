@@ -256,6 +256,11 @@ def read_version(vm: VMStructs, reader: Reader) -> JvmVersion:
     return JvmVersion(major, release)
 
 
+def nmethod_state_names(major: int) -> dict[int, str]:
+    """nmethod::_state -> name on JDK `major` (0: unknown), for sources without a Layout (jcmd)."""
+    return versions.nmethod_states(major)
+
+
 @dataclass(frozen=True)
 class DebugRanges:
     """Where an nmethod's debug information lives (absolute addresses, [begin, end))."""

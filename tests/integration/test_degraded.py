@@ -164,6 +164,10 @@ def test_codecache_ls_opens_the_jvm_once_and_names_states_from_its_layout(target
     # THEN the JVM was opened once, and the states carry this JDK's names
     assert opened == [target.pid]
     assert rows and all(r[4] in ("in_use", "not_used", "not_entrant") for r in rows), rows[:5]
+    # AND the jcmd source, which has no Layout, names them too (from its JDK's release file)
+    assert main(["codecache", "ls", str(target.pid), "--source", "jcmd"]) == 0
+    rows = nmethod_rows(capsys.readouterr().out)
+    assert rows and all(r[4] in ("in_use", "not_used", "not_entrant") for r in rows), rows[:5]
 
 
 @pytest.mark.bpf
