@@ -6,6 +6,7 @@ For what must be known before a JVM runs (`pyprof record --agent`), or without r
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -26,3 +27,17 @@ def jdk_major(tool: Path) -> int:
         return 0
     major = int(m.group(1))
     return int(m.group(2) or 0) if major == 1 else major
+
+
+def target_jdk_major(pid: int) -> int:
+    """The JDK major of the java running as `pid`, from its executable's home (through the process's own
+    root first: in a container the host path may be another JDK); 0 when it cannot be told."""
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")
+    except OSError:
+        return 0
+    for java in (Path(f"/proc/{pid}/root") / exe.lstrip("/"), Path(exe)):
+        major = jdk_major(java)
+        if major:
+            return major
+    return 0
