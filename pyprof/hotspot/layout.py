@@ -297,16 +297,16 @@ class CodeBlobHeader(NamedTuple):
     deopt_handler: Optional[int] = None
 
 
-_NO_NMETHOD = (None,) * 8
-_BLOB_FIELDS = 7
-# Indexes in CodeBlobHeader (the decoder patches a few values in place before building the record)
-_CODE_BEGIN, _CODE_END = 4, 5
-_LEVEL, _ENTRY_BCI, _VERIFIED, _DEOPT = 9, 11, 12, 14
+# Where the decoder patches values in place before building the record (by field name, not by number)
+_CODE_BEGIN, _CODE_END, _METHOD, _LEVEL, _ENTRY_BCI, _VERIFIED, _DEOPT = map(CodeBlobHeader._fields.index, (
+    "code_begin", "code_end", "method_ptr", "level", "entry_bci", "verified_entry", "deopt_handler"))
+_NO_NMETHOD = (None,) * (len(CodeBlobHeader._fields) - _METHOD)
 _new_tuple = tuple.__new__      # CodeBlobHeader from a sequence without _make's checks (50k per walk)
 
 
 def _satisfied(need: Need, published: Callable[[str], bool]) -> list[str]:
-    """The keys of `need` this JVM lacks ([] when satisfied); of a choice, the first group's missing keys."""
+    """The keys of `need` this JVM lacks ([] when satisfied); of an unmet choice, those of the group
+    that lacks fewest."""
     missing: list[str] = []
     for item in need:
         if isinstance(item, str):
@@ -519,7 +519,7 @@ class Layout:
             if relative_code:
                 v[_CODE_BEGIN] += address
                 v[_CODE_END] += address
-            if v[_BLOB_FIELDS] is not None:
+            if v[_METHOD] is not None:
                 if relative_entry:
                     v[_VERIFIED] += v[_CODE_BEGIN]
                 if relative_deopt:
