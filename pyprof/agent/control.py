@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 from pyprof.agent.client import AgentClient
 from pyprof.agent.connection import find_connection, jvm_uid
-from pyprof.agent.jar import find_agent_jar
+from pyprof.agent.jar import AGENT_MIN_JDK, find_agent_jar
 from pyprof.errors import (
     NoSuchProcess,
     NotAJvm,
@@ -41,8 +41,6 @@ THREAD_PREFIX = "pyprof-agent"
 REFUSED_FLAG = "-XX:-EnableDynamicAgentLoading"
 ALLOWED_FLAG = "-XX:+EnableDynamicAgentLoading"
 NO_ATTACH_FLAG = "-XX:+DisableAttachMechanism"
-# The agent is Java 17 bytecode and streams JFR events (jdk.jfr.consumer.RecordingStream, JDK 14+).
-AGENT_MIN_JDK = 17
 
 
 @dataclass

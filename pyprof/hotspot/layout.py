@@ -256,6 +256,11 @@ def read_version(vm: VMStructs, reader: Reader) -> JvmVersion:
     return JvmVersion(major, release)
 
 
+def nmethod_state_names(major: int) -> dict[int, str]:
+    """nmethod::_state -> name on JDK `major` (0: unknown), for sources without a Layout (jcmd)."""
+    return versions.nmethod_states(major)
+
+
 @dataclass(frozen=True)
 class DebugRanges:
     """Where an nmethod's debug information lives (absolute addresses, [begin, end))."""
@@ -292,16 +297,16 @@ class CodeBlobHeader(NamedTuple):
     deopt_handler: Optional[int] = None
 
 
-_NO_NMETHOD = (None,) * 8
-_BLOB_FIELDS = 7
-# Indexes in CodeBlobHeader (the decoder patches a few values in place before building the record)
-_CODE_BEGIN, _CODE_END = 4, 5
-_LEVEL, _ENTRY_BCI, _VERIFIED, _DEOPT = 9, 11, 12, 14
+# Where the decoder patches values in place before building the record (by field name, not by number)
+_CODE_BEGIN, _CODE_END, _METHOD, _LEVEL, _ENTRY_BCI, _VERIFIED, _DEOPT = map(CodeBlobHeader._fields.index, (
+    "code_begin", "code_end", "method_ptr", "level", "entry_bci", "verified_entry", "deopt_handler"))
+_NO_NMETHOD = (None,) * (len(CodeBlobHeader._fields) - _METHOD)
 _new_tuple = tuple.__new__      # CodeBlobHeader from a sequence without _make's checks (50k per walk)
 
 
 def _satisfied(need: Need, published: Callable[[str], bool]) -> list[str]:
-    """The keys of `need` this JVM lacks ([] when satisfied); of a choice, the first group's missing keys."""
+    """The keys of `need` this JVM lacks ([] when satisfied); of an unmet choice, those of the group
+    that lacks fewest."""
     missing: list[str] = []
     for item in need:
         if isinstance(item, str):
@@ -502,6 +507,8 @@ class Layout:
                    if not self.has(key)]
         patch = relative_code or relative_entry or relative_deopt or unknown
         record = CodeBlobHeader
+        if relative_code and relative_entry and relative_deopt and not unknown:
+            return self._relative_blob_decoder(blob_only, blob_and_nmethod)
 
         def decode(buf: bytes, off: int, address: int) -> CodeBlobHeader:
             try:
@@ -514,7 +521,7 @@ class Layout:
             if relative_code:
                 v[_CODE_BEGIN] += address
                 v[_CODE_END] += address
-            if v[_BLOB_FIELDS] is not None:
+            if v[_METHOD] is not None:
                 if relative_entry:
                     v[_VERIFIED] += v[_CODE_BEGIN]
                 if relative_deopt:
@@ -522,6 +529,29 @@ class Layout:
                 for i, value in unknown:
                     v[i] = value
             return _new_tuple(record, v)
+
+        return decode
+
+    @staticmethod
+    def _relative_blob_decoder(blob_only: Callable[[bytes, int], tuple],
+                               blob_and_nmethod: Callable[[bytes, int], tuple]
+                               ) -> Callable[[bytes, int, int], CodeBlobHeader]:
+        """blob_decoder() for 25's layout (code range from the blob, entries from code begin), with the
+        arithmetic in one expression: the common case of the hot loop, ~15 % faster than the generic."""
+        record = CodeBlobHeader
+
+        def decode(buf: bytes, off: int, address: int) -> CodeBlobHeader:
+            try:
+                (name, size, frame_size, frame_complete, code, data, kind, method, compile_id, level, state,
+                 entry_bci, verified, orig_pc, deopt) = blob_and_nmethod(buf, off)
+            except struct.error:   # too short for an nmethod: may still be a smaller blob
+                name, size, frame_size, frame_complete, code, data, kind = blob_only(buf, off)
+                return _new_tuple(record, (name, size, frame_size, frame_complete, address + code,
+                                           address + data, kind) + _NO_NMETHOD)
+            code += address
+            return _new_tuple(record, (name, size, frame_size, frame_complete, code, address + data, kind,
+                                       method, compile_id, level, state, entry_bci, code + verified,
+                                       orig_pc, code + deopt))
 
         return decode
 

@@ -20,6 +20,8 @@ from typing import Optional
 from pyprof.agent.client import AgentClient, JitEvent
 from pyprof.agent.control import connect_agent
 from pyprof.hotspot.codecache import CodeCacheSnapshot, WalkStats
+from pyprof.hotspot.layout import nmethod_state_names
+from pyprof.jvmtools.release import target_jdk_major
 from pyprof.sources.jcmd import parse_codelist
 
 
@@ -44,7 +46,8 @@ class AgentSource:
         text, _ = self.client.codelist()
         blobs = parse_codelist(text)
         stats = WalkStats(blocks=len(blobs), seconds=time.perf_counter() - started)
-        return CodeCacheSnapshot([], blobs, {}, stats, time.time(), source=self.name)
+        states = nmethod_state_names(target_jdk_major(self.pid))   # codelist's states are the JDK's
+        return CodeCacheSnapshot([], blobs, {}, stats, time.time(), source=self.name, state_names=states)
 
     def start_changes(self, from_now: bool = True) -> None:
         """Where changes() starts: now (default) or with everything the agent still holds."""

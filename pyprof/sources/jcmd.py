@@ -13,11 +13,14 @@ import re
 import stat
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from pyprof.errors import SourceUnavailable
 from pyprof.hotspot.codecache import BlobKind, CodeBlobInfo, CodeCacheSnapshot, WalkStats
+from pyprof.hotspot.layout import nmethod_state_names
 from pyprof.hotspot.method import MethodInfo
 from pyprof.jvmtools.jcmd import find_jcmd, run_jcmd
+from pyprof.jvmtools.release import jdk_major
 from pyprof.procfs.process import namespace_pid, require_running
 
 MAX_PERFMAP_BYTES = 256 * 1024 * 1024
@@ -150,7 +153,9 @@ class JcmdSource:
                 if not existed:
                     _remove_our_perfmap(self.pid)
         stats = WalkStats(blocks=len(blobs), seconds=time.perf_counter() - started)
-        return CodeCacheSnapshot([], blobs, {}, stats, time.time(), source=self.name)
+        # codelist's state column is nmethod::_state, whose names depend on the JDK: jcmd's own is the JVM's
+        states = nmethod_state_names(jdk_major(Path(self.jcmd)))
+        return CodeCacheSnapshot([], blobs, {}, stats, time.time(), source=self.name, state_names=states)
 
     def close(self) -> None:
         pass

@@ -29,7 +29,7 @@ from pyprof.agent.connection import find_connection, listeners
 from pyprof.errors import SourceUnavailable
 from pyprof.output.pprof import read_pprof
 from pyprof.sources.jcmd import parse_codelist
-from tests.conftest import JDK_VERSIONS, ROOT, JavaProcess, java_bin, pyprof, require
+from tests.conftest import CLASSES, JDK_VERSIONS, ROOT, JavaProcess, java_bin, pyprof, require
 
 pytestmark = [pytest.mark.jvm]
 
@@ -559,6 +559,20 @@ def test_agent_load_on_jdk11_is_one_line_and_exit_5_and_loads_nothing(agent_jar,
     auto = pyprof("codecache", "ls", str(jp.pid), "--json")
     assert auto.returncode == 0, auto.stderr
     assert sum(1 for b in json.loads(auto.stdout) if b["kind"] == "nmethod") > 20
+
+
+def test_record_agent_on_jdk11_is_refused_before_the_jvm_starts(agent_jar, tmp_path: Path):
+    # GIVEN a JDK 11 java launcher (-javaagent with Java 17 classes would abort that JVM at start)
+    out = tmp_path / "rec.pb.gz"
+    # WHEN `pyprof record --agent` is asked to start it
+    done = pyprof("record", "--agent", "-o", str(out), "--", java_bin(11), "-cp", str(CLASSES),
+                  "pyproftest.Exiter", "3", timeout=120)
+    # THEN one line, exit 5, and nothing was started or written
+    assert done.returncode == 5, done.stderr
+    line = one_line_error(done)
+    assert "needs JDK 17 or later" in line and "is JDK 11" in line
+    assert "UnsupportedClassVersionError" not in done.stderr and done.stdout == ""
+    assert not out.exists()
 
 
 def test_a_jvm_in_its_own_pid_and_network_namespaces(agent_jar, tmp_path: Path):

@@ -10,6 +10,7 @@ compiled methods cannot be named at all.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -22,6 +23,8 @@ from pyprof.hotspot.debuginfo import DebugInfo
 from pyprof.hotspot.jvm import HotSpotJvm
 from pyprof.hotspot.layout import JvmVersion, Layout
 from pyprof.hotspot.vmstructs import VMStructs
+from pyprof.model import FrameKind
+from pyprof.output.pprof import read_pprof
 from tests.conftest import JavaProcess, start_java
 
 pytestmark = [pytest.mark.jvm]
@@ -161,3 +164,28 @@ def test_codecache_ls_opens_the_jvm_once_and_names_states_from_its_layout(target
     # THEN the JVM was opened once, and the states carry this JDK's names
     assert opened == [target.pid]
     assert rows and all(r[4] in ("in_use", "not_used", "not_entrant") for r in rows), rows[:5]
+    # AND the jcmd source, which has no Layout, names them too (from its JDK's release file)
+    assert main(["codecache", "ls", str(target.pid), "--source", "jcmd"]) == 0
+    rows = nmethod_rows(capsys.readouterr().out)
+    assert rows and all(r[4] in ("in_use", "not_used", "not_entrant") for r in rows), rows[:5]
+
+
+@pytest.mark.bpf
+def test_attach_without_debug_info_says_so_once_and_profiles_named_compiled_frames(
+        target, monkeypatch, capsys, root_and_bpf, tmp_path: Path) -> None:
+    # GIVEN a JVM whose PcDescs cannot be found (no inlining, no lines in compiled code)
+    monkeypatch.setattr(jvm_module, "read_vmstructs", hiding("_scopes_pcs_offset"))
+    out = tmp_path / "p.pb.gz"
+    # WHEN pyprof profiles it (in this process, so that the hidden entries apply)
+    code = main(["attach", str(target.pid), "-d", "3", "-o", str(out)])
+    err = capsys.readouterr().err
+    # THEN it profiles, and says once what is missing
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if line.startswith("pyprof: note:")]
+    assert len(notes) == 1 and "no inlined frames" in notes[0], err
+    # AND the compiled Java frames are named, each standing for its nmethod's method only (no inlining)
+    profile = read_pprof(str(out))
+    compiled = [f for key in profile.counts for f in key.frames
+                if f.frames[0].kind in (FrameKind.C1, FrameKind.C2)]
+    assert compiled and all(len(f.frames) == 1 for f in compiled)
+    assert any(f.frames[0].name.startswith("pyproftest.Inlining.") for f in compiled)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from pyprof.hotspot import versions
 
 
@@ -34,3 +36,23 @@ def test_probe_candidates_follow_the_gc() -> None:
     every = versions.nmethod_probe_candidates("unknown")["register"]
     assert len(every) == len(set(every)) and any("G1CollectedHeap" in s for s in every)
     assert versions.GC_FLAGS[0] == "UseG1GC" and "UseConcMarkSweepGC" in versions.GC_FLAGS
+
+
+def test_jdk_major_from_the_release_file(tmp_path) -> None:
+    from pathlib import Path
+
+    from pyprof.jvmtools.release import jdk_major
+
+    # GIVEN JDK homes whose release files say 11.0.13, 1.8.0_392, something else, or nothing
+    def home(name: str, release: Optional[str]) -> Path:
+        (tmp_path / name / "bin").mkdir(parents=True)
+        if release is not None:
+            (tmp_path / name / "release").write_text(release)
+        return tmp_path / name / "bin" / "java"
+
+    # WHEN their tools are asked for the JDK major THEN it comes from JAVA_VERSION, or 0
+    assert jdk_major(home("a", 'IMPLEMENTOR="x"\nJAVA_VERSION="11.0.13"\n')) == 11
+    assert jdk_major(home("b", 'JAVA_VERSION="1.8.0_392"\n')) == 8
+    assert jdk_major(home("c", 'JAVA_VERSION="26-ea"\n')) == 26
+    assert jdk_major(home("d", "garbage")) == 0
+    assert jdk_major(home("e", None)) == 0
