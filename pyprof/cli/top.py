@@ -279,6 +279,8 @@ def top(pid: int, rate: int, duration: Optional[float], interval: float, sort: s
     require_privileges(pid)
     with StopSignals() as stop:
         session = ProfileSession.attach(pid, options)
+        for note in session.jvm_notes:   # what this JVM cannot decode (stays above the live view)
+            click.echo(f"pyprof: note: {note}", err=True)
         try:
             why = _loop(session, live_top, state, stop, duration, interval, limit, sys.stdout.isatty())
         finally:
