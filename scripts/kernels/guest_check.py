@@ -199,7 +199,7 @@ def attach(run: Run, tmp: Path) -> None:
 def attach_refused(run: Run) -> None:
     sleeper = subprocess.Popen(["sleep", "600"])
     try:
-        done = pyprof("attach", str(sleeper.pid), "-d", "1", timeout=600)
+        done = pyprof("attach", str(sleeper.pid), "-d", "1", "-o", "/tmp/pyprof-refused.pb.gz", timeout=600)
     finally:
         sleeper.kill()
     lines = done.stderr.strip().splitlines()
