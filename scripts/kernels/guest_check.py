@@ -10,7 +10,7 @@ Steps: the kernel headers of this release exposed to bcc; `pyprof doctor --json`
 decision (and the code check on the real copy_from_user_nofault, whatever the version says); `attach` on
 the Phases ground truth (shares +-3 points, completeness); `record` keeping the exit code; the code-cache
 map against `jcmd Compiler.codelist`; the live uprobes (`codecache watch` sees a fresh compile).
-On a kernel below pyprof's minimum (--expect below-minimum) only doctor and attach run, and both must
+On a kernel below pyprof's minimum (--expect below-minimum) only doctor and record run, and both must
 refuse in one line with exit 7.
 """
 
@@ -196,16 +196,13 @@ def attach(run: Run, tmp: Path) -> None:
               f"lost {summary['lost']} of {summary['samples']}")
 
 
-def attach_refused(run: Run) -> None:
-    sleeper = subprocess.Popen(["sleep", "600"])
-    try:
-        done = pyprof("attach", str(sleeper.pid), "-d", "1", "-o", "/tmp/pyprof-refused.pb.gz", timeout=600)
-    finally:
-        sleeper.kill()
+def sampling_refused(run: Run) -> None:
+    """`record` starts the sampler before anything else (attach would first refuse a non-JVM with 4)."""
+    done = pyprof("record", "-o", "/tmp/pyprof-refused.pb.gz", "--", "sleep", "1", timeout=600)
     lines = done.stderr.strip().splitlines()
-    run.figures["attach"] = f"exit {done.returncode}"
-    run.check(done.returncode == 7 and len(lines) == 1, f"attach below the minimum: exit {done.returncode} "
-              f"{done.stderr[-300:]!r}")
+    run.figures["record"] = f"exit {done.returncode}"
+    run.check(done.returncode == 7 and len(lines) == 1 and "oldest pyprof supports" in lines[0],
+              f"record below the minimum: exit {done.returncode} {done.stderr[-300:]!r}")
 
 
 def record(run: Run, tmp: Path) -> None:
@@ -290,7 +287,7 @@ def main() -> int:
         run.step("record", lambda: record(run, tmp))
         run.step("codecache", lambda: codecache_and_uprobes(run))
     else:
-        run.step("attach", lambda: attach_refused(run))
+        run.step("record", lambda: sampling_refused(run))
     run.figures["check_s"] = round(time.monotonic() - run.started)
     print("PYPROF-KERNEL-RESULT " + json.dumps({"figures": run.figures, "failed": run.failed}), flush=True)
     return 0 if not run.failed else 1

@@ -60,7 +60,7 @@ VM_SECONDS = {"supported": 900, "below-minimum": 300, "host": 300}
 class Kernel:
     name: str          # the matrix's name for it (--only)
     image: str         # POSIX regex (apt-cache) of the linux-image package names; the newest is used
-    expect: str        # "supported", or "below-minimum": doctor and attach must refuse with exit 7
+    expect: str        # "supported", or "below-minimum": doctor and record must refuse with exit 7
     why: str
 
 
@@ -69,7 +69,7 @@ MATRIX: tuple[Kernel, ...] = (
            "Debian 12, Amazon Linux 2023's series; needs the copy_from_user_nofault fix (>= 6.1.36)"),
     Kernel("debian-6.12", r"linux-image-6\.12\.[0-9]+\+deb13-amd64", "supported", "Debian 13, current LTS"),
     Kernel("debian-5.10", r"linux-image-5\.10\.0-[0-9]+-amd64", "below-minimum",
-           "Debian 11: older than the 5.15 minimum, doctor must say so in one line, exit 7"),
+           "Debian 11: older than the 5.15 minimum: doctor and record refuse in one line, exit 7"),
 )
 
 
@@ -256,8 +256,8 @@ def summary_line(release: str, result: dict | None, problem: str, seconds: float
     f = result["figures"]
     ok = not result["failed"]
     keys = ("upstream", "doctor", "safety", "code", "safety_by_release_name", "shares", "samples",
-            "java_complete_pct", "rooted_pct", "unknown_frames_pct", "lost", "record_exit", "codelist",
-            "ls_in_codelist", "uprobe_compiles", "attach")
+            "java_complete_pct", "rooted_pct", "unknown_frames_pct", "lost", "record_exit", "record_samples",
+            "codelist", "ls_in_codelist", "uprobe_compiles", "record")
     figures = "  ".join(f"{k}={f[k]}" for k in keys if k in f)
     failed = "" if ok else "  FAILED: " + "; ".join(result["failed"])
     status = "PASS" if ok else "FAIL"
