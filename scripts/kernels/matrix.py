@@ -184,11 +184,12 @@ def virtiofsd() -> Path | None:
         return wrapper.parent
     try:
         debs = download(["virtiofsd", "libc6/trixie"])
-    except (subprocess.SubprocessError, RuntimeError) as e:
+        for deb, into in zip(debs, ("virtiofsd", "libc6")):
+            (tools / into).mkdir(parents=True, exist_ok=True)
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(tools / into)], check=True, timeout=300)
+    except (subprocess.SubprocessError, RuntimeError, OSError) as e:
         say(f"no virtiofsd ({e}): the guests' root goes over 9p, ~4x slower")
         return None
-    for deb, into in zip(debs, ("virtiofsd", "libc6")):
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(tools / into)], check=True, timeout=300)
     libs = tools / "libc6" / "usr" / "lib" / "x86_64-linux-gnu"
     wrapper.parent.mkdir(parents=True, exist_ok=True)
     wrapper.write_text(f"#!/bin/sh\nexec {libs}/ld-linux-x86-64.so.2 --library-path "
