@@ -30,15 +30,24 @@
 //
 // Why the user registers come from bpf_task_pt_regs(): when the timer fires while the thread is in
 // the kernel (a syscall, a page fault), ctx->regs are kernel registers; the user ones are saved at
-// the top of the task's kernel stack. The pt_regs layout is UAPI, so the 6.1 headers bcc compiles
-// against are right for any x86_64 kernel.
+// the top of the task's kernel stack, in the same layout.
 
 #include <uapi/linux/ptrace.h>
 
-// The context of a perf-event program (UAPI <linux/bpf_perf_event.h>; on x86_64 bpf_user_pt_regs_t is
-// struct pt_regs). Declared here because including that header costs ~0.9 s of clang time per start.
+// x86_64 registers in the UAPI layout of bpf_user_pt_regs_t (struct pt_regs of
+// arch/x86/include/uapi/asm/ptrace.h, 21 u64 = 168 bytes; the kernel's task pt_regs has the same
+// offsets). Declared here rather than taken from the headers: bcc compiles with __KERNEL__, and the
+// kernel's own struct pt_regs made `cs` a 16-bit field in 6.9 (FRED). The verifier allows only
+// 8-byte loads from a perf-event context and refused the 2-byte load of cs on Debian's 6.12
+// ("invalid bpf_context access off=136 size=2"; pyprof/kernel/requirements.py lists such differences).
+struct user_regs {
+    u64 r15, r14, r13, r12, bp, bx, r11, r10, r9, r8, ax, cx, dx, si, di, orig_ax, ip, cs, flags, sp, ss;
+};
+
+// The context of a perf-event program (UAPI <linux/bpf_perf_event.h>). Declared here because including
+// that header costs ~0.9 s of clang time per start.
 struct perf_sample_ctx {
-    struct pt_regs regs;
+    struct user_regs regs;
     u64 sample_period;
     u64 addr;
 };
@@ -148,7 +157,7 @@ int on_sample(struct perf_sample_ctx *ctx) {
         r13 = ctx->regs.r13;
     } else {
         s->flags |= FLAG_KERNEL_MODE;
-        struct pt_regs *user = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+        struct user_regs *user = (struct user_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
         if (user) {
             bpf_probe_read_kernel(&ip, sizeof(ip), &user->ip);
             bpf_probe_read_kernel(&sp, sizeof(sp), &user->sp);

@@ -54,6 +54,11 @@ MIN_KERNEL: Version = max(f.since for f in FEATURES if f.required)
 VERIFIER_INSN_LIMIT = 1_000_000
 BPF_STACK_BYTES = 512            # per program: why the sample record lives in the ring buffer, not on it
 
+# Kernel headers differ too: bcc compiles against the release's own headers with __KERNEL__, where x86's
+# struct pt_regs turned `cs` into a 16-bit field in 6.9 (FRED), a load the verifier refuses from a
+# perf-event context (8-byte loads only). bpf/sampler.c declares the UAPI register layout itself
+# (struct user_regs), which is the same on every x86_64 kernel.
+
 # copy_from_user_nofault could freeze the machine when called from BPF in perf/NMI context: from 5.19
 # (commit 0aef499f3172, with CONFIG_HARDENED_USERCOPY) until the fix d319f344561d (mainline 6.4,
 # backported to 6.1.36 and 6.3.10). Half-open ranges [first, first fixed).
