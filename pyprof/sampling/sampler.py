@@ -29,6 +29,7 @@ _STACK_OFFSET = _KSTACK_OFFSET + 8 * KSTACK_DEPTH
 FLAG_KERNEL_MODE, FLAG_TRUNCATED = 1, 2
 C_LOST, C_TRUNCATED, C_NO_USER, C_SEEN = range(4)
 RINGBUF_SECONDS = 0.5           # the ring buffer holds this much sampling (we poll every 0.1 s)
+STARTUP_RINGBUF_SECONDS = 4.0   # record: samples wait while the booting JVM's code-cache map is built
 MIN_RINGBUF_PAGES, MAX_RINGBUF_PAGES = 256, 16384
 
 
@@ -66,9 +67,9 @@ def stack_window(requested: int) -> int:
     return 1 << (size - 1).bit_length()
 
 
-def ringbuf_pages(rate_hz: int, record_bytes: int, cpus: int) -> int:
-    """A power of two of pages holding RINGBUF_SECONDS of samples from every CPU."""
-    want = rate_hz * cpus * record_bytes * RINGBUF_SECONDS / 4096
+def ringbuf_pages(rate_hz: int, record_bytes: int, cpus: int, seconds: float = RINGBUF_SECONDS) -> int:
+    """A power of two of pages holding `seconds` of samples from every CPU (within the bounds)."""
+    want = rate_hz * cpus * record_bytes * seconds / 4096
     pages = 1 << max(0, int(want) - 1).bit_length()
     return max(MIN_RINGBUF_PAGES, min(MAX_RINGBUF_PAGES, pages))
 
@@ -91,8 +92,9 @@ def decode_sample(data: int, size: int) -> RawSample:
 
 class Sampler:
     def __init__(self, pid: int, rate_hz: int = 99, stack_bytes: int = 32768, force: bool = False,
-                 allow_unsafe_kernel: bool = False) -> None:
+                 allow_unsafe_kernel: bool = False, buffer_seconds: float = RINGBUF_SECONDS) -> None:
         self.pid = pid
+        self.buffer_seconds = buffer_seconds
         self.rate_hz = rate_hz
         self.stack_bytes = stack_window(stack_bytes)
         # `force` is the old name of allow_unsafe_kernel (kept: `--force` is its alias on the CLI)
@@ -116,7 +118,7 @@ class Sampler:
         cpus = os.cpu_count() or 1
         cflags = [f"-DSTACK_BYTES={self.stack_bytes}",
                   f"-DKSTACK_DEPTH={KSTACK_DEPTH}",
-                  f"-DRINGBUF_PAGES={ringbuf_pages(self.rate_hz, record, cpus)}"]
+                  f"-DRINGBUF_PAGES={ringbuf_pages(self.rate_hz, record, cpus, self.buffer_seconds)}"]
         bpf = load_bpf("sampler.c", cflags)
         try:
             # keep a reference: bcc holds the ctypes callback only weakly through the C library

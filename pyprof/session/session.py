@@ -27,7 +27,13 @@ from pyprof.hotspot.method import MethodResolver
 from pyprof.hotspot.threads import JavaThreads
 from pyprof.model import ProfileData, StackKey
 from pyprof.procfs.process import is_running
-from pyprof.sampling.sampler import RawSample, Sampler, stack_window
+from pyprof.sampling.sampler import (
+    RINGBUF_SECONDS,
+    STARTUP_RINGBUF_SECONDS,
+    RawSample,
+    Sampler,
+    stack_window,
+)
 from pyprof.sampling.threadnames import ThreadNames
 from pyprof.sampling.unwind import Unwinder, UnwindStats
 from pyprof.symbols.kernel import KernelSymbols
@@ -190,9 +196,12 @@ class ProfileSession:
         return session
 
     def start_sampler(self) -> None:
-        """Compile and attach the sampler (record: before the JVM exists, with target pid 0)."""
-        self.sampler = Sampler(self.pid, rate_hz=self.options.rate_hz,
-                               stack_bytes=self.options.stack_bytes, force=self.options.force)
+        """Compile and attach the sampler (record: before the JVM exists, with target pid 0; its ring
+        buffer holds seconds of samples, which wait there while the booting JVM's code-cache map is
+        built: nothing drains it during the walk)."""
+        buffer_s = RINGBUF_SECONDS if self.pid else STARTUP_RINGBUF_SECONDS
+        self.sampler = Sampler(self.pid, rate_hz=self.options.rate_hz, stack_bytes=self.options.stack_bytes,
+                               force=self.options.force, buffer_seconds=buffer_s)
         self.sampler.start()
         # The profile covers the time samples were taken: from now (not from pyprof's own start-up).
         self._sampling_since = time.monotonic()
