@@ -52,7 +52,7 @@ def test_samples_of_virtual_threads_carry_the_mounted_one(jdk, java_workload, tm
     mode, labels = ground_truth(jvm)
     assert mode == ("virtual" if jdk >= 21 else "platform"), jvm.lines
     # WHEN pyprof profiles it
-    profile = profile_of(jvm, tmp_path / "vt.pb.gz")
+    profile = profile_of(jvm, tmp_path / "vt.pb.gz", seconds=6 if jdk >= 21 else 3)
     by_worker: dict[int, Counter] = {}
     for key, n in profile.counts.items():
         k = worker_of(key)
