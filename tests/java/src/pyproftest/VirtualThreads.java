@@ -10,7 +10,7 @@ import java.util.List;
  * (Thread.ofVirtual()) is called through reflection; on JDK 11 and 17 the same threads are platform
  * threads.
  *
- * Usage: VirtualThreads [NAMED] [UNNAMED] (defaults 6 and 2).
+ * Usage: VirtualThreads [NAMED] [UNNAMED] [MORE] (defaults 6, 2 and 0).
  *
  * GROUND TRUTH (once "ready" has been printed):
  *
@@ -20,6 +20,8 @@ import java.util.List;
  *           ones in start order; 0 for "platform-burner") burns CPU in pyproftest.VirtualThreads.spin
  *           called by pyproftest.VirtualThreads.workK (K = 0..8), and no other thread ever runs workK:
  *           the stack of a sample in spin says which thread it is.
+ *   MORE: that many more named virtual threads, "vt-" + (NAMED+UNNAMED+1) upwards, all under work9
+ *           (listed in "threads" with K = 9): many virtual threads sharing a few carriers.
  *   Remounting: each virtual thread yields (Thread.yield()) after every ~0.2 ms of spinning, so the
  *           carriers (ForkJoinPool-1-worker-N, as many as cores) switch between virtual threads; a
  *           virtual thread resumes on any carrier (in practice, a yielding virtual thread often gets its
@@ -46,7 +48,7 @@ public final class VirtualThreads {
         return h;
     }
 
-    // work0 .. work8: one method per busy thread, so that a stack tells which thread it is
+    // work0 .. work8: one method per busy thread, so that a stack tells which thread it is (work9: MORE)
     static long work0(long nanos) {
         return spin(System.nanoTime() + nanos) + 0;
     }
@@ -83,6 +85,10 @@ public final class VirtualThreads {
         return spin(System.nanoTime() + nanos) + 8;
     }
 
+    static long work9(long nanos) {
+        return spin(System.nanoTime() + nanos) + 9;
+    }
+
     static long work(int k, long nanos) {
         switch (k) {
             case 0: return work0(nanos);
@@ -93,7 +99,8 @@ public final class VirtualThreads {
             case 5: return work5(nanos);
             case 6: return work6(nanos);
             case 7: return work7(nanos);
-            default: return work8(nanos);
+            case 8: return work8(nanos);
+            default: return work9(nanos);
         }
     }
 
@@ -127,6 +134,7 @@ public final class VirtualThreads {
     public static void main(String[] args) throws Exception {
         int named = args.length > 0 ? Integer.parseInt(args[0]) : 6;
         int unnamed = args.length > 1 ? Integer.parseInt(args[1]) : 2;
+        int more = args.length > 2 ? Integer.parseInt(args[2]) : 0;
         if (named + unnamed > 8) {
             throw new IllegalArgumentException("at most 8 busy virtual threads (work1 .. work8)");
         }
@@ -142,6 +150,16 @@ public final class VirtualThreads {
                 t.start();
             }
             threads.add((name != null ? name : virtual ? "#" + t.getId() : t.getName()) + ":" + k);
+        }
+        for (int i = 1; i <= more; i++) {
+            String name = "vt-" + (named + unnamed + i);
+            Thread t = virtual ? startVirtual(name, burner(9, true)) : null;
+            if (t == null) {
+                t = new Thread(burner(9, true), name);
+                t.setDaemon(true);
+                t.start();
+            }
+            threads.add(name + ":9");
         }
         Thread platform = new Thread(burner(0, false), "platform-burner");
         platform.setDaemon(true);
