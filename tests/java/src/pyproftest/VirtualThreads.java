@@ -3,6 +3,7 @@ package pyproftest;
 import java.lang.reflect.Method;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.concurrent.locks.LockSupport;
 
 /**
  * Virtual threads burning CPU with a stack that tells which thread they are: the target for the
@@ -22,10 +23,9 @@ import java.util.List;
  *           the stack of a sample in spin says which thread it is.
  *   MORE: that many more named virtual threads, "vt-" + (NAMED+UNNAMED+1) upwards, all under work9
  *           (listed in "threads" with K = 9): many virtual threads sharing a few carriers.
- *   Remounting: each virtual thread yields (Thread.yield()) after every ~0.2 ms of spinning, so the
- *           carriers (ForkJoinPool-1-worker-N, as many as cores) switch between virtual threads; a
- *           virtual thread resumes on any carrier (in practice, a yielding virtual thread often gets its
- *           own carrier back at once when no other virtual thread is queued there).
+ *   Remounting: each virtual thread parks for 50 us (LockSupport.parkNanos) after every ~0.2 ms of
+ *           spinning, so the carriers (ForkJoinPool-1-worker-N, as many as cores) switch between virtual
+ *           threads all the time; a virtual thread resumes on any carrier.
  *   The main thread sleeps.
  *
  * stdout: "mode virtual" (JDK 21+) or "mode platform" (JDK 11, 17: the same threads, as platform threads
@@ -109,7 +109,9 @@ public final class VirtualThreads {
             while (true) {
                 sink += work(k, 200_000);
                 if (yields) {
-                    Thread.yield();   // a virtual thread unmounts here and may resume on another carrier
+                    // a virtual thread unmounts here and resumes on any carrier. Not Thread.yield(): on JDK 25
+                    // a yielding virtual thread got its carrier back at once, and the others starved.
+                    LockSupport.parkNanos(50_000);
                 }
             }
         };
