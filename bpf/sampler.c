@@ -12,6 +12,8 @@
 //   u32 flags          FLAG_* below
 //   u32 pid            the target process (tgid) the sample belongs to
 //   u64 anchor_sp, anchor_pc, anchor_fp   the JavaThread's last Java frame at sample time (0 if none)
+//   u64 vthread, vthread_tid   the virtual thread mounted at sample time (oop, java.lang.Thread.tid;
+//                      0 when none is mounted or before JDK 21)
 //   u64 kstack[KSTACK_DEPTH]
 //   u8  stack[STACK_BYTES]
 // The record has a fixed size (STACK_BYTES is a compile-time constant, set from --stack-bytes) so it
@@ -22,6 +24,9 @@
 //   VM code has its last Java frame there; reading it here, not later in Python, gets the value of the
 //   moment of the sample. The stack base bounds the copy: glibc puts the thread's TCB right above the
 //   stack, so a fixed-size copy from sp would run off the end of the mapping and fail.
+//   Then (JDK 21+, else 0) the OopStorage slots of JavaThread::_vthread and _threadObj and the offset of
+//   java.lang.Thread.tid: a carrier remounts another virtual thread within microseconds, so which one is
+//   mounted is read here too. _vthread holds the carrier's own Thread when none is mounted.
 // Array `counters` (per CPU), index:
 //   0 LOST        a sample of the target did not fit in the ring buffer
 //   1 TRUNCATED   the stack is deeper than the copy (only known for Java threads, whose base is known)
@@ -85,6 +90,8 @@ struct sample {
     u64 anchor_sp;
     u64 anchor_pc;
     u64 anchor_fp;
+    u64 vthread;
+    u64 vthread_tid;
     u64 kstack[KSTACK_DEPTH];
     u8 stack[STACK_BYTES];
 };
@@ -97,6 +104,9 @@ struct anchor_addresses {
     u64 pc;
     u64 fp;
     u64 stack_base;
+    u64 vthread_slot;
+    u64 thread_obj_slot;
+    u64 tid_offset;
 };
 BPF_HASH(java_threads, u32, struct anchor_addresses, 65536);
 
@@ -127,6 +137,22 @@ static __always_inline u32 copy_stack(struct sample *s, u64 sp, u64 base) {
             return size;
     }
     return 0;
+}
+
+// The mounted virtual thread: _vthread holds another Thread than _threadObj (the carrier's own).
+static __always_inline void read_vthread(struct sample *s, struct anchor_addresses *a) {
+    if (!a->vthread_slot || !a->thread_obj_slot)
+        return;
+    u64 vthread = 0, carrier = 0;
+    if (bpf_probe_read_user(&vthread, sizeof(u64), (void *)a->vthread_slot) != 0 ||
+        bpf_probe_read_user(&carrier, sizeof(u64), (void *)a->thread_obj_slot) != 0)
+        return;
+    if (!vthread || vthread == carrier)
+        return;
+    if (bpf_probe_read_user(&s->vthread_tid, sizeof(u64), (void *)(vthread + a->tid_offset)) == 0)
+        s->vthread = vthread;
+    else
+        s->vthread_tid = 0;
 }
 
 int on_sample(struct perf_sample_ctx *ctx) {
@@ -170,6 +196,8 @@ int on_sample(struct perf_sample_ctx *ctx) {
     s->anchor_sp = 0;
     s->anchor_pc = 0;
     s->anchor_fp = 0;
+    s->vthread = 0;
+    s->vthread_tid = 0;
     u32 tid = (u32)pid_tgid;
     u64 stack_base = 0;
     struct anchor_addresses *anchor = java_threads.lookup(&tid);
@@ -178,6 +206,7 @@ int on_sample(struct perf_sample_ctx *ctx) {
         bpf_probe_read_user(&s->anchor_sp, sizeof(u64), (void *)anchor->sp);
         bpf_probe_read_user(&s->anchor_pc, sizeof(u64), (void *)anchor->pc);
         bpf_probe_read_user(&s->anchor_fp, sizeof(u64), (void *)anchor->fp);
+        read_vthread(s, anchor);
     }
     s->ip = ip;
     s->sp = sp;

@@ -84,6 +84,9 @@ class PhysicalFrame(_HashedOnce):
     __hash__ = _HashedOnce.__hash__   # a frozen dataclass replaces any __hash__ not in its own body
 
 
+VIRTUAL_THREAD_LABEL = "virtual_thread"   # the virtual thread mounted on the carrier `thread` (JDK 21+)
+
+
 @dataclass(frozen=True)
 class StackKey(_HashedOnce):
     """What makes two samples the same for aggregation."""
@@ -95,6 +98,14 @@ class StackKey(_HashedOnce):
 
     def _hash_fields(self) -> tuple:
         return self.frames, self.thread_name, self.tid, self.labels
+
+    @property
+    def virtual_thread(self) -> Optional[str]:
+        """The virtual thread's name (or `#<id>`) when a virtual thread was mounted, else None."""
+        for name, value in self.labels:
+            if name == VIRTUAL_THREAD_LABEL:
+                return value
+        return None
 
     __hash__ = _HashedOnce.__hash__   # a frozen dataclass replaces any __hash__ not in its own body
 

@@ -130,7 +130,7 @@ class AgentLabeler:
         cutoff = None if now_ns is None else now_ns - self.HOLD_NS
         while self._held and (cutoff is None or self._held[0][0] < cutoff):
             time_ns, key = self._held.popleft()
-            labels = {**self.threads.get(key.tid), **self.timeline.at(time_ns)}
+            labels = {**self.threads.get(key.tid), **self.timeline.at(time_ns), **dict(key.labels)}
             labels.pop("java_thread", None)   # the session names threads already (current Java names)
             yield replace(key, labels=tuple(sorted(labels.items())))
 

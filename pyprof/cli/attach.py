@@ -130,6 +130,8 @@ def summarize(session: ProfileSession, profile: ProfileData, output: str, fmt: s
     }
     if session.agent is not None:
         summary["agent"] = session.agent.summary()
+    if session.target is not None:   # virtual-thread samples labelled #<tid>: the name was unreadable
+        summary["virtual_thread_names_unread"] = session.target.virtual_names.unread
     if verbose:
         summary["caches"] = _cache_summary()
     return summary

@@ -21,7 +21,7 @@ import click
 from pyprof.cli.common import PID, require_privileges, resolve_output
 from pyprof.model import ProfileData, StackKey
 from pyprof.reporters import write_report
-from pyprof.reporters.aggregate import FrameTable, compile_regex, thread_label
+from pyprof.reporters.aggregate import FrameTable, compile_regex, thread_label, thread_matches
 from pyprof.reporters.top import TopRow
 from pyprof.session.runloop import StopSignals, run_until_stopped
 from pyprof.session.session import ProfileOptions, ProfileSession
@@ -57,7 +57,7 @@ class LiveTop:
         if info is False:
             thread = thread_label(key)
             stack = self.table.stack(key)
-            if not stack or (self.thread_re is not None and not self.thread_re.search(thread)):
+            if not stack or (self.thread_re is not None and not thread_matches(self.thread_re, key)):
                 info = None
             else:
                 info = (thread, stack[0], frozenset(stack))

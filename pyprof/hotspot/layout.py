@@ -152,6 +152,7 @@ FIELD_SPECS: dict[str, tuple[tuple[str, str], ...]] = {
     "JavaThread._osthread": _in("JavaThread", "_osthread"),   # Thread::_osthread on 25 (superclass)
     "JavaThread._anchor": _in("JavaThread", "_anchor"),
     "JavaThread._threadObj": _in("JavaThread", "_threadObj"),  # OopHandle 16+, oop on 11
+    "JavaThread._vthread": _in("JavaThread", "_vthread"),      # 21+: the mounted virtual thread
     "JavaThread._thread_state": _in("JavaThread", "_thread_state"),
     "JavaThread._stack_base": _in("JavaThread", "_stack_base"),
     "JavaThread._stack_size": _in("JavaThread", "_stack_size"),

@@ -18,6 +18,7 @@ MAX_STRING_BYTES = 4096      # a longer "thread name" is taken for garbage: /pro
 LATIN1, UTF16 = 0, 1
 
 _STATIC_INTS = ("thread_name", "string_value", "string_coder")   # Layout.java_field_offset_addresses()
+# Also read, optional: "thread_tid" (java.lang.Thread.tid, the id of virtual threads' labels)
 
 
 class JavaObjects:
@@ -37,7 +38,8 @@ class JavaObjects:
         lay = jvm.layout
         # JavaThread::_threadObj is an OopHandle (16+: one more indirection) or the oop itself (11)
         self.thread_obj_is_handle = lay.thread_obj_is_handle
-        self.available = (len(self.offsets) == len(_STATIC_INTS) and lay.has("JavaThread._threadObj")
+        self.available = (all(key in self.offsets for key in _STATIC_INTS)
+                          and lay.has("JavaThread._threadObj")
                           and (lay.has("OopHandle._obj") or not self.thread_obj_is_handle))
 
     def _static_offsets(self) -> dict[str, int]:
@@ -97,5 +99,26 @@ class JavaObjects:
                 return None   # attaching, or exiting
             name = self.oop_field(thread_oop, self.offsets["thread_name"])
             return self.string(name) if name else None
+        except MemoryReadError:
+            return None
+
+    def thread_tid_offset(self) -> int:
+        """Offset of java.lang.Thread.tid (a long), 0 when libjvm does not say."""
+        return self.offsets.get("thread_tid", 0)
+
+    def virtual_thread_name(self, thread_oop: int, java_tid: int) -> Optional[str]:
+        """The name of the java.lang.Thread at `thread_oop` (captured at sample time, see bpf/sampler.c),
+        provided it still holds tid `java_tid`: a GC may have moved the object since, and a stale address
+        must not name another thread. "" for an unnamed virtual thread; None when unreadable or moved."""
+        tid_offset = self.thread_tid_offset()
+        if not (self.available and tid_offset and thread_oop and java_tid > 0):
+            return None
+        try:
+            if self.r.i64(thread_oop + tid_offset) != java_tid:
+                return None
+            name = self.oop_field(thread_oop, self.offsets["thread_name"])
+            text = self.string(name) if name else ""
+            # re-check: a GC that moved the thread while we read the String leaves its old copy behind
+            return text if self.r.i64(thread_oop + tid_offset) == java_tid else None
         except MemoryReadError:
             return None

@@ -9,6 +9,12 @@ thread that left Java (into the VM, a JNI library or a blocking call) last was i
 sampler reads it at the moment of each sample (anchor_addresses()); the unwinder resumes Java
 unwinding there when native frames have no usable frame pointers.
 
+Virtual threads (21+): JavaThread::_vthread is an OopHandle to the java.lang.Thread the carrier runs
+now: the mounted virtual thread, else the carrier's own (the same object as _threadObj). Both handles
+point at OopStorage slots that stay put for the thread's life (mounting rewrites the slot, and a GC
+updates it), so the BPF sampler is given the two slot addresses and compares what they hold at sample
+time; with java.lang.Thread.tid's offset it also reads the mounted virtual thread's id there.
+
 Whoever owns a JavaThreads refreshes it (the profiling session, every 0.5 s); a refresh of an unchanged
 thread set reads one pointer. Lookups never read the target (name() reads one thread's name, and its
 callers cache it), so they are safe on the per-sample path.
@@ -41,7 +47,7 @@ class JavaThreads:
         self._stack_bases: dict[int, int] = {}          # host tid -> stack base
         self._list: Optional[list[int]] = None          # the JavaThread*s of the last refresh
         self._list_address = 0                          # the SMR ThreadsList they came from
-        self._anchors: dict[int, tuple[int, int, int, int]] = {}
+        self._anchors: dict[int, tuple[int, ...]] = {}
         self.changes = 0                                # bumped whenever the thread set changes
         # A JVM in its own pid namespace (a container) knows its threads by that namespace's tids; the
         # kernel, BPF and /proc speak host tids.
@@ -50,6 +56,9 @@ class JavaThreads:
         self.objects = JavaObjects(jvm)
         self.available = self.lay.supports("Java threads")
         self._smr = self.lay.has("ThreadsSMRSupport._java_thread_list")
+        self.virtual_threads = (self.lay.has("JavaThread._vthread") and self.lay.thread_obj_is_handle
+                                and self.lay.has("OopHandle._obj") and self.objects.available
+                                and self.objects.thread_tid_offset() > 0)
 
     def refresh(self) -> bool:
         """Re-read the thread list; True when the set of threads changed."""
@@ -91,7 +100,7 @@ class JavaThreads:
         self._by_tid = by_tid
         self._tid_of = {thread: tid for tid, thread in by_tid.items()}
         self._stack_bases = bases
-        self._anchors = {tid: (*self._anchor_fields(thread), bases.get(tid, 0))
+        self._anchors = {tid: (*self._anchor_fields(thread), bases.get(tid, 0), *self._vthread_slots(thread))
                          for tid, thread in by_tid.items()}
         self.changes += 1
 
@@ -158,11 +167,27 @@ class JavaThreads:
     def tids(self) -> list[int]:
         return list(self._by_tid)
 
-    def anchor_addresses(self) -> dict[int, tuple[int, int, int, int]]:
-        """tid -> addresses of its JavaThread's _last_Java_sp, _pc and _fp, and its stack base (for the
-        BPF sampler, which reads the anchor at the moment of each sample and copies the stack up to the
-        base)."""
+    def anchor_addresses(self) -> dict[int, tuple[int, ...]]:
+        """tid -> addresses of its JavaThread's _last_Java_sp, _pc and _fp, its stack base, the OopStorage
+        slots of its _vthread and _threadObj and the offset of java.lang.Thread.tid (the last three 0
+        where virtual threads are not readable) for the BPF sampler, which reads the anchor and the
+        mounted virtual thread at the moment of each sample and copies the stack up to the base."""
         return self._anchors
+
+    def _vthread_slots(self, thread: int) -> tuple[int, int, int]:
+        """(_vthread slot, _threadObj slot, Thread.tid offset), or zeros (before 21, or unreadable)."""
+        if not self.virtual_threads:
+            return 0, 0, 0
+        lay = self.lay
+        obj = lay.offset("OopHandle._obj")
+        try:
+            vthread = self.r.ptr(thread + lay.offset("JavaThread._vthread") + obj)
+            carrier = self.r.ptr(thread + lay.offset("JavaThread._threadObj") + obj)
+        except MemoryReadError:
+            return 0, 0, 0
+        if not (vthread and carrier):
+            return 0, 0, 0
+        return vthread, carrier, self.objects.thread_tid_offset()
 
     def _anchor_fields(self, thread: int) -> tuple[int, int, int]:
         lay = self.lay

@@ -121,6 +121,7 @@ def nmethod_probe_candidates(gc_name: str) -> dict[str, list[str]]:
 # local .symtab symbols, renamed with a leading underscore after JDK 11.
 JAVA_FIELD_OFFSET_SYMBOLS = {
     "thread_name": ("_ZN16java_lang_Thread12_name_offsetE",),
+    "thread_tid": ("_ZN16java_lang_Thread11_tid_offsetE",),       # Thread.tid (getId()), a long
     "string_value": ("_ZN16java_lang_String13_value_offsetE",      # 17+
                      "_ZN16java_lang_String12value_offsetE"),      # 11
     "string_coder": ("_ZN16java_lang_String13_coder_offsetE",

@@ -10,7 +10,8 @@ What the writer puts in, and why:
   0). `go tool pprof` only ever symbolizes Locations through their mapping, so these are left alone and
   cause no warning (checked with go 1.19's pprof and upstream's symbolizer); a synthetic "[jit]" mapping
   would only add a fake address range and could become the profile's "main binary" in pprof's header;
-- `thread` / `tid` labels on every sample; lost samples and unknown frames as parseable comments.
+- `thread` / `tid` labels on every sample (plus `virtual_thread` while one is mounted, JDK 21+); lost
+  samples and unknown frames as parseable comments.
 
 The output is deterministic: samples are sorted, ids follow that order, and the gzip header has no time.
 """

@@ -34,8 +34,15 @@ def compile_regex(pattern: Optional[str], what: str) -> Optional[re.Pattern]:
 
 
 def thread_label(key: StackKey) -> str:
-    """How a sample's thread is named in views: its name, or its tid when it has none."""
-    return key.thread_name or (f"tid {key.tid}" if key.tid else "(no thread label)")
+    """How a sample's thread is named in views: the virtual thread that was mounted (as JFR names it;
+    its carrier is the `thread` label), else its name, or its tid when it has none."""
+    return key.virtual_thread or key.thread_name or (f"tid {key.tid}" if key.tid else "(no thread label)")
+
+
+def thread_matches(pattern: re.Pattern[str], key: StackKey) -> bool:
+    """--thread: a virtual thread's sample matches by its own name or by its carrier's."""
+    return bool(pattern.search(thread_label(key)) or (key.virtual_thread and key.thread_name
+                                                       and pattern.search(key.thread_name)))
 
 
 @dataclass(frozen=True)
@@ -122,7 +129,7 @@ def filter_profile(profile: ProfileData, thread: Optional[str] = None, focus: Op
                       lost_samples=profile.lost_samples, unknown_frames=profile.unknown_frames)
     matched: dict[str, bool] = {}
     for key, count in profile.counts.items():
-        if thread_re is not None and not thread_re.search(thread_label(key)):
+        if thread_re is not None and not thread_matches(thread_re, key):
             continue
         if focus_re is not None and not _stack_matches(key, focus_re, tiers, matched):
             continue

@@ -22,8 +22,8 @@ from pyprof.procfs.process import require_running
 KSTACK_DEPTH = 64
 MIN_STACK_BYTES, MAX_STACK_BYTES = 1024, 65536
 # struct sample up to the kernel stack: time_ns, tid, cpu, ip, sp, bp, r13, stack_len, kstack_len, flags,
-# pid, anchor_sp, anchor_pc, anchor_fp
-_HEADER = struct.Struct("<QIIQQQQIIIIQQQ")
+# pid, anchor_sp, anchor_pc, anchor_fp, vthread, vthread_tid
+_HEADER = struct.Struct("<QIIQQQQIIIIQQQQQ")
 _KSTACK_OFFSET = _HEADER.size
 _STACK_OFFSET = _KSTACK_OFFSET + 8 * KSTACK_DEPTH
 FLAG_KERNEL_MODE, FLAG_TRUNCATED = 1, 2
@@ -51,6 +51,8 @@ class RawSample:
     anchor_pc: int = 0
     anchor_fp: int = 0
     pid: int = 0           # the target process the sample belongs to
+    vthread: int = 0       # the virtual thread mounted at sample time: its oop (0: none) and Thread.tid
+    vthread_tid: int = 0
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ def decode_sample(data: int, size: int) -> RawSample:
     """A ring-buffer record (at address `data`) -> RawSample, copying only what the program filled."""
     head = ctypes.string_at(data, _HEADER.size)
     (time_ns, tid, cpu, ip, sp, bp, r13, stack_len, kstack_len, flags, pid, anchor_sp, anchor_pc,
-     anchor_fp) = _HEADER.unpack(head)
+     anchor_fp, vthread, vthread_tid) = _HEADER.unpack(head)
     kstack_len = min(kstack_len, 8 * KSTACK_DEPTH) & ~7
     stack_len = min(stack_len, max(0, size - _STACK_OFFSET))
     kernel_ips: tuple[int, ...] = ()
@@ -87,7 +89,7 @@ def decode_sample(data: int, size: int) -> RawSample:
         kernel_ips = tuple(ip for ip in struct.unpack(f"<{kstack_len // 8}Q", raw) if ip)
     stack = ctypes.string_at(data + _STACK_OFFSET, stack_len) if stack_len else b""
     return RawSample(time_ns, tid, cpu, ip, sp, bp, r13, flags, kernel_ips, stack, anchor_sp, anchor_pc,
-                     anchor_fp, pid)
+                     anchor_fp, pid, vthread, vthread_tid)
 
 
 class Sampler:
@@ -104,7 +106,7 @@ class Sampler:
         self._pending: list[RawSample] = []
         self._callback = None
         self.targets: set[int] = set()
-        self._java_threads: dict[int, tuple[int, int, int, int]] = {}   # what the BPF map holds
+        self._java_threads: dict[int, tuple[int, ...]] = {}   # what the BPF map holds
 
     def start(self) -> None:
         """Compile, load and attach; samples flow once a target pid is set (the constructor's, or
@@ -173,8 +175,9 @@ class Sampler:
         out, self._pending = self._pending, []
         return out
 
-    def set_java_threads(self, anchors: dict[int, tuple[int, int, int, int]]) -> None:
-        """tid -> addresses of its JavaThread's last_Java_sp/pc/fp and its stack base; threads no longer
+    def set_java_threads(self, anchors: dict[int, tuple[int, ...]]) -> None:
+        """tid -> addresses of its JavaThread's last_Java_sp/pc/fp, its stack base and its virtual-thread
+        slots (JavaThreads.anchor_addresses(); a shorter tuple is padded with 0); threads no longer
         listed are removed. Only the difference to the last call is written (a server's thousands of
         threads change a few at a time)."""
         if self._bpf is None:
@@ -189,7 +192,7 @@ class Sampler:
             del self._java_threads[tid]
         for tid, addresses in anchors.items():
             if self._java_threads.get(tid) != addresses:
-                table[key_type(tid)] = leaf_type(*addresses)
+                table[key_type(tid)] = leaf_type(*addresses)   # missing trailing fields are 0
                 self._java_threads[tid] = addresses
 
     def counters(self) -> SamplerCounters:

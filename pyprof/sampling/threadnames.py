@@ -41,3 +41,35 @@ class ThreadNames:
             name = cached[1] if cached is not None else f"tid-{tid}"
         self._names.put(tid, (now, name))
         return name
+
+
+class VirtualThreadNames:
+    """Labels of virtual threads (JDK 21+), keyed by java.lang.Thread.tid, which the JVM never reuses.
+
+    The BPF sampler captures the mounted virtual thread's oop and tid at sample time; its name is read
+    here, later, from that oop (`read(oop, tid)`, which checks the object still holds that tid: a GC may
+    have moved it) and kept for `ttl` seconds. An unnamed virtual thread (the default) is labelled
+    `#<tid>`, and so is one whose name could not be read yet.
+    """
+
+    def __init__(self, read: Callable[[int, int], Optional[str]], ttl: float = TTL) -> None:
+        self.read = read
+        self.ttl = ttl
+        self._names: LRUCache[int, tuple[float, str]] = LRUCache("virtual thread tid -> name",
+                                                                  MAX_THREADS)
+        self.unread = 0          # lookups whose object had moved or was unreadable (labelled #<tid>)
+
+    def label(self, oop: int, java_tid: int) -> str:
+        now = time.monotonic()
+        cached = self._names.get(java_tid)
+        if cached is not None and now - cached[0] < self.ttl:
+            return cached[1]
+        name = self.read(oop, java_tid)
+        if name is None:
+            self.unread += 1
+            if cached is not None:    # moved since: the name read before is still the best one known
+                return cached[1]
+            return f"#{java_tid}"      # not cached: the next sample of it tries again
+        label = name or f"#{java_tid}"
+        self._names.put(java_tid, (now, label))
+        return label

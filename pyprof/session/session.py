@@ -25,7 +25,7 @@ from pyprof.hotspot.codecache import CodeCache
 from pyprof.hotspot.jvm import HotSpotJvm
 from pyprof.hotspot.method import MethodResolver
 from pyprof.hotspot.threads import JavaThreads
-from pyprof.model import ProfileData, StackKey
+from pyprof.model import VIRTUAL_THREAD_LABEL, ProfileData, StackKey
 from pyprof.procfs.process import is_running
 from pyprof.sampling.sampler import (
     RINGBUF_SECONDS,
@@ -34,7 +34,7 @@ from pyprof.sampling.sampler import (
     Sampler,
     stack_window,
 )
-from pyprof.sampling.threadnames import ThreadNames
+from pyprof.sampling.threadnames import ThreadNames, VirtualThreadNames
 from pyprof.sampling.unwind import Unwinder, UnwindStats
 from pyprof.symbols.kernel import KernelSymbols
 from pyprof.symbols.native import NativeSymbolizer
@@ -118,6 +118,7 @@ class JvmTarget:
         self.threads = threads
         self.unwinder = unwinder
         self.names = names
+        self.virtual_names = VirtualThreadNames(threads.objects.virtual_thread_name)
 
     @classmethod
     def open(cls, pid: int, jvm: Optional[HotSpotJvm] = None) -> JvmTarget:
@@ -145,7 +146,10 @@ class JvmTarget:
             frames = self.unwinder.unwind(sample)
         except MemoryReadError:
             frames = (self.unwinder.unknown_frame("unwind failed"),)
-        return StackKey(frames, self.names.name(sample.tid), sample.tid)
+        labels: tuple[tuple[str, str], ...] = ()
+        if sample.vthread:   # the virtual thread mounted on this carrier at sample time (JDK 21+)
+            labels = ((VIRTUAL_THREAD_LABEL, self.virtual_names.label(sample.vthread, sample.vthread_tid)),)
+        return StackKey(frames, self.names.name(sample.tid), sample.tid, labels)
 
     def close(self) -> None:
         for closer in (self.live, self.jvm):
