@@ -293,6 +293,7 @@ class CodeBlobHeader(NamedTuple):
 
 
 _NO_NMETHOD = (None,) * 8
+MAX_PACKED_OFFSET = 1 << 16   # fields of the headers pyprof decodes sit within their first few KiB
 _BLOB_FIELDS = 7
 # Indexes in CodeBlobHeader (the decoder patches a few values in place before building the record)
 _CODE_BEGIN, _CODE_END = 4, 5
@@ -428,7 +429,9 @@ class Layout:
             slots[f] = len(slots)
         fmt, pos = "<", 0
         for offset, size, signed in slots:
-            if offset < pos or size not in (1, 2, 4, 8):   # overlapping or odd-sized: decode one by one
+            # overlapping, odd-sized, or an offset no HotSpot header has (corrupt VMStructs: a struct
+            # format padded to it would not compile): decode one by one, each field bounds-checked
+            if offset < pos or size not in (1, 2, 4, 8) or offset > MAX_PACKED_OFFSET:
                 return self._slow_unpacker(fields)
             fmt += f"{offset - pos}x" if offset > pos else ""
             code = {1: "b", 2: "h", 4: "i", 8: "q"}[size]
