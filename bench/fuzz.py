@@ -115,16 +115,22 @@ def main(argv: list[str]) -> int:
     started = time.monotonic()
     for target, count in zip(targets, per_target):
         t0 = time.monotonic()
-        results = [fuzzer.run(target, n) for n in range(count)]
+        results = []
+        for n in range(count):
+            results.append(fuzzer.run(target, n))
+            if (n + 1) % 500 == 0:
+                print(f"  {target}: {n + 1}/{count} ({time.monotonic() - t0:.0f} s)", file=sys.stderr,
+                      flush=True)
         report(target, results, time.monotonic() - t0)
         failures += [r for r in results if r.outcome == "failure"]
     total = sum(per_target)
-    print(f"\n{total} cases, seed {args.seed}, {time.monotonic() - started:.0f} s: {len(failures)} FAILURE(s)")
+    elapsed = time.monotonic() - started
+    print(f"\n{total} cases, seed {args.seed}, {elapsed:.0f} s: {len(failures)} FAILURE(s)")
     for r in failures:
         print(f"FAILURE {r.replay_hint(args.seed)}: {r.detail}")
-    if failures and needs_worlds and not args.load:
-        where = args.save or Path(tempfile.mkdtemp(prefix="pyprof-fuzz-"))
-        if not args.save:
+    if failures and needs_worlds:
+        where = args.load or args.save or Path(tempfile.mkdtemp(prefix="pyprof-fuzz-"))
+        if not (args.load or args.save):
             save_worlds(worlds, where)
         print(f"replay one: .venv/bin/python bench/fuzz.py --load {where} --seed {args.seed} "
               f"--target TARGET --case N")

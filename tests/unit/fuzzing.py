@@ -35,8 +35,8 @@ import random
 import signal
 import subprocess
 import time
-import tracemalloc
 import traceback
+import tracemalloc
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -425,7 +425,8 @@ def codecache_case(world: World, rng: random.Random) -> Case:
         patch_bytes(mem, name_ptr + rng.randrange(4), hostile_bytes(rng, rng.randrange(1, 16)))
     elif kind == "flip-heap":
         for _ in range(rng.randrange(1, 64)):
-            patch_bytes(mem, rng.randrange(heap.low_boundary, heap.committed_end), bytes([rng.randrange(256)]))
+            at = rng.randrange(heap.low_boundary, heap.committed_end)
+            patch_bytes(mem, at, bytes([rng.randrange(256)]))
     else:
         mem = world.memory(whole_memory_corruption(cap.targets(), rng))
     pcs = rng.sample(cap.pcs, min(8, len(cap.pcs)))
@@ -542,7 +543,8 @@ def threads_case(world: World, rng: random.Random) -> Case:
     elif kind == "smr-element":
         array = reader.ptr(tlist + lay.offset("ThreadsList._threads"))
         for _ in range(rng.randrange(1, 4)):
-            patch_int(mem, array + 8 * rng.randrange(len(threads)), interesting(rng, thread, pointers=pointers))
+            at = array + 8 * rng.randrange(len(threads))
+            patch_int(mem, at, interesting(rng, thread, pointers=pointers))
     elif kind == "next":
         patch_int(mem, thread + lay.offset("JavaThread._next"), interesting(rng, thread, pointers=pointers))
     elif kind == "next-cycle":   # a thread's _next leads back to itself or an earlier thread
@@ -591,7 +593,8 @@ def unwind_case(rec: Recording, rng: random.Random) -> Case:
         for _ in range(rng.randrange(1, 8)):
             at = rng.randrange(len(stack) // 8) * 8
             old = int.from_bytes(stack[at : at + 8], "little")
-            stack[at : at + 8] = interesting(rng, old, pointers=pointers + (sample.sp + at,)).to_bytes(8, "little")
+            word = interesting(rng, old, pointers=pointers + (sample.sp + at,))
+            stack[at : at + 8] = word.to_bytes(8, "little")
     elif kind == "stack-length":
         cut = rng.randrange(len(stack) + 1)
         stack = stack[:cut] + bytearray(rng.randbytes(rng.choice((0, 0, 8, 64))))
@@ -616,7 +619,8 @@ def unwind_case(rec: Recording, rng: random.Random) -> Case:
     def run() -> Optional[str]:
         jvm = rec.jvm(ReplayMemory(rec.regions, corrupt))
         unwinder = Unwinder(jvm, lookup, MethodResolver(jvm.reader, jvm.layout),  # type: ignore[arg-type]
-                            RecordedThreads(rec.java_tids), RecordedNatives(rec.natives), rec.kernel_symbols())
+                            RecordedThreads(rec.java_tids), RecordedNatives(rec.natives),
+                            rec.kernel_symbols())
         frames = unwinder.unwind(raw)
         promise(isinstance(frames, tuple) and all(isinstance(f, PhysicalFrame) for f in frames),
                 "unwind did not return frames")
@@ -689,7 +693,8 @@ class Fuzzer:
         if outcome != "failure" and seconds > self.time_limit:
             outcome, detail = "failure", f"took {seconds:.1f} s (bound {self.time_limit:.0f} s)"
         if outcome != "failure" and peak > self.memory_limit:
-            outcome, detail = "failure", f"allocated {peak >> 20} MiB at peak (bound {self.memory_limit >> 20} MiB)"
+            bound = self.memory_limit >> 20
+            outcome, detail = "failure", f"allocated {peak >> 20} MiB at peak (bound {bound} MiB)"
         return Result(target, case, source, built.mutation, outcome, detail, seconds, peak)
 
 
