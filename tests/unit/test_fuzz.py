@@ -59,7 +59,8 @@ def test_fuzz_sample_survives(fuzzer: Fuzzer, target: str) -> None:
 
 def test_jdk11_linked_thread_list_is_fuzzed(fuzzer: Fuzzer) -> None:
     # GIVEN the threads target WHEN its cases are drawn THEN JDK 11's linked list gets cycles
-    mutations = {(fuzzer.case("threads", n)[0], fuzzer.case("threads", n)[1].mutation) for n in range(200)}
+    drawn = [fuzzer.case("threads", n) for n in range(200)]
+    mutations = {(source, case.mutation) for source, case in drawn}
     assert ("jdk11", "next-cycle") in mutations
     # AND the SMR ThreadsList of 17+ its length, array and elements
     assert {m for source, m in mutations if source != "jdk11" and m.startswith("smr-")} == {
