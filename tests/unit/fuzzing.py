@@ -471,8 +471,9 @@ def debuginfo_case(world: World, rng: random.Random) -> Case:
     touched = world.touched_by_decoding(pc, blob)
     mem = world.memory()
     kind = rng.choice(("touched-bytes", "touched-bytes", "touched-word", "unsigned5", "nmethod-offset",
-                       "fail-read", "whole-memory"))
+                       "fail-read", "whole-memory", "stale-blob"))
     corrupt = None
+    asked = blob
     if kind == "touched-bytes":
         for _ in range(rng.randrange(1, 8)):
             address, size = rng.choice(touched)
@@ -501,6 +502,12 @@ def debuginfo_case(world: World, rng: random.Random) -> Case:
                 raise MemoryReadError(f"0x{a:x} gone")
             return data
         corrupt = fail
+    elif kind == "stale-blob":   # the code-cache map's answer is stale: freed, moved, or another nmethod's
+        other = rng.choice(nmethod_pcs)[1]
+        key = rng.choice(("address", "code_begin", "code_end", "size", "compile_id", "method_ptr"))
+        value = getattr(other, key) if rng.random() < 0.5 else interesting(rng, getattr(blob, key), pointers=(
+            other.address, other.code_begin, blob.address))
+        asked = dataclasses.replace(blob, **{key: value})
     else:
         corrupt = whole_memory_corruption(world.cap.targets(), rng)
     if corrupt is not None:
@@ -510,9 +517,9 @@ def debuginfo_case(world: World, rng: random.Random) -> Case:
     def run() -> Optional[str]:
         reader = Reader(mem)
         debug = DebugInfo(reader, lay, MethodResolver(reader, lay))
-        changed = debug.scopes_at(blob, pc) != world.cap.scopes[pc]
+        changed = debug.scopes_at(asked, pc) != world.cap.scopes[pc]
         for at in [pc, *others]:
-            chain = debug.scopes_at(blob, at)
+            chain = debug.scopes_at(asked, at)
             promise(isinstance(chain, tuple) and len(chain) <= MAX_SCOPES, "scope chain unbounded")
             for scope in chain:
                 promise(isinstance(scope, JavaScope) and isinstance(scope.line, int), "not a scope")
