@@ -585,7 +585,7 @@ def unwind_case(rec: Recording, rng: random.Random) -> Case:
     sample = recorded.raw
     stack = bytearray(sample.stack)
     kind = rng.choice(("stack-bytes", "stack-words", "stack-words", "stack-length", "registers", "anchor",
-                       "lookups", "memory"))
+                       "lookups", "memory", "thread-list", "kernel-ips", "fp-chain"))
     code_pcs = tuple(rng.randrange(b.code_begin, max(b.code_begin + 1, b.code_end))
                      for b in rng.sample(rec.blobs, min(8, len(rec.blobs))))
     in_stack = tuple(sample.sp + rng.randrange(0, max(8, len(stack)), 8) for _ in range(4))
@@ -593,6 +593,7 @@ def unwind_case(rec: Recording, rng: random.Random) -> Case:
     changes: dict[str, int] = {}
     lookup = rec.lookup_blob
     corrupt = None
+    java_tids = rec.java_tids
     if kind == "stack-bytes" and stack:
         for _ in range(rng.randrange(1, 32)):
             stack[rng.randrange(len(stack))] = rng.randrange(256)
@@ -619,6 +620,18 @@ def unwind_case(rec: Recording, rng: random.Random) -> Case:
             if lie_rng.random() >= share:
                 return rec.lookup_blob(pc, time_ns)
             return lie_rng.choice([None, lie_rng.choice(rec.blobs)])
+    elif kind == "fp-chain" and len(stack) >= 64:   # saved frame pointers that loop, go down, or run long
+        stack += bytearray(rng.choice((0, 4096, 32768)))
+        slots = list(range(0, len(stack) - 16, 16))
+        for at in rng.sample(slots, min(len(slots), rng.choice((1, 8, 512)))):
+            target = sample.sp + rng.choice((at, at - 16, at + 16, rng.choice(slots)))
+            stack[at : at + 16] = target.to_bytes(8, "little") + rng.choice(pointers).to_bytes(8, "little")
+        changes["bp"] = sample.sp + rng.choice(slots)
+    elif kind == "thread-list":   # the thread list is stale: a Java thread is not known, or the reverse
+        java_tids = java_tids ^ frozenset({sample.tid})
+    elif kind == "kernel-ips":
+        changes["kernel_ips"] = tuple(interesting(rng, ip, pointers=pointers)  # type: ignore[assignment]
+                                      for ip in sample.kernel_ips or (0,) * rng.randrange(1, 8))
     else:
         corrupt = whole_memory_corruption([a + len(d) // 2 for a, d in rec.regions], rng)
     raw: RawSample = dataclasses.replace(sample, stack=bytes(stack), **changes)
@@ -626,7 +639,7 @@ def unwind_case(rec: Recording, rng: random.Random) -> Case:
     def run() -> Optional[str]:
         jvm = rec.jvm(ReplayMemory(rec.regions, corrupt))
         unwinder = Unwinder(jvm, lookup, MethodResolver(jvm.reader, jvm.layout),  # type: ignore[arg-type]
-                            RecordedThreads(rec.java_tids), RecordedNatives(rec.natives),
+                            RecordedThreads(java_tids), RecordedNatives(rec.natives),
                             rec.kernel_symbols())
         frames = unwinder.unwind(raw)
         promise(isinstance(frames, tuple) and all(isinstance(f, PhysicalFrame) for f in frames),
