@@ -121,6 +121,13 @@ class World:
     smr: bool
     threads: list[int]               # JavaThread*s as read live
     _touched: dict[int, list[tuple[int, int]]] = field(default_factory=dict, repr=False)
+    _targets: list[int] = field(default_factory=list, repr=False)
+
+    def targets(self) -> list[int]:
+        """Addresses inside captured memory, for self-referencing corruption (computed once)."""
+        if not getattr(self, "_targets", None):   # (worlds pickled before this cache existed lack it)
+            self._targets = self.cap.targets()
+        return self._targets
 
     @property
     def version(self) -> int:
@@ -219,7 +226,8 @@ def save_worlds(worlds: list[World], directory: Path) -> None:
     for w in worlds:
         with gzip.open(directory / f"world-jdk{w.version}.pickle.gz", "wb", compresslevel=1) as f:
             jvm = dataclasses.replace(w.cap.jvm, memory=None, reader=Reader(BytesMemory()))  # no open files
-            pickle.dump(dataclasses.replace(w, cap=dataclasses.replace(w.cap, jvm=jvm), _touched={}), f)
+            bare = dataclasses.replace(w, cap=dataclasses.replace(w.cap, jvm=jvm), _touched={}, _targets=[])
+            pickle.dump(bare, f)
 
 
 def load_worlds(directory: Path) -> list[World]:
@@ -428,7 +436,7 @@ def codecache_case(world: World, rng: random.Random) -> Case:
             at = rng.randrange(heap.low_boundary, heap.committed_end)
             patch_bytes(mem, at, bytes([rng.randrange(256)]))
     else:
-        mem = world.memory(whole_memory_corruption(cap.targets(), rng))
+        mem = world.memory(whole_memory_corruption(world.targets(), rng))
     pcs = rng.sample(cap.pcs, min(8, len(cap.pcs)))
 
     def run() -> Optional[str]:
@@ -509,7 +517,7 @@ def debuginfo_case(world: World, rng: random.Random) -> Case:
             other.address, other.code_begin, blob.address))
         asked = dataclasses.replace(blob, **{key: value})
     else:
-        corrupt = whole_memory_corruption(world.cap.targets(), rng)
+        corrupt = whole_memory_corruption(world.targets(), rng)
     if corrupt is not None:
         mem.corrupt = corrupt
     others = [rng.randrange(blob.code_begin, blob.code_end) for _ in range(2)]
@@ -566,7 +574,7 @@ def threads_case(world: World, rng: random.Random) -> Case:
         osthread = reader.ptr(thread + lay.offset("JavaThread._osthread"))
         patch_int(mem, osthread + lay.offset("OSThread._thread_id"), interesting(rng, 1000, 4), 4)
     else:
-        mem = world.memory(whole_memory_corruption(world.cap.targets(), rng))
+        mem = world.memory(whole_memory_corruption(world.targets(), rng))
 
     def run() -> Optional[str]:
         java_threads = JavaThreads(world.jvm(mem))
