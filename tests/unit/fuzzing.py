@@ -697,6 +697,18 @@ class Fuzzer:
         return f"jdk{world.version}", build(world, rng)
 
     def run(self, target: str, case: int) -> Result:
+        """Run one case; one over its time bound runs once more and fails only if slow again (the
+        machine is shared: a scheduling stall of seconds is not the reader's doing)."""
+        result = self._run_once(target, case)
+        if result.outcome == "failure" and result.detail.startswith("took"):
+            again = self._run_once(target, case)
+            if again.outcome != "failure":
+                return again
+            again.detail = f"{result.detail}, again {again.seconds:.1f} s"
+            return again
+        return result
+
+    def _run_once(self, target: str, case: int) -> Result:
         source, built = self.case(target, case)
         previous = signal.signal(signal.SIGALRM, _hang)
         if self.trace_memory:
