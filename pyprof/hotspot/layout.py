@@ -302,6 +302,7 @@ class CodeBlobHeader(NamedTuple):
 _CODE_BEGIN, _CODE_END, _METHOD, _LEVEL, _ENTRY_BCI, _VERIFIED, _DEOPT = map(CodeBlobHeader._fields.index, (
     "code_begin", "code_end", "method_ptr", "level", "entry_bci", "verified_entry", "deopt_handler"))
 _NO_NMETHOD = (None,) * (len(CodeBlobHeader._fields) - _METHOD)
+MAX_PACKED_OFFSET = 1 << 16   # fields of the headers pyprof decodes sit within their first few KiB
 _new_tuple = tuple.__new__      # CodeBlobHeader from a sequence without _make's checks (50k per walk)
 
 
@@ -434,7 +435,9 @@ class Layout:
             slots[f] = len(slots)
         fmt, pos = "<", 0
         for offset, size, signed in slots:
-            if offset < pos or size not in (1, 2, 4, 8):   # overlapping or odd-sized: decode one by one
+            # overlapping, odd-sized, or an offset no HotSpot header has (corrupt VMStructs: a struct
+            # format padded to it would not compile): decode one by one, each field bounds-checked
+            if offset < pos or size not in (1, 2, 4, 8) or offset > MAX_PACKED_OFFSET:
                 return self._slow_unpacker(fields)
             fmt += f"{offset - pos}x" if offset > pos else ""
             code = {1: "b", 2: "h", 4: "i", 8: "q"}[size]

@@ -201,32 +201,36 @@ def capture(version: int) -> Capture:
     try:
         jp.wait_for("ready")
         jvm = HotSpotJvm.open(jp.pid)
-        recorder = RecordingMemory(jvm.memory)
-        live = dataclasses.replace(jvm, reader=Reader(recorder))
-        cache = CodeCache(live)
-        heaps = cache.heaps()
-        for heap in heaps:   # the whole committed heap and its segment map, not only what a walk touches
-            for start in range(heap.low_boundary, heap.committed_end, 1 << 20):
-                recorder.read(start, min(1 << 20, heap.committed_end - start))
-            recorder.read(heap.segmap_low, heap.committed // heap.segment_size)
-        snapshot = cache.walk()
-        rng = random.Random(version)
-        nmethods = [b for b in snapshot.blobs if b.is_nmethod and b.method is not None]
-        others = [b for b in snapshot.blobs if not b.is_nmethod]
-        picked = rng.sample(nmethods, min(60, len(nmethods))) + rng.sample(others, min(10, len(others)))
-        pcs = [(rng.randrange(b.code_begin, b.code_end), b) for b in picked]
-        debug = DebugInfo(live.reader, live.layout, cache.resolver)
-        direct = MethodResolver(live.reader, live.layout)
-        scopes = {}
-        for pc, blob in pcs:
-            assert cache.blob_at(pc) == blob
-            scopes[pc] = debug.scopes_at(blob, pc)
-        for blob in nmethods:
-            direct.resolve(blob.method_ptr)
-        return Capture(version, jvm, recorder.regions(), heaps, snapshot, pcs, scopes)
+        return capture_code_cache(jvm, RecordingMemory(jvm.memory), version)
     finally:
         proc.stdin.close()
         jp.stop()
+
+
+def capture_code_cache(jvm: HotSpotJvm, recorder: RecordingMemory, version: int) -> Capture:
+    """Read a live JVM's code cache through `recorder` (which may already hold other reads)."""
+    live = dataclasses.replace(jvm, reader=Reader(recorder))
+    cache = CodeCache(live)
+    heaps = cache.heaps()
+    for heap in heaps:   # the whole committed heap and its segment map, not only what a walk touches
+        for start in range(heap.low_boundary, heap.committed_end, 1 << 20):
+            recorder.read(start, min(1 << 20, heap.committed_end - start))
+        recorder.read(heap.segmap_low, heap.committed // heap.segment_size)
+    snapshot = cache.walk()
+    rng = random.Random(version)
+    nmethods = [b for b in snapshot.blobs if b.is_nmethod and b.method is not None]
+    others = [b for b in snapshot.blobs if not b.is_nmethod]
+    picked = rng.sample(nmethods, min(60, len(nmethods))) + rng.sample(others, min(10, len(others)))
+    pcs = [(rng.randrange(b.code_begin, b.code_end), b) for b in picked]
+    debug = DebugInfo(live.reader, live.layout, cache.resolver)
+    direct = MethodResolver(live.reader, live.layout)
+    scopes = {}
+    for pc, blob in pcs:
+        assert cache.blob_at(pc) == blob
+        scopes[pc] = debug.scopes_at(blob, pc)
+    for blob in nmethods:
+        direct.resolve(blob.method_ptr)
+    return Capture(version, jvm, recorder.regions(), heaps, snapshot, pcs, scopes)
 
 
 @pytest.fixture(scope="module", params=JDK_VERSIONS, ids=[f"jdk{v}" for v in JDK_VERSIONS])
