@@ -21,6 +21,7 @@ from pyprof.errors import MemoryReadError
 
 _SYM = struct.Struct("<IBBHQQ")   # Elf64_Sym: name, info, other, shndx, value, size
 STT_OBJECT, STT_FUNC = 1, 2
+STB_LOCAL, STB_GLOBAL, STB_WEAK = 0, 1, 2
 MAX_SECTION = 256 * 1024 * 1024    # refuse absurd symbol tables (the file may be hostile)
 
 
@@ -31,6 +32,7 @@ class Symbol:
     size: int
     kind: int      # STT_*
     table: str     # ".dynsym" or ".symtab"
+    binding: int = STB_GLOBAL
 
 
 @dataclass
@@ -40,6 +42,8 @@ class ElfSymbols:
     path: str
     build_id: str = ""
     has_symtab: bool = False
+    debuglink: str = ""           # .gnu_debuglink: the file name of the separate debug file
+    debugdata: bytes = b""        # .gnu_debugdata: MiniDebugInfo, an xz-compressed ELF with a .symtab
     symbols: list[Symbol] = field(default_factory=list)
     _by_name: dict[str, Symbol] = field(default_factory=dict, repr=False)
     _funcs: list[Symbol] = field(default_factory=list, repr=False)
@@ -64,7 +68,8 @@ class ElfSymbols:
     @classmethod
     def _from_stream(cls, path: str, f: BinaryIO) -> ElfSymbols:
         elf = ELFFile(f)
-        out = cls(path=path, build_id=_build_id(elf))
+        out = cls(path=path, build_id=_build_id(elf), debuglink=_debuglink(elf),
+                  debugdata=_section_bytes(f, elf, ".gnu_debugdata", MAX_DEBUGDATA))
         for table in (".dynsym", ".symtab"):
             section = elf.get_section_by_name(table)
             if section is None or section["sh_type"] == "SHT_NOBITS":
@@ -79,9 +84,23 @@ class ElfSymbols:
         for sym in self.symbols:
             # .dynsym first, so exported (versioned) names win over local duplicates
             self._by_name.setdefault(sym.name, sym)
-        funcs = {s.value: s for s in self.symbols if s.kind == STT_FUNC and s.value and s.size}
+        # With a .symtab, the .dynsym adds nothing (it is a subset); perf names from the .symtab alone.
+        tables = (".symtab",) if self.has_symtab else (".dynsym",)
+        funcs: dict[int, Symbol] = {}
+        for s in self.symbols:
+            if s.kind == STT_FUNC and s.value and s.size and s.table in tables:
+                held = funcs.get(s.value)
+                funcs[s.value] = s if held is None or _perf_prefers(s, held) else held
         self._funcs = sorted(funcs.values(), key=lambda s: s.value)
         self._func_starts = [s.value for s in self._funcs]
+
+    def merged_with(self, debug: ElfSymbols) -> ElfSymbols:
+        """These symbols plus a separate debug file's (.symtab of the same link-time addresses)."""
+        out = ElfSymbols(path=self.path, build_id=self.build_id or debug.build_id,
+                         has_symtab=self.has_symtab or debug.has_symtab, debuglink=self.debuglink)
+        out.symbols = self.symbols + [s for s in debug.symbols if s.table == ".symtab"]
+        out._index()
+        return out
 
     def lookup(self, name: str) -> Optional[Symbol]:
         return self._by_name.get(name)
@@ -98,6 +117,15 @@ class ElfSymbols:
         return sym if vaddr < sym.value + sym.size else None
 
 
+def _perf_prefers(a: Symbol, b: Symbol) -> bool:
+    """Of two functions at one address, the one `perf report` names (tools/perf's choose_best_symbol):
+    non-weak, then global, then fewer leading underscores, then the longer name."""
+    def rank(s: Symbol) -> tuple:
+        return (s.binding != STB_WEAK, s.binding == STB_GLOBAL, -(len(s.name) - len(s.name.lstrip("_"))),
+                len(s.name))
+    return rank(a) > rank(b)
+
+
 def _decode_symbols(f: BinaryIO, section, strtab, table: str) -> Iterator[Symbol]:
     size = section["sh_size"]
     if size > MAX_SECTION or strtab["sh_size"] > MAX_SECTION:
@@ -111,7 +139,26 @@ def _decode_symbols(f: BinaryIO, section, strtab, table: str) -> Iterator[Symbol
             continue
         end = strings.find(b"\0", name_off)
         name = strings[name_off : end if end >= 0 else len(strings)].decode("utf-8", "replace")
-        yield Symbol(name, value, sym_size, info & 0xF, table)
+        yield Symbol(name, value, sym_size, info & 0xF, table, info >> 4)
+
+
+MAX_DEBUGDATA = 64 << 20
+
+
+def _section_bytes(f: BinaryIO, elf: ELFFile, name: str, limit: int) -> bytes:
+    section = elf.get_section_by_name(name)
+    if section is None or section["sh_type"] == "SHT_NOBITS" or section["sh_size"] > limit:
+        return b""
+    f.seek(section["sh_offset"])
+    return f.read(section["sh_size"])
+
+
+def _debuglink(elf: ELFFile) -> str:
+    section = elf.get_section_by_name(".gnu_debuglink")
+    if section is None or section["sh_type"] == "SHT_NOBITS" or section["sh_size"] > 4096:
+        return ""
+    name = section.data().split(b"\0", 1)[0].decode("utf-8", "replace")
+    return name if name and "/" not in name and name not in (".", "..") else ""
 
 
 def _build_id(elf: ELFFile) -> str:

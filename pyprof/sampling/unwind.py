@@ -30,6 +30,7 @@ from pyprof.hotspot.method import MethodInfo, MethodResolver
 from pyprof.hotspot.threads import JavaThreads
 from pyprof.lru import LRUCache
 from pyprof.model import FrameKind, LogicalFrame, PhysicalFrame
+from pyprof.symbols import cfi
 
 MAX_DEPTH = 256
 MAX_FRAME_BYTES = 1 << 20       # no single frame larger than 1 MiB
@@ -66,6 +67,8 @@ class UnwindStats:
     live_reads: int = 0
     anchor_used: int = 0
     deoptimized_frames: int = 0
+    cfi_steps: int = 0            # native frames unwound with DWARF CFI
+    fp_steps: int = 0             # native frames unwound with frame pointers (no CFI there)
 
     @property
     def unknown_total(self) -> int:
@@ -128,6 +131,7 @@ class Unwinder:
             "pc -> prologue/epilogue slot", 200_000)
         self._native_frames: LRUCache[int, tuple[PhysicalFrame, bool]] = LRUCache(
             "pc -> native frame", 500_000)
+        self._cfi_rules: LRUCache[int, Optional[cfi.Rule]] = LRUCache("pc -> CFI rule", 200_000)
         self._kernel_frames: LRUCache[int, PhysicalFrame] = LRUCache("pc -> kernel frame", 100_000)
         self._method_frames: LRUCache[tuple[int, FrameKind, int, bool], LogicalFrame] = LRUCache(
             "method -> logical frame", 500_000)
@@ -364,10 +368,55 @@ class Unwinder:
     # ---- native frames ---------------------------------------------------------------------------
     def _native_step(self, cur: _Cursor, reader: _StackReader
                      ) -> tuple[PhysicalFrame, Optional[_Cursor], bool]:
-        frame, is_root = self._native_frame(cur.pc if cur.top else cur.pc - 1, cur.pc)
+        # A return address may be the first byte after a call to a noreturn function, i.e. already in
+        # the next function: callers are looked up at pc - 1 (as perf and libunwind do).
+        lookup_pc = cur.pc if cur.top else cur.pc - 1
+        frame, is_root = self._native_frame(lookup_pc, cur.pc)
         if is_root:
             return frame, None, True
+        rule = self._cfi_rule(lookup_pc)
+        if rule is not None:
+            if rule.kind == cfi.ROOT:          # the return address is undefined: clone3, _start
+                return frame, None, True
+            nxt = self._cfi_step(rule, cur, reader)
+            if nxt is not None:
+                self.stats.cfi_steps += 1
+                return frame, nxt, False
+        self.stats.fp_steps += 1
         return frame, self._fp_step(cur, reader), False
+
+    def _cfi_rule(self, pc: int) -> Optional[cfi.Rule]:
+        """The DWARF CFI rule at pc, memoized per pc (the tables themselves are compiled once per
+        build-id, see pyprof.symbols.cfi)."""
+        if self.natives is None:
+            return None
+        found, rule = self._cfi_rules.lookup(pc)
+        if found:
+            return rule
+        _mapped, rule = self.natives.unwind_rule(pc)
+        return self._cfi_rules.put(pc, rule)
+
+    def _cfi_step(self, rule: cfi.Rule, cur: _Cursor, reader: _StackReader) -> Optional[_Cursor]:
+        if rule.kind == cfi.CFA_RSP:
+            cfa = cur.sp + rule.cfa_offset
+        elif rule.kind == cfi.CFA_RBP:
+            cfa = cur.fp + rule.cfa_offset
+        elif rule.kind == cfi.CFA_PLT:
+            cfa = cur.sp + rule.cfa_offset + (WORD if (cur.pc & 15) >= rule.plt_threshold else 0)
+        else:
+            return None
+        if cfa <= cur.sp or cfa - cur.sp > MAX_FRAME_BYTES or cfa % WORD:
+            return None
+        ret = reader.word(cfa - WORD)
+        if ret is None:
+            return None
+        fp = cur.fp
+        if rule.fp_offset:
+            saved = reader.word(cfa + rule.fp_offset)
+            if saved is None:
+                return None
+            fp = saved
+        return _Cursor(ret, cfa, fp, top=False)
 
     def _native_frame(self, lookup_pc: int, pc: int) -> tuple[PhysicalFrame, bool]:
         cached = self._native_frames.get(pc)
