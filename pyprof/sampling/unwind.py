@@ -32,10 +32,11 @@ from pyprof.lru import LRUCache
 from pyprof.model import FrameKind, LogicalFrame, PhysicalFrame
 from pyprof.symbols import cfi
 
-MAX_DEPTH = 256
+MAX_DEPTH = 1024                # physical frames (framework stacks reach 300+ Java frames)
 MAX_FRAME_BYTES = 1 << 20       # no single frame larger than 1 MiB
 WORD = 8
-LIVE_READ_LIMIT = 64            # reads of the live stack (beyond the copy) per sample
+LIVE_CHUNK = 4096               # the live stack beyond the copy is read a page at a time ...
+LIVE_READ_LIMIT = 64            # ... at most this many pages per sample (256 KiB)
 MAX_STACK_SPAN = 64 << 20       # a Java thread's stack is at most this deep (-Xss caps at 1 GiB; 64 MiB is
                                 # generous): an anchor further away than that is garbage
 
@@ -69,6 +70,19 @@ class UnwindStats:
     deoptimized_frames: int = 0
     cfi_steps: int = 0            # native frames unwound with DWARF CFI
     fp_steps: int = 0             # native frames unwound with frame pointers (no CFI there)
+    stub_steps: int = 0           # frameless or framed JVM stubs unwound to a verified caller
+    rejected_callers: int = 0     # return addresses into compiled code that were no call site of it
+    truncated_stacks: int = 0     # stacks deeper than the copy + live reads (or MAX_DEPTH): root end marked
+    live_completed: int = 0       # stacks that reached their root only thanks to reads of live memory
+
+    def as_dict(self) -> dict:
+        """The counters for a summary (JSON)."""
+        return {"samples": self.samples, "java_samples": self.java_samples,
+                "java_reached_root": self.java_reached_root, "anchor_used": self.anchor_used,
+                "deoptimized_frames": self.deoptimized_frames, "live_stack_reads": self.live_reads,
+                "cfi_steps": self.cfi_steps, "fp_steps": self.fp_steps, "stub_steps": self.stub_steps,
+                "rejected_callers": self.rejected_callers, "truncated_stacks": self.truncated_stacks,
+                "live_completed": self.live_completed, "unknown_frame_reasons": dict(self.unknown_frames)}
 
     @property
     def unknown_total(self) -> int:
@@ -82,12 +96,19 @@ ROOT_SYMBOLS = ("start_thread", "clone3", "__clone3", "clone", "__clone", "_star
                 "__libc_start_call_main", "thread_native_entry", "ThreadJavaMain")
 
 
+# The root end of a stack the walk could not finish within its bounds (deeper than the copy plus the
+# live-read budget, or MAX_DEPTH frames): marked, never joined to anything.
+TRUNCATED_FRAME = PhysicalFrame(
+    0, (LogicalFrame("[truncated]", FrameKind.UNKNOWN, "stack deeper than read"),))
+
+
 @dataclass
 class _Cursor:
     pc: int
     sp: int
     fp: int
     top: bool = True
+    trusted: bool = False    # from the JavaThread's anchor: HotSpot's own record, no return address
 
 
 class _Walk:
@@ -96,9 +117,11 @@ class _Walk:
     def __init__(self, sample: StackSample) -> None:
         self.saw_java = False
         self.reached_root = False
+        self.truncated = False
         anchored = sample.anchor_sp > sample.sp and sample.anchor_sp - sample.sp < MAX_STACK_SPAN
-        self.anchor: Optional[_Cursor] = (
-            _Cursor(sample.anchor_pc, sample.anchor_sp, sample.anchor_fp, top=False) if anchored else None)
+        self.anchor: Optional[_Cursor] = None
+        if anchored:
+            self.anchor = _Cursor(sample.anchor_pc, sample.anchor_sp, sample.anchor_fp, False, trusted=True)
 
 
 def _tier_kind(level: int) -> FrameKind:
@@ -131,6 +154,8 @@ class Unwinder:
             "pc -> prologue/epilogue slot", 200_000)
         self._native_frames: LRUCache[int, tuple[PhysicalFrame, bool]] = LRUCache(
             "pc -> native frame", 500_000)
+        self._call_sites: LRUCache[tuple[int, int, int], bool] = LRUCache("return address -> call site",
+                                                                          200_000)
         self._cfi_rules: LRUCache[int, Optional[cfi.Rule]] = LRUCache("pc -> CFI rule", 200_000)
         self._kernel_frames: LRUCache[int, PhysicalFrame] = LRUCache("pc -> kernel frame", 100_000)
         self._method_frames: LRUCache[tuple[int, FrameKind, int, bool], LogicalFrame] = LRUCache(
@@ -160,6 +185,8 @@ class Unwinder:
             if cursor.pc == 0:
                 walk.reached_root = True   # the outermost frame's return address slot is zero
                 break
+            if walk.anchor is not None and not cursor.top and cursor.sp >= walk.anchor.sp:
+                walk.anchor = None     # the walk is past the anchored frame: the anchor cannot help any more
             frame, nxt = self._step(cursor, reader, sample, walk)
             frames.append(frame)
             if walk.reached_root or nxt is None:
@@ -167,9 +194,20 @@ class Unwinder:
             if nxt.sp <= cursor.sp or nxt.sp - cursor.sp > MAX_FRAME_BYTES:
                 frames.append(self.unknown_frame("stack went backwards"))
                 break
+            if not nxt.trusted and not self._accept_caller(nxt.pc, sample.time_ns):
+                # a compiled "caller" at a pc that is no call site of it: a stale or misread return
+                # address. Joining it would invent a caller chain; the stack ends here instead.
+                self.stats.rejected_callers += 1
+                frames.append(self.unknown_frame("return address is no call site"))
+                break
             cursor = nxt
         else:
-            frames.append(self.unknown_frame("depth limit"))
+            walk.truncated = True
+        if walk.truncated or (reader.exhausted and not walk.reached_root):
+            self.stats.truncated_stacks += 1
+            frames.append(TRUNCATED_FRAME)
+        elif walk.reached_root and reader.used_live:
+            self.stats.live_completed += 1
         self._count(sample, frames, walk)
         return tuple(frames)
 
@@ -216,11 +254,104 @@ class Unwinder:
         if blob.kind is BlobKind.INTERPRETER:
             return self._interpreted(cur, reader, sample)
         frame = self._compiled_frame(blob, self._deoptimized_pc(blob, cur, reader))
-        if cur.pc == self.call_stub_return or (blob.kind is BlobKind.STUBS and blob.frame_size <= 0):
+        if cur.pc == self.call_stub_return:
             return frame, self._fp_step(cur, reader)
         if blob.frame_size > 0:
-            return frame, self._sized_step(blob, cur, reader)
-        return frame, self._fp_step(cur, reader)
+            nxt = self._sized_step(blob, cur, reader)
+            if cur.top and nxt is not None and not self._valid_return(nxt.pc, sample.time_ns):
+                # the top frame may be in code whose frame is not (yet, or no longer) laid out as its
+                # frame size says: an inline-cache miss path, a stub-like prologue
+                nxt = self._first_valid(self._frameless_candidates(cur, reader), sample.time_ns) or nxt
+            return frame, nxt
+        return frame, self._stub_step(blob, cur, reader, sample.time_ns)
+
+    def _stub_step(self, blob: CodeBlobInfo, cur: _Cursor, reader: _StackReader, time_ns: int
+                   ) -> Optional[_Cursor]:
+        """Stubs without a frame size (StubRoutines, vtable/itable stubs, JNI fast field accessors, i2c/c2i
+        adapters, method-handle adapters): some build an rbp frame (StubRoutines' `enter()`), some have
+        none (vtable stubs and the JNI fast accessors only jump or return: the return address stays at
+        [sp]), and an adapter may have pushed one word. Each candidate caller is accepted only at a real
+        call site (see _valid_return); the frameless ones first where the stub kind has no frame."""
+        framed = [c for c in (self._fp_step(cur, reader),) if c is not None]
+        if not cur.top:
+            frameless: list[_Cursor] = []
+        else:
+            frameless = self._frameless_candidates(cur, reader)
+        order = frameless + framed if _frameless_kind(blob) else framed + frameless
+        found = self._first_valid(order, time_ns)
+        if found is not None:
+            self.stats.stub_steps += 1
+        return found
+
+    def _frameless_candidates(self, cur: _Cursor, reader: _StackReader) -> list[_Cursor]:
+        out = []
+        for slot in (0, 1):
+            ret = reader.word(cur.sp + WORD * slot)
+            if ret:
+                out.append(_Cursor(ret, cur.sp + WORD * (slot + 1), cur.fp, top=False))
+        return out
+
+    def _first_valid(self, candidates: list[_Cursor], time_ns: int) -> Optional[_Cursor]:
+        for candidate in candidates:
+            if self._valid_return(candidate.pc, time_ns):
+                return candidate
+        return None
+
+    # ---- is a return address real? ---------------------------------------------------------------
+    def _accept_caller(self, pc: int, time_ns: int) -> bool:
+        """A caller in compiled Java code is accepted only at one of its call sites."""
+        blob = self.lookup_blob(pc, time_ns)
+        if blob is None or not blob.is_nmethod:
+            return True
+        return self._valid_return(pc, time_ns, blob)
+
+    def _valid_return(self, pc: int, time_ns: int, blob: Optional[CodeBlobInfo] = None) -> bool:
+        """Can `pc` be a return address: a call site of an nmethod (a PcDesc exactly there), the
+        interpreter, or, in stubs and native code, the end of a call instruction. Memoized per pc."""
+        if pc <= 0x1000:
+            return False
+        blob = blob or self.lookup_blob(pc, time_ns)
+        if blob is not None and blob.kind is BlobKind.INTERPRETER:
+            return True
+        if blob is not None and blob.is_nmethod and pc == blob.deopt_handler:
+            return True
+        key = (pc, blob.address, blob.compile_id) if blob is not None else (pc, 0, 0)
+        found, valid = self._call_sites.lookup(key)
+        if found:
+            return bool(valid)
+        if blob is not None and blob.is_nmethod and not blob.is_native_wrapper:
+            site = self.debug.is_call_site(blob, pc)
+            if site is None:
+                valid = self._after_call(pc)
+            else:
+                valid = site or self._leaf_call(pc, time_ns)
+        elif blob is not None or self._is_native_code(pc):
+            valid = self._after_call(pc)
+        else:
+            valid = False
+        return bool(self._call_sites.put(key, valid))
+
+    def _leaf_call(self, pc: int, time_ns: int) -> bool:
+        """Compiled code's calls without a PcDesc: leaf calls (no safepoint) into stubs or the VM, e.g.
+        the arraycopy stubs: `call rel32` to a non-Java target, or `call reg` (a far runtime entry)."""
+        try:
+            code = self.r.bytes(pc - 7, 7)
+        except MemoryReadError:
+            return False
+        if code[2] == 0xE8:
+            target = (pc + int.from_bytes(code[3:7], "little", signed=True)) & 0xFFFFFFFFFFFFFFFF
+            callee = self.lookup_blob(target, time_ns)
+            if callee is None:
+                return self._is_native_code(target)
+            return not callee.is_nmethod and callee.kind is not BlobKind.INTERPRETER
+        return (code[5] == 0xFF and 0xD0 <= code[6] <= 0xD7) or \
+            (0x40 <= code[4] <= 0x4F and code[5] == 0xFF and 0xD0 <= code[6] <= 0xD7)
+
+    def _after_call(self, pc: int) -> bool:
+        try:
+            return ends_with_call(self.r.bytes(pc - 7, 7))
+        except MemoryReadError:
+            return False
 
     def _sized_step(self, blob: CodeBlobInfo, cur: _Cursor, reader: _StackReader) -> Optional[_Cursor]:
         if cur.top:
@@ -442,6 +573,56 @@ class Unwinder:
         return self._native_frames.put(pc, result)
 
 
+def _frameless_kind(blob: CodeBlobInfo) -> bool:
+    """Stubs that never build an rbp frame: their return address is at [sp] while they run."""
+    return blob.kind in (BlobKind.VTABLE, BlobKind.ADAPTER, BlobKind.METHOD_HANDLES) \
+        or blob.name.startswith("jni_fast_")
+
+
+def ends_with_call(code: bytes) -> bool:
+    """Do the bytes just before a return address end with an x86_64 call instruction? `code` is the 7
+    bytes before it. Recognized: `call rel32` (e8), and `call r/m64` (ff /2) in every addressing form,
+    with or without a REX prefix."""
+    if len(code) < 7:
+        return False
+    if code[2] == 0xE8:
+        return True
+    for length in range(2, 8):
+        start = 7 - length
+        if code[start] == 0xFF and _ff2_length(code[start + 1:]) == length:
+            return True
+        if length >= 3 and 0x40 <= code[start] <= 0x4F and code[start + 1] == 0xFF \
+                and _ff2_length(code[start + 2:]) == length - 1:
+            return True
+    return False
+
+
+def _ff2_length(rest: bytes) -> int:
+    """Length of `ff /2` (call r/m64) whose ModRM byte starts `rest`; 0 when it is not a call."""
+    if not rest:
+        return 0
+    modrm = rest[0]
+    if (modrm >> 3) & 7 != 2:
+        return 0
+    mod, rm = modrm >> 6, modrm & 7
+    length = 2
+    if mod == 3:
+        return length
+    if rm == 4:                      # SIB byte
+        if len(rest) < 2:
+            return 0
+        length += 1
+        if mod == 0 and rest[1] & 7 == 5:
+            length += 4
+    if mod == 1:
+        length += 1
+    elif mod == 2:
+        length += 4
+    elif rm == 5:                    # rip-relative
+        length += 4
+    return length
+
+
 def epilogue_slot(code: bytes) -> Optional[int]:
     """The return-address slot when `code` (the bytes at the top frame's pc) is the end of a compiled
     method's epilogue: `add rsp, N; pop rbp; [cmp rsp, [r15+poll]; ja slow;] ret` (x86_64
@@ -459,7 +640,11 @@ def epilogue_slot(code: bytes) -> Optional[int]:
 
 
 class _StackReader:
-    """Words from the copied stack; beyond the copy, a bounded number of reads of live memory."""
+    """Words from the copied stack; beyond the copy (a stack deeper than the eBPF program copies), the
+    live stack, read a page at a time, at most LIVE_READ_LIMIT pages per sample. The part of a stack
+    far from its top (its root end) is what changes least while the thread runs on; every caller found
+    there is still checked (call sites, stack order) before it is joined. When the budget runs out the
+    stack is marked truncated at its root end (`exhausted`)."""
 
     def __init__(self, sample: StackSample, live, stats: UnwindStats) -> None:
         self.base = sample.sp
@@ -467,16 +652,33 @@ class _StackReader:
         self.live = live
         self.stats = stats
         self.live_left = LIVE_READ_LIMIT
+        self.pages: dict[int, Optional[bytes]] = {}
+        self.exhausted = False
+        self.used_live = False
 
     def word(self, address: int) -> Optional[int]:
         off = address - self.base
         if 0 <= off <= len(self.stack) - WORD:
             return int.from_bytes(self.stack[off : off + WORD], "little")
-        if off < 0 or self.live_left <= 0:
+        if off < 0 or address % WORD:
+            return None
+        page = address - address % LIVE_CHUNK
+        data = self.pages.get(page, b"") if page in self.pages else self._read_page(page)
+        if data is None:
+            return None
+        at = address - page
+        self.used_live = True
+        return int.from_bytes(data[at:at + WORD], "little")
+
+    def _read_page(self, page: int) -> Optional[bytes]:
+        if self.live_left <= 0:
+            self.exhausted = True
             return None
         self.live_left -= 1
         self.stats.live_reads += 1
         try:
-            return self.live.u64(address)
+            data: Optional[bytes] = self.live.bytes(page, LIVE_CHUNK)
         except MemoryReadError:
-            return None
+            data = None
+        self.pages[page] = data
+        return data
