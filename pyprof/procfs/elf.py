@@ -8,6 +8,7 @@ struct.iter_unpack over the raw section bytes, which is ~20x faster than pyelfto
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import io
 import os
 import struct
@@ -20,7 +21,7 @@ from elftools.elf.elffile import ELFFile
 from pyprof.errors import MemoryReadError
 
 _SYM = struct.Struct("<IBBHQQ")   # Elf64_Sym: name, info, other, shndx, value, size
-STT_OBJECT, STT_FUNC = 1, 2
+STT_OBJECT, STT_FUNC, STT_GNU_IFUNC = 1, 2, 10
 STB_LOCAL, STB_GLOBAL, STB_WEAK = 0, 1, 2
 MAX_SECTION = 256 * 1024 * 1024    # refuse absurd symbol tables (the file may be hostile)
 
@@ -77,6 +78,7 @@ class ElfSymbols:
             strtab = elf.get_section(section["sh_link"])
             out.symbols.extend(_decode_symbols(f, section, strtab, table))
             out.has_symtab |= table == ".symtab"
+        out.symbols.extend(_plt_symbols(f, elf))
         out._index()
         return out
 
@@ -84,14 +86,19 @@ class ElfSymbols:
         for sym in self.symbols:
             # .dynsym first, so exported (versioned) names win over local duplicates
             self._by_name.setdefault(sym.name, sym)
-        # With a .symtab, the .dynsym adds nothing (it is a subset); perf names from the .symtab alone.
-        tables = (".symtab",) if self.has_symtab else (".dynsym",)
+        # With a .symtab, the .dynsym adds nothing (it is a subset); perf names from the .symtab alone,
+        # plus the PLT entries it synthesizes (memcpy@plt).
+        tables = (".symtab" if self.has_symtab else ".dynsym", ".plt")
         funcs: dict[int, Symbol] = {}
         for s in self.symbols:
-            if s.kind == STT_FUNC and s.value and s.size and s.table in tables:
+            if s.kind in (STT_FUNC, STT_GNU_IFUNC) and s.value and s.table in tables:
                 held = funcs.get(s.value)
                 funcs[s.value] = s if held is None or _perf_prefers(s, held) else held
-        self._funcs = sorted(funcs.values(), key=lambda s: s.value)
+        ordered = sorted(funcs.values(), key=lambda s: s.value)
+        # perf's symbols__fixup_end: a function without a size (assembly: SpinPause, the Copy stubs)
+        # ends where the next one begins
+        self._funcs = [s if s.size or i + 1 == len(ordered) else dataclasses.replace(
+            s, size=ordered[i + 1].value - s.value) for i, s in enumerate(ordered)]
         self._func_starts = [s.value for s in self._funcs]
 
     def merged_with(self, debug: ElfSymbols) -> ElfSymbols:
@@ -117,12 +124,56 @@ class ElfSymbols:
         return sym if vaddr < sym.value + sym.size else None
 
 
+_RELA = struct.Struct("<QQq")     # Elf64_Rela: offset, info, addend
+R_X86_64_JUMP_SLOT = 7
+PLT_ENTRY = 16
+MAX_PLT_ENTRIES = 1 << 16
+
+
+def _plt_symbols(f: BinaryIO, elf: ELFFile) -> list[Symbol]:
+    """`name@plt` for each PLT entry, as perf synthesizes them: the n-th R_X86_64_JUMP_SLOT relocation of
+    .rela.plt is the n-th entry of .plt.sec (IBT builds) or of .plt after its 16-byte header."""
+    rela = elf.get_section_by_name(".rela.plt")
+    dynsym = elf.get_section_by_name(".dynsym")
+    sec = elf.get_section_by_name(".plt.sec")
+    plt = sec if sec is not None else elf.get_section_by_name(".plt")
+    if rela is None or dynsym is None or plt is None or rela["sh_size"] > MAX_PLT_ENTRIES * _RELA.size:
+        return []
+    first = plt["sh_addr"] + (0 if sec is not None else PLT_ENTRY)
+    strtab = elf.get_section(dynsym["sh_link"])
+    if dynsym["sh_size"] > MAX_SECTION or strtab["sh_size"] > MAX_SECTION:
+        return []
+    f.seek(rela["sh_offset"])
+    relocs = f.read(rela["sh_size"] - rela["sh_size"] % _RELA.size)
+    f.seek(dynsym["sh_offset"])
+    syms = f.read(dynsym["sh_size"])
+    f.seek(strtab["sh_offset"])
+    strings = f.read(strtab["sh_size"])
+    out = []
+    n = 0
+    for _offset, info, _addend in _RELA.iter_unpack(relocs):
+        if info & 0xFFFFFFFF != R_X86_64_JUMP_SLOT:
+            continue
+        index = info >> 32
+        at = index * _SYM.size
+        if 0 < index and at + _SYM.size <= len(syms):
+            name_off = _SYM.unpack_from(syms, at)[0]
+            end = strings.find(b"\0", name_off)
+            if 0 < name_off < len(strings) and end > name_off:
+                name = strings[name_off:end].decode("utf-8", "replace") + "@plt"
+                out.append(Symbol(name, first + n * PLT_ENTRY, PLT_ENTRY, STT_FUNC, ".plt"))
+        n += 1
+        if first + n * PLT_ENTRY > plt["sh_addr"] + plt["sh_size"]:
+            break
+    return out
+
+
 def _perf_prefers(a: Symbol, b: Symbol) -> bool:
     """Of two functions at one address, the one `perf report` names (tools/perf's choose_best_symbol):
-    non-weak, then global, then fewer leading underscores, then the longer name."""
+    one with a size, non-weak, then global, then fewer leading underscores, then the longer name."""
     def rank(s: Symbol) -> tuple:
-        return (s.binding != STB_WEAK, s.binding == STB_GLOBAL, -(len(s.name) - len(s.name.lstrip("_"))),
-                len(s.name))
+        underscores = len(s.name) - len(s.name.lstrip("_"))
+        return (s.size > 0, s.binding != STB_WEAK, s.binding == STB_GLOBAL, -underscores, len(s.name))
     return rank(a) > rank(b)
 
 
