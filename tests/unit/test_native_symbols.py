@@ -114,10 +114,12 @@ def test_build_id_directory_under_a_container_root(built: Path, tmp_path: Path) 
 def test_minidebuginfo_gnu_debugdata(built: Path, tmp_path: Path) -> None:
     # GIVEN a stripped library carrying an xz-compressed ELF with only a .symtab (Fedora's MiniDebugInfo)
     mini = tmp_path / "mini"
-    _run("objcopy", "--strip-debug", "--remove-section=.gnu_debuglink", str(built / "libdemo.debug"), str(mini))
+    _run("objcopy", "--strip-debug", "--remove-section=.gnu_debuglink", str(built / "libdemo.debug"),
+         str(mini))
     (tmp_path / "mini.xz").write_bytes(lzma.compress(mini.read_bytes(), format=lzma.FORMAT_XZ))
     lib = tmp_path / "libdemo.so"
-    _run("objcopy", f"--add-section=.gnu_debugdata={tmp_path / 'mini.xz'}", str(built / "libdemo.so"), str(lib))
+    _run("objcopy", f"--add-section=.gnu_debugdata={tmp_path / 'mini.xz'}", str(built / "libdemo.so"),
+         str(lib))
     symbols = ElfSymbols.load(str(lib))
     assert symbols.debugdata
     # WHEN no separate debug file exists THEN the static functions are named from .gnu_debugdata
