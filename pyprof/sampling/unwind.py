@@ -203,9 +203,8 @@ class Unwinder:
             cursor = nxt
         else:
             walk.truncated = True
-        if walk.truncated or (reader.exhausted and not walk.reached_root):
-            self.stats.truncated_stacks += 1
-            frames.append(TRUNCATED_FRAME)
+        if not walk.reached_root and (walk.truncated or reader.used_live):
+            self._mark_truncated(frames)
         elif walk.reached_root and reader.used_live:
             self.stats.live_completed += 1
         self._count(sample, frames, walk)
@@ -240,6 +239,17 @@ class Unwinder:
 
     def _is_native_code(self, pc: int) -> bool:
         return self.natives is not None and self.natives.symbolize(pc) is not None
+
+    def _mark_truncated(self, frames: list[PhysicalFrame]) -> None:
+        """A walk that went on beyond the copy (in live memory, which the thread has changed since the
+        sample) or past MAX_DEPTH and did not reach the root: its root end is marked `[truncated]`,
+        replacing the unknown frames the live part ended in (they say nothing about the sample)."""
+        while frames and frames[-1].frames[0].kind is FrameKind.UNKNOWN and len(frames) > 1:
+            why = frames.pop().frames[0].system_name
+            if self.stats.unknown_frames[why] > 0:
+                self.stats.unknown_frames[why] -= 1
+        self.stats.truncated_stacks += 1
+        frames.append(TRUNCATED_FRAME)
 
     def _count(self, sample: StackSample, frames: list[PhysicalFrame], walk: _Walk) -> None:
         self.stats.frames += len(frames)
@@ -503,6 +513,8 @@ class Unwinder:
         # the next function: callers are looked up at pc - 1 (as perf and libunwind do).
         lookup_pc = cur.pc if cur.top else cur.pc - 1
         frame, is_root = self._native_frame(lookup_pc, cur.pc)
+        if frame.frames[0].kind is FrameKind.UNKNOWN:
+            self.stats.unknown_frames[frame.frames[0].system_name] += 1    # per sample, not per pc
         if is_root:
             return frame, None, True
         rule = self._cfi_rule(lookup_pc)
@@ -563,8 +575,8 @@ class Unwinder:
                 symbol, system_name = native.symbol, native.system_name
                 library, mapping = native.library, native.mapping
         if symbol is None and not library:
-            self.stats.unknown_frames["native pc outside any mapping"] += 1
-            result = (PhysicalFrame(pc, (LogicalFrame("[unknown]", FrameKind.UNKNOWN, "native"),)), False)
+            why = "native pc outside any mapping"
+            result = (PhysicalFrame(pc, (LogicalFrame("[unknown]", FrameKind.UNKNOWN, why),)), False)
         else:
             name = symbol or f"{library.rsplit('/', 1)[-1]}+0x{pc - (mapping.start if mapping else 0):x}"
             is_root = name.split("(", 1)[0] in ROOT_SYMBOLS
