@@ -37,6 +37,8 @@ MAX_FRAME_BYTES = 1 << 20       # no single frame larger than 1 MiB
 WORD = 8
 LIVE_CHUNK = 4096               # the live stack beyond the copy is read a page at a time ...
 LIVE_READ_LIMIT = 64            # ... at most this many pages per sample (256 KiB)
+WEAK, STRONG = 1, 2             # how sure a candidate return address is (Unwinder._return_strength)
+OVERLAP = 512                   # bytes at the end of the copy compared with live memory before using it
 MAX_STACK_SPAN = 64 << 20       # a Java thread's stack is at most this deep (-Xss caps at 1 GiB; 64 MiB is
                                 # generous): an anchor further away than that is garbage
 
@@ -74,6 +76,7 @@ class UnwindStats:
     rejected_callers: int = 0     # return addresses into compiled code that were no call site of it
     truncated_stacks: int = 0     # stacks deeper than the copy + live reads (or MAX_DEPTH): root end marked
     live_completed: int = 0       # stacks that reached their root only thanks to reads of live memory
+    live_refused: int = 0         # live stacks not used: changed since the sample (see _StackReader)
 
     def as_dict(self) -> dict:
         """The counters for a summary (JSON)."""
@@ -82,7 +85,8 @@ class UnwindStats:
                 "deoptimized_frames": self.deoptimized_frames, "live_stack_reads": self.live_reads,
                 "cfi_steps": self.cfi_steps, "fp_steps": self.fp_steps, "stub_steps": self.stub_steps,
                 "rejected_callers": self.rejected_callers, "truncated_stacks": self.truncated_stacks,
-                "live_completed": self.live_completed, "unknown_frame_reasons": dict(self.unknown_frames)}
+                "live_completed": self.live_completed, "live_refused": self.live_refused,
+                "unknown_frame_reasons": dict(self.unknown_frames)}
 
     @property
     def unknown_total(self) -> int:
@@ -203,7 +207,7 @@ class Unwinder:
             cursor = nxt
         else:
             walk.truncated = True
-        if not walk.reached_root and (walk.truncated or reader.used_live):
+        if not walk.reached_root and (walk.truncated or reader.used_live or reader.exhausted):
             self._mark_truncated(frames)
         elif walk.reached_root and reader.used_live:
             self.stats.live_completed += 1
@@ -268,10 +272,10 @@ class Unwinder:
             return frame, self._fp_step(cur, reader)
         if blob.frame_size > 0:
             nxt = self._sized_step(blob, cur, reader)
-            if cur.top and nxt is not None and not self._valid_return(nxt.pc, sample.time_ns):
+            if cur.top and nxt is not None and not self._return_strength(nxt.pc, sample.time_ns):
                 # the top frame may be in code whose frame is not (yet, or no longer) laid out as its
                 # frame size says: an inline-cache miss path, a stub-like prologue
-                nxt = self._first_valid(self._frameless_candidates(cur, reader), sample.time_ns) or nxt
+                nxt = self._choose([], self._frameless_candidates(cur, reader), sample.time_ns) or nxt
             return frame, nxt
         return frame, self._stub_step(blob, cur, reader, sample.time_ns)
 
@@ -281,14 +285,14 @@ class Unwinder:
         adapters, method-handle adapters): some build an rbp frame (StubRoutines' `enter()`), some have
         none (vtable stubs and the JNI fast accessors only jump or return: the return address stays at
         [sp]), and an adapter may have pushed one word. Each candidate caller is accepted only at a real
-        call site (see _valid_return); the frameless ones first where the stub kind has no frame."""
+        call site (see _return_strength)."""
         framed = [c for c in (self._fp_step(cur, reader),) if c is not None]
         if not cur.top:
-            frameless: list[_Cursor] = []
+            found = self._choose(framed, [], time_ns)
+        elif _frameless_kind(blob):
+            found = self._choose([], self._frameless_candidates(cur, reader) + framed, time_ns)
         else:
-            frameless = self._frameless_candidates(cur, reader)
-        order = frameless + framed if _frameless_kind(blob) else framed + frameless
-        found = self._first_valid(order, time_ns)
+            found = self._choose(framed, self._frameless_candidates(cur, reader), time_ns)
         if found is not None:
             self.stats.stub_steps += 1
         return found
@@ -301,10 +305,16 @@ class Unwinder:
                 out.append(_Cursor(ret, cur.sp + WORD * (slot + 1), cur.fp, top=False))
         return out
 
-    def _first_valid(self, candidates: list[_Cursor], time_ns: int) -> Optional[_Cursor]:
-        for candidate in candidates:
-            if self._valid_return(candidate.pc, time_ns):
-                return candidate
+    def _choose(self, framed: list[_Cursor], frameless: list[_Cursor], time_ns: int) -> Optional[_Cursor]:
+        """The caller among candidates: a strong one (a call site in compiled or native code) framed
+        first, then frameless; then a weak one (an interpreter return address, which cannot be checked)
+        frameless first: where the stub has no frame, rbp is the caller's or stale, and [fp+8] would
+        skip a frame."""
+        strength = {id(c): self._return_strength(c.pc, time_ns) for c in framed + frameless}
+        for group, wanted in ((framed + frameless, STRONG), (frameless + framed, WEAK)):
+            for candidate in group:
+                if strength[id(candidate)] == wanted:
+                    return candidate
         return None
 
     # ---- is a return address real? ---------------------------------------------------------------
@@ -313,22 +323,24 @@ class Unwinder:
         blob = self.lookup_blob(pc, time_ns)
         if blob is None or not blob.is_nmethod:
             return True
-        return self._valid_return(pc, time_ns, blob)
+        return self._return_strength(pc, time_ns, blob) > 0
 
-    def _valid_return(self, pc: int, time_ns: int, blob: Optional[CodeBlobInfo] = None) -> bool:
-        """Can `pc` be a return address: a call site of an nmethod (a PcDesc exactly there), the
-        interpreter, or, in stubs and native code, the end of a call instruction. Memoized per pc."""
+    def _return_strength(self, pc: int, time_ns: int, blob: Optional[CodeBlobInfo] = None) -> int:
+        """How sure is it that `pc` is a return address: STRONG at a call site of an nmethod (a PcDesc
+        exactly there, or a leaf call) or after a call instruction in stubs and native code; WEAK in the
+        interpreter (its return entries are pushed, not called, so nothing can be checked); 0 otherwise.
+        Memoized per pc."""
         if pc <= 0x1000:
-            return False
+            return 0
         blob = blob or self.lookup_blob(pc, time_ns)
         if blob is not None and blob.kind is BlobKind.INTERPRETER:
-            return True
+            return WEAK
         if blob is not None and blob.is_nmethod and pc == blob.deopt_handler:
-            return True
+            return STRONG
         key = (pc, blob.address, blob.compile_id) if blob is not None else (pc, 0, 0)
         found, valid = self._call_sites.lookup(key)
         if found:
-            return bool(valid)
+            return STRONG if valid else 0
         if blob is not None and blob.is_nmethod and not blob.is_native_wrapper:
             site = self.debug.is_call_site(blob, pc)
             if site is None:
@@ -339,7 +351,7 @@ class Unwinder:
             valid = self._after_call(pc)
         else:
             valid = False
-        return bool(self._call_sites.put(key, valid))
+        return STRONG if self._call_sites.put(key, valid) else 0
 
     def _leaf_call(self, pc: int, time_ns: int) -> bool:
         """Compiled code's calls without a PcDesc: leaf calls (no safepoint) into stubs or the VM, e.g.
@@ -667,6 +679,23 @@ class _StackReader:
         self.pages: dict[int, Optional[bytes]] = {}
         self.exhausted = False
         self.used_live = False
+        self._overlap_ok: Optional[bool] = None
+
+    def _live_matches_copy(self) -> bool:
+        """The second read: the live stack is used only when its last OVERLAP bytes of the copied range
+        still hold what the copy holds, i.e. the thread has not returned below the end of the copy since
+        the sample (had it, the frames beyond would be other calls' and the walk would join them)."""
+        if self._overlap_ok is None:
+            n = min(OVERLAP, len(self.stack) - len(self.stack) % WORD)
+            start = self.base + len(self.stack) - n
+            try:
+                self._overlap_ok = n > 0 and self.live.bytes(start, n) == self.stack[len(self.stack) - n:]
+            except MemoryReadError:
+                self._overlap_ok = False
+            self.stats.live_reads += 1
+            if not self._overlap_ok:
+                self.stats.live_refused += 1
+        return self._overlap_ok
 
     def word(self, address: int) -> Optional[int]:
         off = address - self.base
@@ -683,7 +712,7 @@ class _StackReader:
         return int.from_bytes(data[at:at + WORD], "little")
 
     def _read_page(self, page: int) -> Optional[bytes]:
-        if self.live_left <= 0:
+        if self.live_left <= 0 or not self._live_matches_copy():
             self.exhausted = True
             return None
         self.live_left -= 1
