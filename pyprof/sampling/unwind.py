@@ -100,6 +100,9 @@ ROOT_SYMBOLS = ("start_thread", "clone3", "__clone3", "clone", "__clone", "_star
                 "__libc_start_call_main", "thread_native_entry", "ThreadJavaMain")
 
 
+# Kernel entry points of a breakpoint trap: the user pc is then one byte past the int3.
+BREAKPOINT_HANDLERS = frozenset(("asm_exc_int3", "exc_int3", "do_int3", "do_int3_user"))
+
 # The root end of a stack the walk could not finish within its bounds (deeper than the copy plus the
 # live-read budget, or MAX_DEPTH frames): marked, never joined to anything.
 TRUNCATED_FRAME = PhysicalFrame(
@@ -113,6 +116,7 @@ class _Cursor:
     fp: int
     top: bool = True
     trusted: bool = False    # from the JavaThread's anchor: HotSpot's own record, no return address
+    after_trap: bool = False  # the sample came while the kernel handled a breakpoint (int3) at pc - 1
 
 
 class _Walk:
@@ -182,7 +186,8 @@ class Unwinder:
             return tuple(frames)
         reader = _StackReader(sample, self.r, self.stats)
         walk = _Walk(sample)
-        cursor: Optional[_Cursor] = _Cursor(sample.ip, sample.sp, sample.bp)
+        trap = any(f.frames[0].name in BREAKPOINT_HANDLERS for f in frames)
+        cursor: Optional[_Cursor] = _Cursor(sample.ip, sample.sp, sample.bp, after_trap=trap)
         for _ in range(MAX_DEPTH):
             if cursor is None:
                 break
@@ -411,6 +416,10 @@ class Unwinder:
         before the verified entry, stack bangs `mov [rsp-N], eax` (89 84 24 disp32), `push rbp`, then
         `sub rsp, N` completes the frame. Up to and including the push, the return address is at [sp]."""
         entry = blob.verified_entry if blob.code_begin <= blob.verified_entry <= pc else blob.code_begin
+        if pc <= entry:
+            # nothing pushed yet; also where a not-entrant nmethod's entry was patched with a `jmp`
+            # over the first stack bang (the bytes after it no longer decode as a prologue)
+            return 0
         code = self.r.bytes(entry, max(8, min(64, blob.code_end - entry)))
         i = 0
         while code[i:i + 3] == b"\x89\x84\x24":
@@ -523,7 +532,9 @@ class Unwinder:
                      ) -> tuple[PhysicalFrame, Optional[_Cursor], bool]:
         # A return address may be the first byte after a call to a noreturn function, i.e. already in
         # the next function: callers are looked up at pc - 1 (as perf and libunwind do).
-        lookup_pc = cur.pc if cur.top else cur.pc - 1
+        # So is a top pc just after a breakpoint being handled (a uprobe's int3: pyprof's own on libjvm):
+        # the breakpoint replaced the first byte of an instruction that has not run yet.
+        lookup_pc = cur.pc - 1 if not cur.top or cur.after_trap else cur.pc
         frame, is_root = self._native_frame(lookup_pc, cur.pc)
         if frame.frames[0].kind is FrameKind.UNKNOWN:
             self.stats.unknown_frames[frame.frames[0].system_name] += 1    # per sample, not per pc
