@@ -547,7 +547,9 @@ class Unwinder:
             nxt = self._cfi_step(rule, cur, reader)
             if nxt is not None:
                 self.stats.cfi_steps += 1
-                return frame, nxt, False
+            # no frame-pointer guess where the CFI says how the frame is laid out: if its slots cannot be
+            # read (beyond the copy) or do not check out, rbp would only lead to a stale frame
+            return frame, nxt, False
         self.stats.fp_steps += 1
         return frame, self._fp_step(cur, reader), False
 

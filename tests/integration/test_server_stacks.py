@@ -140,7 +140,14 @@ def _without_params(name: str) -> str:
         for i in range(len(name) - 1, -1, -1):
             depth += {")": 1, "(": -1}.get(name[i], 0)
             if depth == 0:
-                return name[:i]
+                name = name[:i]
+                break
+    # a template function's demangled name starts with its return type: `CompLevel A::f<B>`
+    depth = 0
+    for i in range(len(name) - 1, -1, -1):
+        depth += {">": 1, "<": -1, ")": 1, "(": -1}.get(name[i], 0)
+        if depth == 0 and name[i] == " " and not name[:i].endswith("operator"):
+            return name[i + 1:]
     return name
 
 
