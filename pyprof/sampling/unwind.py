@@ -38,7 +38,7 @@ WORD = 8
 LIVE_CHUNK = 4096               # the live stack beyond the copy is read a page at a time ...
 LIVE_READ_LIMIT = 64            # ... at most this many pages per sample (256 KiB)
 WEAK, STRONG = 1, 2             # how sure a candidate return address is (Unwinder._return_strength)
-OVERLAP = 512                   # bytes at the end of the copy compared with live memory before using it
+OVERLAP = 1024                  # bytes at the end of the copy compared with live memory before using it
 MAX_STACK_SPAN = 64 << 20       # a Java thread's stack is at most this deep (-Xss caps at 1 GiB; 64 MiB is
                                 # generous): an anchor further away than that is garbage
 
@@ -200,6 +200,8 @@ class Unwinder:
             frames.append(frame)
             if walk.reached_root or nxt is None:
                 break
+            if reader.used_live and frame.frames[0].kind is FrameKind.UNKNOWN:
+                break      # live memory led nowhere: it had changed after all; the stack is truncated
             if nxt.sp <= cursor.sp or nxt.sp - cursor.sp > MAX_FRAME_BYTES:
                 frames.append(self.unknown_frame("stack went backwards"))
                 break
