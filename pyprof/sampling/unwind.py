@@ -117,6 +117,8 @@ class _Cursor:
     top: bool = True
     trusted: bool = False    # from the JavaThread's anchor: HotSpot's own record, no return address
     after_trap: bool = False  # the sample came while the kernel handled a breakpoint (int3) at pc - 1
+    blob: Optional[CodeBlobInfo] = None   # the code blob at pc, when already looked up (blob_known)
+    blob_known: bool = False
 
 
 class _Walk:
@@ -205,7 +207,9 @@ class Unwinder:
             if nxt.sp <= cursor.sp or nxt.sp - cursor.sp > MAX_FRAME_BYTES:
                 frames.append(self.unknown_frame("stack went backwards"))
                 break
-            if not nxt.trusted and not self._accept_caller(nxt.pc, sample.time_ns):
+            nxt.blob = self.lookup_blob(nxt.pc, sample.time_ns)     # looked up once per frame
+            nxt.blob_known = True
+            if not nxt.trusted and not self._accept_caller(nxt.pc, sample.time_ns, nxt.blob):
                 # a compiled "caller" at a pc that is no call site of it: a stale or misread return
                 # address. Joining it would invent a caller chain; the stack ends here instead.
                 self.stats.rejected_callers += 1
@@ -223,7 +227,7 @@ class Unwinder:
 
     def _step(self, cursor: _Cursor, reader: _StackReader, sample: StackSample, walk: _Walk
               ) -> tuple[PhysicalFrame, Optional[_Cursor]]:
-        blob = self.lookup_blob(cursor.pc, sample.time_ns)
+        blob = cursor.blob if cursor.blob_known else self.lookup_blob(cursor.pc, sample.time_ns)
         if blob is not None:
             walk.saw_java |= blob.is_nmethod or blob.kind is BlobKind.INTERPRETER
             return self._java_step(blob, cursor, reader, sample)
@@ -325,9 +329,8 @@ class Unwinder:
         return None
 
     # ---- is a return address real? ---------------------------------------------------------------
-    def _accept_caller(self, pc: int, time_ns: int) -> bool:
+    def _accept_caller(self, pc: int, time_ns: int, blob: Optional[CodeBlobInfo]) -> bool:
         """A caller in compiled Java code is accepted only at one of its call sites."""
-        blob = self.lookup_blob(pc, time_ns)
         if blob is None or not blob.is_nmethod:
             return True
         return self._return_strength(pc, time_ns, blob) > 0
