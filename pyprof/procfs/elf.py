@@ -49,6 +49,7 @@ class ElfSymbols:
     _by_name: dict[str, Symbol] = field(default_factory=dict, repr=False)
     _funcs: list[Symbol] = field(default_factory=list, repr=False)
     _func_starts: list[int] = field(default_factory=list, repr=False)
+    aliases: dict[int, list[Symbol]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, path: str) -> ElfSymbols:
@@ -94,6 +95,12 @@ class ElfSymbols:
             if s.kind in (STT_FUNC, STT_GNU_IFUNC) and s.value and s.table in tables:
                 held = funcs.get(s.value)
                 funcs[s.value] = s if held is None or _perf_prefers(s, held) else held
+        # every function at an address, for callers that choose among aliases by their demangled names
+        self.aliases = {}
+        for s in self.symbols:
+            if s.kind in (STT_FUNC, STT_GNU_IFUNC) and s.value and s.table in tables \
+                    and funcs[s.value] is not s and s.name != funcs[s.value].name:
+                self.aliases.setdefault(s.value, [funcs[s.value]]).append(s)
         ordered = sorted(funcs.values(), key=lambda s: s.value)
         # perf's symbols__fixup_end: a function without a size (assembly: SpinPause, the Copy stubs)
         # ends where the next one begins

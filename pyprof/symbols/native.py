@@ -17,12 +17,12 @@ from typing import Optional
 from pyprof.errors import MemoryReadError, NoSuchProcess, PermissionDenied
 from pyprof.lru import LRUCache
 from pyprof.model import Mapping
-from pyprof.procfs.elf import ElfSymbols, load_symbols_cached
+from pyprof.procfs.elf import STB_GLOBAL, STB_WEAK, ElfSymbols, Symbol, load_symbols_cached
 from pyprof.procfs.maps import MapEntry, load_base, open_mapped_file, read_maps
 from pyprof.procfs.memory import ProcessMemory
 from pyprof.symbols.cfi import Rule, TableCache, UnwindTable
 from pyprof.symbols.debugfiles import debug_roots, with_debug_symbols
-from pyprof.symbols.demangle import demangle
+from pyprof.symbols.demangle import demangle, without_parameters
 
 MAPS_REFRESH_INTERVAL = 1.0   # s between re-reads of /proc/PID/maps on a miss
 VDSO = "[vdso]"
@@ -93,6 +93,8 @@ class NativeSymbolizer:
             return None
         file = self._file(entry)
         sym = file.symbols.function_at(pc - file.base) if file.symbols is not None else None
+        if sym is not None and sym.value in file.symbols.aliases:
+            sym = _perf_alias(file.symbols.aliases[sym.value])
         if sym is None:
             return NativeSymbol(None, "", file.path, file.mapping)
         return NativeSymbol(demangle(sym.name), sym.name, file.path, file.mapping)
@@ -168,3 +170,13 @@ class NativeSymbolizer:
             return ElfSymbols.from_bytes(VDSO, image)
         except MemoryReadError:
             return None
+
+
+def _perf_alias(candidates: list[Symbol]) -> Symbol:
+    """Of several functions at one address (identical code folded, aliases), the one perf names: its
+    choose_best_symbol compares the names as it prints them (demangled, without parameters)."""
+    def rank(s: Symbol) -> tuple:
+        short = without_parameters(demangle(s.name))
+        underscores = len(short) - len(short.lstrip("_"))
+        return (s.size > 0, s.binding != STB_WEAK, s.binding == STB_GLOBAL, -underscores, len(short))
+    return max(candidates, key=rank)
