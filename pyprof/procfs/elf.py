@@ -21,7 +21,9 @@ from elftools.elf.elffile import ELFFile
 from pyprof.errors import MemoryReadError
 
 _SYM = struct.Struct("<IBBHQQ")   # Elf64_Sym: name, info, other, shndx, value, size
-STT_OBJECT, STT_FUNC, STT_GNU_IFUNC = 1, 2, 10
+STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_GNU_IFUNC = 0, 1, 2, 10
+STT_LABEL = 16                      # pyprof's own kind: an STT_NOTYPE symbol in a code section
+CODE_KINDS = (STT_FUNC, STT_GNU_IFUNC, STT_LABEL)
 STB_LOCAL, STB_GLOBAL, STB_WEAK = 0, 1, 2
 MAX_SECTION = 256 * 1024 * 1024    # refuse absurd symbol tables (the file may be hostile)
 
@@ -77,7 +79,7 @@ class ElfSymbols:
             if section is None or section["sh_type"] == "SHT_NOBITS":
                 continue
             strtab = elf.get_section(section["sh_link"])
-            out.symbols.extend(_decode_symbols(f, section, strtab, table))
+            out.symbols.extend(_decode_symbols(f, section, strtab, table, _code_sections(elf)))
             out.has_symtab |= table == ".symtab"
         out.symbols.extend(_plt_symbols(f, elf))
         out._index()
@@ -92,13 +94,13 @@ class ElfSymbols:
         tables = (".symtab" if self.has_symtab else ".dynsym", ".plt")
         funcs: dict[int, Symbol] = {}
         for s in self.symbols:
-            if s.kind in (STT_FUNC, STT_GNU_IFUNC) and s.value and s.table in tables:
+            if s.kind in CODE_KINDS and s.value and s.table in tables:
                 held = funcs.get(s.value)
                 funcs[s.value] = s if held is None or _perf_prefers(s, held) else held
         # every function at an address, for callers that choose among aliases by their demangled names
         self.aliases = {}
         for s in self.symbols:
-            if s.kind in (STT_FUNC, STT_GNU_IFUNC) and s.value and s.table in tables \
+            if s.kind in CODE_KINDS and s.value and s.table in tables \
                     and funcs[s.value] is not s and s.name != funcs[s.value].name:
                 self.aliases.setdefault(s.value, [funcs[s.value]]).append(s)
         ordered = sorted(funcs.values(), key=lambda s: s.value)
@@ -184,7 +186,13 @@ def _perf_prefers(a: Symbol, b: Symbol) -> bool:
     return rank(a) > rank(b)
 
 
-def _decode_symbols(f: BinaryIO, section, strtab, table: str) -> Iterator[Symbol]:
+def _code_sections(elf: ELFFile) -> frozenset[int]:
+    """Indexes of the sections holding code (SHF_EXECINSTR)."""
+    return frozenset(i for i, sec in enumerate(elf.iter_sections()) if sec["sh_flags"] & 0x4)
+
+
+def _decode_symbols(f: BinaryIO, section, strtab, table: str, code: frozenset[int] = frozenset()
+                    ) -> Iterator[Symbol]:
     size = section["sh_size"]
     if size > MAX_SECTION or strtab["sh_size"] > MAX_SECTION:
         raise ValueError(f"{table} too large ({size} bytes)")
@@ -192,12 +200,19 @@ def _decode_symbols(f: BinaryIO, section, strtab, table: str) -> Iterator[Symbol
     raw = f.read(size - size % _SYM.size)
     f.seek(strtab["sh_offset"])
     strings = f.read(strtab["sh_size"])
-    for name_off, info, _other, _shndx, value, sym_size in _SYM.iter_unpack(raw):
+    for name_off, info, other, shndx, value, sym_size in _SYM.iter_unpack(raw):
         if not name_off or name_off >= len(strings):
             continue
+        kind = info & 0xF
+        if kind == STT_NOTYPE:
+            # an assembly label in code (aci_CopyRight): perf names addresses after it by it, unless it
+            # is hidden or internal (st_other visibility 2, 1)
+            if shndx not in code or other & 3 in (1, 2):
+                continue
+            kind = STT_LABEL
         end = strings.find(b"\0", name_off)
         name = strings[name_off : end if end >= 0 else len(strings)].decode("utf-8", "replace")
-        yield Symbol(name, value, sym_size, info & 0xF, table, info >> 4)
+        yield Symbol(name, value, sym_size, kind, table, info >> 4)
 
 
 MAX_DEBUGDATA = 64 << 20

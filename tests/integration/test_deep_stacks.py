@@ -27,8 +27,8 @@ def java_names(key: StackKey) -> list[str]:
             if lf.kind in (FrameKind.INTERPRETED, FrameKind.C1, FrameKind.C2, FrameKind.INLINED)]
 
 
-def profile_deep(java_workload, tmp_path: Path, depth: int, *extra: str):
-    jvm = java_workload(17, "DeepStacks", str(depth), "2", "600", jvm_flags=("-Xss64m",))
+def profile_deep(java_workload, tmp_path: Path, depth: int, *extra: str, jdk: int = 17):
+    jvm = java_workload(jdk, "DeepStacks", str(depth), "2", "600", jvm_flags=("-Xss64m",))
     out = tmp_path / "deep.pb.gz"
     done = pyprof("attach", str(jvm.pid), "-d", "12", "-r", "499", "--json", "--no-progress", "-o", str(out),
                   *extra, timeout=300)
@@ -50,10 +50,11 @@ def check_chains(samples: dict) -> Counter:
     return bad
 
 
-def test_stack_deeper_than_the_copy_is_completed_exactly(java_workload, tmp_path) -> None:
-    # GIVEN two threads 2500 frames deep (~45 KiB of stack: more than the 32 KiB copy)
+def test_stack_deeper_than_the_copy_is_completed_exactly(jdk, java_workload, tmp_path) -> None:
+    # GIVEN two threads 2500 frames deep (~45 KiB of stack: more than the 32 KiB copy), a recursion
+    # that C2 compiles and partly inlines into itself
     depth = 2500
-    summary, samples = profile_deep(java_workload, tmp_path, depth)
+    summary, samples = profile_deep(java_workload, tmp_path, depth, jdk=jdk)
     # THEN the walk read the rest of the stack live ...
     assert summary["unwind"]["live_stack_reads"] > 0, summary["unwind"]
     # ... and nearly every sample has the whole recursion: exactly depth + 1 frames of it, under run()
