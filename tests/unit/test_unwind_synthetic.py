@@ -124,6 +124,10 @@ class Natives:
                 return NativeSymbol(name, name, library, Mapping(start & ~0xFFFFFF, end, 0, library))
         return None
 
+    def unwind_rule(self, pc: int) -> tuple[bool, None]:
+        """The synthetic libraries have no CFI: frame pointers only."""
+        return self.symbolize(pc) is not None, None
+
 
 class Stack:
     """The sampled thread's stack, word by word from SP upwards."""
