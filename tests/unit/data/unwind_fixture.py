@@ -6,7 +6,8 @@ tests/java workload:
 - every byte the unwinder read from the target (stack words beyond the copy, Method/ConstMethod/constant
   pool/Symbol, nmethod headers, PcDescs, scopes, code bytes of the top frame) - merged regions;
 - the code blobs its PC lookups returned (and which PCs found none), the native and kernel symbols it
-  asked for, and which threads were Java threads;
+  asked for, the DWARF CFI rules it asked for (packed, see pyprof.symbols.cfi.Rule), and which threads
+  were Java threads;
 - the raw eBPF samples (registers, the stack copy, the JavaThread anchor), each with the frames and the
   UnwindStats counters the live unwinder gave it.
 
@@ -42,11 +43,12 @@ from pyprof.model import FrameKind, LogicalFrame, Mapping, PhysicalFrame
 from pyprof.procfs.memory import Reader
 from pyprof.sampling.sampler import RawSample
 from pyprof.sampling.unwind import Unwinder, UnwindStats
+from pyprof.symbols.cfi import Rule
 from pyprof.symbols.kernel import KernelSymbols
 from pyprof.symbols.native import NativeSymbol
 
 DATA = Path(__file__).resolve().parent
-FORMAT = 1
+FORMAT = 2      # 2: CFI rules recorded
 SAMPLES_PER_FEATURE = 3
 MAX_SAMPLES = 40
 WORKLOAD_FLAGS = {"JitZoo": ("-XX:+UnlockDiagnosticVMOptions", "-XX:+DebugNonSafepoints")}
@@ -75,6 +77,7 @@ class Recording:
     blobs: list[CodeBlobInfo]
     lookups: dict[int, Optional[int]]                 # pc -> index into blobs (None: no blob)
     natives: dict[int, Optional[NativeSymbol]]
+    rules: dict[int, tuple[bool, Optional[Rule]]]     # pc -> NativeSymbolizer.unwind_rule's answer
     kernel: dict[int, str]
     java_tids: frozenset[int]
     samples: list[RecordedSample]
@@ -116,15 +119,17 @@ class RecordedThreads:
 class RecordedNatives:
     """NativeSymbolizer.symbolize() answers as recorded; a PC never asked during recording is None."""
 
-    def __init__(self, answers: dict[int, Optional[NativeSymbol]]) -> None:
+    def __init__(self, answers: dict[int, Optional[NativeSymbol]],
+                 rules: dict[int, tuple[bool, Optional[Rule]]]) -> None:
         self.answers = answers
+        self.rules = rules
 
     def symbolize(self, pc: int) -> Optional[NativeSymbol]:
         return self.answers.get(pc)
 
-    def unwind_rule(self, pc: int) -> tuple[bool, None]:
-        """No CFI was recorded: the replay unwinds native code by frame pointers, as the recording did."""
-        return self.answers.get(pc) is not None, None
+    def unwind_rule(self, pc: int) -> tuple[bool, Optional[Rule]]:
+        """The recorded CFI answer; a PC never asked during recording is unmapped."""
+        return self.rules.get(pc, (False, None))
 
 
 # The counters these recordings pin: the walk's outcome. The unwinder's newer counters of how each native
@@ -229,6 +234,8 @@ def save(rec: Recording, path: Path) -> None:
         "blobs": [_blob_json(b) for b in rec.blobs],
         "lookups": [[pc, i] for pc, i in sorted(rec.lookups.items())],
         "natives": [_native_json(pc, n) for pc, n in sorted(rec.natives.items())],
+        "rules": [[pc, mapped, None if rule is None else rule.pack()]
+                  for pc, (mapped, rule) in sorted(rec.rules.items())],
         "kernel": sorted(rec.kernel.items()),
         "java_tids": sorted(rec.java_tids),
         "samples": [{"raw": _raw_json(s.raw), "frames": [_frame_json(f) for f in s.frames], "stats": s.stats,
@@ -241,7 +248,7 @@ def save(rec: Recording, path: Path) -> None:
 def load(path: Path) -> Recording:
     with gzip.open(path, "rt") as f:
         doc = json.load(f)
-    if doc["format"] != FORMAT:
+    if doc["format"] not in (1, FORMAT):     # 1: no CFI rules (the replay steps native code by rbp)
         raise ValueError(f"{path}: recording format {doc['format']}, expected {FORMAT}")
     v = doc["vmstructs"]
     fields = [FieldEntry(**f) for f in v["fields"]]
@@ -249,11 +256,14 @@ def load(path: Path) -> Recording:
                    {t["name"]: TypeEntry(**t) for t in v["types"]}, v["int_constants"], v["long_constants"])
     natives = {pc: (None if n is None else NativeSymbol(n[0], n[1], n[2], Mapping(**n[3])))
                for pc, n in doc["natives"]}
+    rules = {pc: (mapped, None if packed is None else Rule.unpack(packed))
+             for pc, mapped, packed in doc.get("rules", ())}
     samples = [RecordedSample(_raw_from(s["raw"]), tuple(_frame_from(f) for f in s["frames"]), s["stats"],
                               tuple(s["features"])) for s in doc["samples"]]
     return Recording(doc["workload"], doc["jdk"], doc["release"], vm,
                      [(a, base64.b64decode(d)) for a, d in doc["regions"]],
                      [_blob_from(b) for b in doc["blobs"]], {pc: i for pc, i in doc["lookups"]}, natives,
+                     rules,
                      {ip: name for ip, name in doc["kernel"]}, frozenset(doc["java_tids"]), samples)
 
 
@@ -265,7 +275,7 @@ def replay_unwinder(rec: Recording, memory=None) -> Unwinder:
     jvm = rec.jvm(mem)
     resolver = MethodResolver(jvm.reader, jvm.layout)
     return Unwinder(jvm, rec.lookup_blob, resolver, RecordedThreads(rec.java_tids),  # type: ignore[arg-type]
-                    RecordedNatives(rec.natives), rec.kernel_symbols())
+                    RecordedNatives(rec.natives, rec.rules), rec.kernel_symbols())
 
 
 # ---- recording (root, BPF, a live JVM) ----------------------------------------------------------------
@@ -283,6 +293,7 @@ class _Recorder:
         self.blob_list: list[CodeBlobInfo] = []
         self.lookups: dict[int, Optional[int]] = {}
         self.native_answers: dict[int, Optional[NativeSymbol]] = {}
+        self.rule_answers: dict[int, tuple[bool, Optional[Rule]]] = {}
         self.kernel_answers: dict[int, str] = {}
         self._natives, self._kernel = natives, kernel
 
@@ -308,6 +319,11 @@ class _Recorder:
         if pc not in self.native_answers:
             self.native_answers[pc] = self._natives.symbolize(pc)
         return self.native_answers[pc]
+
+    def unwind_rule(self, pc: int) -> tuple[bool, Optional[Rule]]:
+        if pc not in self.rule_answers:
+            self.rule_answers[pc] = self._natives.unwind_rule(pc)
+        return self.rule_answers[pc]
 
     def lookup(self, ip: int) -> Optional[str]:
         name = self._kernel.lookup(ip)
@@ -365,7 +381,8 @@ def record(workload: str, jdk: int, seconds: float = 60.0, rate_hz: int = 499, e
               f"{dict(Counter(f for s in chosen for f in s.features))}", file=sys.stderr)
         java_tids = frozenset(s.raw.tid for s in chosen if threads.is_java_thread(s.raw.tid))
         return Recording(workload, jdk, jvm.release, jvm.vm, rec.memory.regions(), rec.blob_list,
-                         rec.lookups, rec.native_answers, rec.kernel_answers, java_tids, chosen)
+                         rec.lookups, rec.native_answers, rec.rule_answers, rec.kernel_answers,
+                         java_tids, chosen)
     finally:
         if sampler is not None:
             sampler.close()
