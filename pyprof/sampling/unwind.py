@@ -286,20 +286,27 @@ class Unwinder:
             if cur.top and nxt is not None and not self._return_strength(nxt.pc, sample.time_ns):
                 # the top frame may be in code whose frame is not (yet, or no longer) laid out as its
                 # frame size says: an inline-cache miss path, a stub-like prologue
-                nxt = self._choose([], self._frameless_candidates(cur, reader), sample.time_ns) or nxt
+                found = self._choose([], self._frameless_candidates(cur, reader), sample.time_ns)
+                if found is None:
+                    # no caller checks out: end the stack here rather than join a made-up one
+                    self.stats.rejected_callers += 1
+                return frame, found
             return frame, nxt
-        return frame, self._stub_step(blob, cur, reader, sample.time_ns)
+        return frame, self._stub_step(blob, cur, reader, sample)
 
-    def _stub_step(self, blob: CodeBlobInfo, cur: _Cursor, reader: _StackReader, time_ns: int
+    def _stub_step(self, blob: CodeBlobInfo, cur: _Cursor, reader: _StackReader, sample: StackSample
                    ) -> Optional[_Cursor]:
         """Stubs without a frame size (StubRoutines, vtable/itable stubs, JNI fast field accessors, i2c/c2i
         adapters, method-handle adapters): some build an rbp frame (StubRoutines' `enter()`), some have
         none (vtable stubs and the JNI fast accessors only jump or return: the return address stays at
         [sp]), and an adapter may have pushed one word. Each candidate caller is accepted only at a real
         call site (see _return_strength)."""
+        time_ns = sample.time_ns
         framed = [c for c in (self._fp_step(cur, reader),) if c is not None]
         if not cur.top:
             found = self._choose(framed, [], time_ns)
+        elif blob.kind is BlobKind.ADAPTER:
+            found = self._adapter_caller(cur, reader, sample, framed)
         elif _frameless_kind(blob):
             found = self._choose([], self._frameless_candidates(cur, reader) + framed, time_ns)
         else:
@@ -307,6 +314,33 @@ class Unwinder:
         if found is not None:
             self.stats.stub_steps += 1
         return found
+
+    def _adapter_caller(self, cur: _Cursor, reader: _StackReader, sample: StackSample,
+                        framed: list[_Cursor]) -> Optional[_Cursor]:
+        """i2c/c2i adapters move sp: the c2i adapter pops the return address, keeps the caller's sp in
+        r13 (the interpreter's sender sp) and grows the stack for the interpreter's arguments, storing
+        the return address at the new [sp]. So each frameless return address is tried with sp + 8 and
+        with r13, and a compiled caller is accepted only where its own frame then leads to a call site
+        (one step of lookahead)."""
+        time_ns = sample.time_ns
+        candidates = []
+        for c in self._frameless_candidates(cur, reader):
+            if cur.sp < sample.r13 < cur.sp + MAX_FRAME_BYTES and sample.r13 % WORD == 0:
+                candidates.append(_Cursor(c.pc, sample.r13, c.fp, top=False))
+            candidates.append(c)
+        for c in candidates:
+            if self._return_strength(c.pc, time_ns) and self._frame_leads_on(c, reader, time_ns):
+                return c
+        return self._choose(framed, [], time_ns)
+
+    def _frame_leads_on(self, cur: _Cursor, reader: _StackReader, time_ns: int) -> bool:
+        """Does a compiled frame at `cur` (pc, sp) have a call site where its frame size puts its
+        return address? Frames of other kinds are not checked."""
+        blob = self.lookup_blob(cur.pc, time_ns)
+        if blob is None or not blob.is_nmethod or blob.frame_size <= 0:
+            return True
+        ret = reader.word(cur.sp + WORD * blob.frame_size - WORD)
+        return ret is not None and self._return_strength(ret, time_ns) > 0
 
     def _frameless_candidates(self, cur: _Cursor, reader: _StackReader) -> list[_Cursor]:
         out = []
