@@ -315,9 +315,25 @@ def test_compiled_caller_at_no_call_site_is_rejected() -> None:
     u, _ = unwinder()
     # WHEN unwound
     frames = described(u.unwind(sample(stack, ip=at(HOT, 0x80), bp=0x42)))
-    # THEN the "caller" is not joined: the stack ends in a counted [unknown] saying why
-    assert frames == [(at(HOT, 0x80), "pyproftest.Synth.hot [C2]"), (0, "[unknown]")]
-    assert stats_of(u.stats) == counters(frames=2, reached_root=0, java_reached_root=0,
+    # THEN the "caller" is not joined: the top frame's caller checks out nowhere, the stack ends there
+    # (counted as a rejected caller)
+    assert frames == [(at(HOT, 0x80), "pyproftest.Synth.hot [C2]")]
+    assert stats_of(u.stats) == counters(frames=1, reached_root=0, java_reached_root=0)
+    assert u.stats.rejected_callers == 1
+
+
+def test_deeper_compiled_caller_at_no_call_site_is_a_counted_unknown() -> None:
+    # GIVEN hot <- caller (at a call site) <- a "return address" in hot's body where no call precedes it
+    stack = Stack()
+    caller_sp = compiled_frame(stack, SP, HOT, at(CALLER, 0x120), saved_rbp=0xDEAD)
+    compiled_frame(stack, caller_sp, CALLER, at(HOT, NOT_A_CALL_SITE), saved_rbp=ENTRY_FP)
+    u, _ = unwinder()
+    # WHEN unwound
+    frames = described(u.unwind(sample(stack, ip=at(HOT, 0x80), bp=0x42)))
+    # THEN that caller is not joined: the stack ends in a counted [unknown] saying why
+    assert frames == [(at(HOT, 0x80), "pyproftest.Synth.hot [C2]"),
+                      (at(CALLER, 0x120), "pyproftest.Synth.caller [C1]"), (0, "[unknown]")]
+    assert stats_of(u.stats) == counters(frames=3, reached_root=0, java_reached_root=0,
                                          unknown_frames={"return address is no call site": 1})
     assert u.stats.rejected_callers == 1
 
@@ -474,11 +490,12 @@ def test_deoptimized_frame_with_an_implausible_original_pc_keeps_the_handler_pc(
 def test_top_frame_running_its_deopt_handler_is_not_a_deoptimized_caller() -> None:
     # GIVEN the sample's pc itself at deoptee's deopt handler (deoptee is unpacking itself)
     stack = Stack()
-    compiled_frame(stack, SP, DEOPTEE, 0, saved_rbp=0)
+    compiled_frame(stack, SP, DEOPTEE, CALL_STUB_RETURN, saved_rbp=ENTRY_FP)
     stack.put(SP + DEOPTEE.orig_pc_offset, at(DEOPTEE, 0x144))
+    bottom = java_entry(stack)
     # WHEN unwound  THEN it is named at its real pc and not counted as a deoptimized caller
     frames, stats = unwound(sample(stack, ip=DEOPTEE.deopt_handler))
-    assert frames == [(DEOPTEE.deopt_handler, "pyproftest.Synth.deoptee [C2]")]
+    assert frames == [(DEOPTEE.deopt_handler, "pyproftest.Synth.deoptee [C2]"), *bottom]
     assert stats == counters_of()
 
 
@@ -728,7 +745,7 @@ def test_frame_larger_than_a_mebibyte_is_refused() -> None:
     stack = Stack(size=WORD * huge.frame_size)
     stack.put(SP + WORD * huge.frame_size - WORD, at(HOT, 0x90))
     u, _ = unwinder()
-    u.lookup_blob = lambda pc, _t: huge if huge.contains(pc) else None   # type: ignore[method-assign]
+    u.lookup_blob = lambda pc, _t: huge if huge.contains(pc) else HOT if HOT.contains(pc) else None  # type: ignore[method-assign]
     # WHEN unwound
     frames = u.unwind(sample(stack, ip=huge.code_begin + 0x10))
     # THEN the step is refused as the stack going backwards (a frame larger than MAX_FRAME_BYTES)
