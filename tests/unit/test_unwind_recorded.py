@@ -193,7 +193,7 @@ def test_inlining_chain_of_a_compiled_frame_with_the_lines_of_each_method() -> N
     # GIVEN C2 code of ArrayList.forEach into which the forEach lambda was inlined (-XX:+DebugNonSafepoints)
     frames, stats = replayed(ZOO, s)
     # THEN one physical frame holds the chain, innermost first, each with its own kind and line
-    leaf = frames[0].frames
+    leaf = [f for f in frames if f.frames[0].kind is not FrameKind.KERNEL][0].frames
     assert [display_name(lf) for lf in leaf[::2]] == ["pyproftest.JitZoo.lambda$lambdaLoop$2 [inlined]",
                                                       "java.util.ArrayList.forEach [C2]"]
     assert leaf[1].name.startswith("pyproftest.JitZoo$$Lambda/0x") and leaf[1].kind is FrameKind.INLINED
@@ -251,9 +251,12 @@ def test_jni_code_without_frame_pointers_resumes_at_the_anchor() -> None:
         assert stats == counters(frames, anchor_used=1)
         # AND WHEN the same sample comes without the anchor
         alone, alone_stats = replayed(PHASES, s, anchor_sp=0, anchor_pc=0, anchor_fp=0)
-        # THEN the walk cannot leave the JNI code: one frame, an incomplete stack
-        assert names(alone) == ["Java_pyproftest_Phases_nativePhase"]
-        assert alone_stats == counters(alone, reached_root=0, java_reached_root=0)
+        # THEN the JNI function is still first, but its Java callers are not found (the CFI step leads to
+        # the native wrapper, whose call site the recording, made with the anchor, holds no code bytes for:
+        # the caller is rejected): an incomplete stack
+        assert names(alone)[0] == "Java_pyproftest_Phases_nativePhase"
+        assert "pyproftest.Phases.nativePhase [jni]" not in names(alone)
+        assert alone_stats["reached_root"] == 0 and alone_stats["anchor_used"] == 0
 
 
 def logical_names(frames: tuple[PhysicalFrame, ...]) -> list[str]:

@@ -152,6 +152,9 @@ def features_of(frames: tuple[PhysicalFrame, ...], stats: UnwindStats) -> tuple[
     out = {k.value for f in frames for k in (lf.kind for lf in f.frames)}
     if user:
         out.add(f"top:{user[0].value}")
+        top = next(f for f in frames if f.frames[0].kind is not FrameKind.KERNEL)
+        if user[0] is FrameKind.NATIVE and top.mapping is not None:
+            out.add(f"top-lib:{Path(top.mapping.filename).name}")    # e.g. zlib's deflate thread in libzip.so
     if stats.anchor_used:
         out.add("anchor")
     if stats.deoptimized_frames:
@@ -332,6 +335,17 @@ class _Recorder:
         return name
 
 
+def variants(raw: RawSample) -> list[RawSample]:
+    """What the tests also replay of a sample: without its anchor, without its kernel frames. The recorder
+    unwinds these too (on a second unwinder, its counters unused) so that the bytes they read are kept."""
+    out = []
+    if raw.anchor_sp:
+        out.append(dataclasses.replace(raw, anchor_sp=0, anchor_pc=0, anchor_fp=0))
+    if raw.kernel_ips:
+        out.append(dataclasses.replace(raw, kernel_ips=()))
+    return out
+
+
 def _pick(samples: list[RecordedSample]) -> list[RecordedSample]:
     """Up to SAMPLES_PER_FEATURE samples of every feature seen, rarest features first."""
     counts = Counter(f for s in samples for f in s.features)
@@ -364,6 +378,8 @@ def record(workload: str, jdk: int, seconds: float = 60.0, rate_hz: int = 499, e
         rec = _Recorder(jvm, NativeSymbolizer(java.pid), KernelSymbols.load())
         unwinder = Unwinder(rec.jvm, rec.lookup_blob, MethodResolver(rec.jvm.reader, rec.jvm.layout), threads,
                             rec, rec)
+        other = Unwinder(rec.jvm, rec.lookup_blob, MethodResolver(rec.jvm.reader, rec.jvm.layout), threads,
+                         rec, rec)
         sampler = Sampler(java.pid, rate_hz=rate_hz)
         sampler.start()
         sampler.set_java_threads(threads.anchor_addresses())
@@ -374,6 +390,8 @@ def record(workload: str, jdk: int, seconds: float = 60.0, rate_hz: int = 499, e
                 stats = unwinder.stats
                 before = dataclasses.replace(stats, unknown_frames=Counter(stats.unknown_frames))
                 frames = unwinder.unwind(raw)
+                for variant in variants(raw):
+                    other.unwind(variant)
                 delta = _delta(unwinder.stats, before)
                 taken.append(RecordedSample(raw, frames, stats_of(delta), features_of(frames, delta)))
         chosen = _pick(taken)
@@ -415,7 +433,8 @@ def _needed_regions(rec: Recording) -> list[tuple[int, bytes]]:
 
     needed = RecordingMemory(ReplayMemory(rec.regions))
     for s in rec.samples:
-        replay_unwinder(rec, needed).unwind(s.raw)
+        for raw in (s.raw, *variants(s.raw)):
+            replay_unwinder(rec, needed).unwind(raw)
     return needed.regions()
 
 
