@@ -154,8 +154,8 @@ def sample(stack: Stack, ip: int, bp: int = 0, copied: Optional[int] = None, sp:
                      anchor_sp=anchor[0], anchor_pc=anchor[1], anchor_fp=anchor[2])
 
 
-def unwinder(live_stack: Optional[Stack] = None, extra_regions: Optional[dict[int, bytes]] = None
-             ) -> tuple[Unwinder, ReplayMemory]:
+def unwinder(live_stack: Optional[Stack] = None, extra_regions: Optional[dict[int, bytes]] = None,
+             blobs: tuple[CodeBlobInfo, ...] = BLOBS) -> tuple[Unwinder, ReplayMemory]:
     """A fresh Unwinder over the synthetic code heap and libraries; `live_stack` is the thread's stack as
     live memory (what reads beyond the sample's copy find)."""
     lay = LAYOUT_OF.jvm(None).layout
@@ -174,7 +174,7 @@ def unwinder(live_stack: Optional[Stack] = None, extra_regions: Optional[dict[in
     jvm = LAYOUT_OF.jvm(memory)
 
     def lookup(pc: int, _time_ns: int) -> Optional[CodeBlobInfo]:
-        return next((b for b in BLOBS if b.contains(pc)), None)
+        return next((b for b in blobs if b.contains(pc)), None)
 
     u = Unwinder(jvm, lookup, MethodResolver(jvm.reader, jvm.layout), RecordedThreads(frozenset({TID})),  # type: ignore[arg-type]
                  Natives(), None)
@@ -287,8 +287,7 @@ def test_call_stub_is_an_rbp_frame_whatever_its_blob_says() -> None:
     compiled_frame(stack, SP, CALLER, CALL_STUB_RETURN, saved_rbp=ENTRY_FP)
     stack.put(SP + WORD * CALLER.frame_size + WORD * 3, at(HOT, 0x99))   # where the frame size would look
     bottom = java_entry(stack)
-    u, _ = unwinder()
-    u.lookup_blob = lambda pc, _t: sized if sized.contains(pc) else CALLER if CALLER.contains(pc) else None  # type: ignore[method-assign]
+    u, _ = unwinder(blobs=(sized, CALLER))
     # WHEN unwound
     frames = u.unwind(sample(stack, ip=at(CALLER, 0x100)))
     # THEN the entry frame is walked by rbp, down to the thread's entry
@@ -610,8 +609,7 @@ def test_frame_larger_than_a_mebibyte_is_refused() -> None:
     huge = dataclasses.replace(RUNTIME_STUB, frame_size=(2 << 20) // WORD)
     far = SP + WORD * huge.frame_size
     live = {far - 2 * WORD: (0).to_bytes(8, "little") + at(HOT, 0x90).to_bytes(8, "little")}
-    u, _ = unwinder(extra_regions=live)
-    u.lookup_blob = lambda pc, _t: huge if huge.contains(pc) else None   # type: ignore[method-assign]
+    u, _ = unwinder(extra_regions=live, blobs=(huge,))
     # WHEN unwound
     frames = u.unwind(sample(Stack(), ip=huge.code_begin + 0x10))
     # THEN the step is refused as the stack going backwards (a frame larger than MAX_FRAME_BYTES)

@@ -124,8 +124,13 @@ class RecordedNatives:
         return self.answers.get(pc)
 
 
+# The UnwindStats counters a recording keeps per sample (new counters, e.g. of caches, are not part of it).
+COUNTERS = ("samples", "frames", "reached_root", "java_samples", "java_reached_root", "live_reads",
+            "anchor_used", "deoptimized_frames")
+
+
 def stats_of(stats: UnwindStats) -> dict[str, Any]:
-    d = dataclasses.asdict(stats)
+    d: dict[str, Any] = {name: getattr(stats, name) for name in COUNTERS}
     d["unknown_frames"] = dict(sorted(stats.unknown_frames.items()))
     return d
 
@@ -364,11 +369,9 @@ def record(workload: str, jdk: int, seconds: float = 60.0, rate_hz: int = 499, e
 
 def _delta(after: UnwindStats, before: UnwindStats) -> UnwindStats:
     out = UnwindStats()
-    for f in dataclasses.fields(UnwindStats):
-        if f.name == "unknown_frames":
-            out.unknown_frames = after.unknown_frames - before.unknown_frames
-        else:
-            setattr(out, f.name, getattr(after, f.name) - getattr(before, f.name))
+    for name in COUNTERS:
+        setattr(out, name, getattr(after, name) - getattr(before, name))
+    out.unknown_frames = after.unknown_frames - before.unknown_frames
     return out
 
 
