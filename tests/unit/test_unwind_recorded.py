@@ -28,13 +28,16 @@ from tests.unit.data.unwind_fixture import (
     stats_of,
 )
 
-PHASES = load(fixture_path("Phases", 21))
+PHASES_OF = {jdk: load(fixture_path("Phases", jdk)) for jdk in (17, 21, 25)}
+PHASES = PHASES_OF[21]
 ZOO = load(fixture_path("JitZoo", 21))
-RECORDINGS = {"phases": PHASES, "jitzoo": ZOO}
+RECORDINGS = {"phases-jdk17": PHASES_OF[17], "phases-jdk21": PHASES, "phases-jdk25": PHASES_OF[25],
+              "jitzoo-jdk21": ZOO}
+CALL_STUB_BLOB = {17: "[StubRoutines (1)]", 21: "[StubRoutines (initial stubs)]",
+                  25: "[StubRoutines (initialstubs)]"}
 
 # A Java thread started by the JVM, below its run() method: the call stub, then libjvm's frame-pointer chain
-JAVA_THREAD_BOTTOM = [
-    "[StubRoutines (initial stubs)]",
+JAVA_THREAD_NATIVE_BOTTOM = [
     "JavaCalls::call_helper(JavaValue*, methodHandle const&, JavaCallArguments*, JavaThread*)",
     "JavaCalls::call_virtual(JavaValue*, Handle, Klass*, Symbol*, Symbol*, JavaThread*)",
     "thread_entry(JavaThread*, JavaThread*)",
@@ -42,14 +45,23 @@ JAVA_THREAD_BOTTOM = [
     "Thread::call_run()",
     "thread_native_entry(Thread*)",
 ]
-PHASES_THREAD = ["pyproftest.Phases.loop [interp]", "pyproftest.Phases.run [interp]",
-                 "java.lang.Thread.runWith [interp]", "java.lang.Thread.run [interp]", *JAVA_THREAD_BOTTOM]
+JAVA_THREAD_BOTTOM = [CALL_STUB_BLOB[21], *JAVA_THREAD_NATIVE_BOTTOM]
 ZOO_THREAD = ["pyproftest.JitZoo.run [interp]", *JAVA_THREAD_BOTTOM]
+
+
+def phases_thread(jdk: int) -> list[str]:
+    """Phases' worker below runCycle: loop and run interpreted, Thread.run (JDK 21+: through runWith)."""
+    thread = ["java.lang.Thread.run [interp]"] if jdk < 21 else ["java.lang.Thread.runWith [interp]",
+                                                                 "java.lang.Thread.run [interp]"]
+    return ["pyproftest.Phases.loop [interp]", "pyproftest.Phases.run [interp]", *thread, CALL_STUB_BLOB[jdk],
+            *JAVA_THREAD_NATIVE_BOTTOM]
+
+
 
 # Samples the unwinder gets wrong today, with the diagnosis; each has an xfail test of the right answer.
 KNOWN_WRONG = {
-    ("phases", 2): "C2 prologue without stack bang (`sub rsp; mov [rsp+N], rbp`): _prologue_slot says slot 1 "
-                   "at the verified entry, where the return address is at [sp]",
+    ("phases-jdk21", 2): "C2 prologue without stack bang (`sub rsp; mov [rsp+N], rbp`): _prologue_slot says "
+                         "slot 1 at the verified entry, where the return address is at [sp]",
 }
 
 
@@ -89,8 +101,9 @@ def counters(frames: tuple[PhysicalFrame, ...], **changed) -> dict:
 
 def samples(rec: Recording, feature: str, leaf: str = "") -> list[RecordedSample]:
     """Recorded samples with `feature` whose first user frame's name starts with `leaf`; at least one."""
+    key = f"{rec.workload.lower()}-jdk{rec.jdk}"
     found = [s for i, s in enumerate(rec.samples) if feature in s.features
-             and (rec.workload.lower(), i) not in KNOWN_WRONG and names(s.frames)[0].startswith(leaf)]
+             and (key, i) not in KNOWN_WRONG and names(s.frames)[0].startswith(leaf)]
     assert found, f"the {rec.workload} recording has no {feature} sample in {leaf or 'any function'}"
     return found
 
@@ -119,18 +132,20 @@ def test_recordings_cover_every_kind_of_frame() -> None:
 
 
 # ---- compiled and interpreted -------------------------------------------------------------------------
-@pytest.mark.parametrize("phase", ["phaseA", "phaseB"])
-def test_compiled_frames_down_to_the_thread_entry(phase: str) -> None:
-    for s in samples(PHASES, "top:c2", f"pyproftest.Phases.{phase} [C2]"):
-        # GIVEN a sample in C2 code of phaseX (a physical frame of its own: never inlined)
+@pytest.mark.parametrize("jdk", [17, 21, 25])
+def test_compiled_frames_down_to_the_thread_entry(jdk: int) -> None:
+    rec = PHASES_OF[jdk]
+    for s in samples(rec, "top:c2", "pyproftest.Phases.phase"):
+        phase = names(s.frames)[0].split(".")[-1].split(" ")[0]
+        # GIVEN a sample in C2 code of phaseA or phaseB (a physical frame of its own: never inlined)
         # WHEN replayed
-        frames, stats = replayed(PHASES, s)
+        frames, stats = replayed(rec, s)
         # THEN phaseX <- runCycle (C1 or C2) at the call line <- the interpreted loop and run <- Thread.run
         # <- the call stub <- libjvm down to thread_native_entry: complete, nothing unknown
         got = names(frames)
         assert got[0] == f"pyproftest.Phases.{phase} [C2]"
         assert got[1] in ("pyproftest.Phases.runCycle [C1]", "pyproftest.Phases.runCycle [C2]")
-        assert got[2:] == PHASES_THREAD
+        assert got[2:] == phases_thread(jdk)
         got_lines = lines(frames)
         first, last = marker_line("Phases", f"{phase}-begin"), marker_line("Phases", f"{phase}-end")
         assert first <= got_lines[0] <= last
@@ -140,7 +155,7 @@ def test_compiled_frames_down_to_the_thread_entry(phase: str) -> None:
         assert stats == counters(frames)
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN_WRONG[("phases", 2)])
+@pytest.mark.xfail(strict=True, reason=KNOWN_WRONG[("phases-jdk21", 2)])
 def test_compiled_frame_sampled_at_its_verified_entry() -> None:
     # GIVEN the recorded sample of phaseB at its first instruction (`sub rsp, 0x28`: nothing on the stack
     # but the return address into runCycle)
@@ -152,19 +167,21 @@ def test_compiled_frame_sampled_at_its_verified_entry() -> None:
     assert stats == counters(frames)
 
 
-def test_interpreted_top_frame_takes_its_bcp_from_r13() -> None:
-    s = samples(PHASES, "top:interpreted", "pyproftest.Phases.loop [interp]")[0]
+@pytest.mark.parametrize("jdk", [17, 21])
+def test_interpreted_top_frame_takes_its_bcp_from_r13(jdk: int) -> None:
+    rec = PHASES_OF[jdk]
+    s = samples(rec, "top:interpreted", "pyproftest.Phases.loop [interp]")[0]
     # GIVEN a sample in the interpreter running Phases.loop: its live bcp is in r13
-    frames, stats = replayed(PHASES, s)
+    frames, stats = replayed(rec, s)
     # THEN loop's line comes from r13, the callers' lines from the bcp slots of their frames
-    assert names(frames) == PHASES_THREAD
+    assert names(frames) == phases_thread(jdk)
     loop_lines = range(line_of("Phases", "static long loop("), line_of("Phases", "loop(shares, 250_000L"))
     assert lines(frames)[0] in loop_lines
     assert lines(frames)[1] == line_of("Phases", "loop(shares, cycleNanos, until, true)")
     assert stats == counters(frames)
     # AND WHEN r13 holds no bcp (zero, or an address outside the method's bytecodes)
     for r13 in (0, s.raw.r13 + 0x100000):
-        other, other_stats = replayed(PHASES, s, r13=r13)
+        other, other_stats = replayed(rec, s, r13=r13)
         # THEN the same frames, the top one without a line
         assert names(other) == names(frames) and lines(other) == [0, *lines(frames)[1:]]
         assert other_stats == stats
@@ -237,20 +254,23 @@ def test_stub_routine_at_the_top_then_its_compiled_caller() -> None:
 
 
 # ---- native frames ------------------------------------------------------------------------------------
-def test_jni_code_without_frame_pointers_resumes_at_the_anchor() -> None:
-    for s in samples(PHASES, "anchor", "Java_pyproftest_Phases_nativePhase"):
+@pytest.mark.parametrize("jdk", [17, 21, 25])
+def test_jni_code_without_frame_pointers_resumes_at_the_anchor(jdk: int) -> None:
+    rec = PHASES_OF[jdk]
+    for s in samples(rec, "anchor", "Java_pyproftest_Phases_nativePhase"):
         # GIVEN a sample in libphases.so (-O2, no frame pointers) under the native method nativePhase
-        frames, stats = replayed(PHASES, s)
+        frames, stats = replayed(rec, s)
         # THEN the JNI function, then (from the JavaThread's anchor) the native method and its callers
         assert names(frames)[:2] == ["Java_pyproftest_Phases_nativePhase",
                                      "pyproftest.Phases.nativePhase [jni]"]
         assert names(frames)[2] in ("pyproftest.Phases.runCycle [C1]", "pyproftest.Phases.runCycle [C2]")
-        assert names(frames)[3:] == PHASES_THREAD
+        assert names(frames)[3:] == phases_thread(jdk)
         assert lines(frames)[2] == marker_line("Phases", "call-native")
-        assert frames[0].mapping is not None and frames[0].mapping.filename.endswith("/libphases.so")
+        leaf = next(f for f in frames if f.frames[0].kind is not FrameKind.KERNEL)
+        assert leaf.mapping is not None and leaf.mapping.filename.endswith("/libphases.so")
         assert stats == counters(frames, anchor_used=1)
         # AND WHEN the same sample comes without the anchor
-        alone, alone_stats = replayed(PHASES, s, anchor_sp=0, anchor_pc=0, anchor_fp=0)
+        alone, alone_stats = replayed(rec, s, anchor_sp=0, anchor_pc=0, anchor_fp=0)
         # THEN the walk cannot leave the JNI code: one frame, an incomplete stack
         assert names(alone) == ["Java_pyproftest_Phases_nativePhase"]
         assert alone_stats == counters(alone, reached_root=0, java_reached_root=0)

@@ -16,6 +16,7 @@ the hostile-memory tests use - so no root, BPF or JVM is needed.
 Record (as root, from the repository root; rewrites tests/unit/data/unwind-<workload>-jdk<N>.json.gz):
     .venv/bin/python -m tests.unit.data.unwind_fixture Phases 21
     .venv/bin/python -m tests.unit.data.unwind_fixture JitZoo 21
+    .venv/bin/python -m tests.unit.data.unwind_fixture Phases 17   (and 25)
 """
 
 from __future__ import annotations
