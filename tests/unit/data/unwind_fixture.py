@@ -17,6 +17,7 @@ the hostile-memory tests use - so no root, BPF or JVM is needed.
 Record (as root, from the repository root; rewrites tests/unit/data/unwind-<workload>-jdk<N>.json.gz):
     .venv/bin/python -m tests.unit.data.unwind_fixture Phases 21
     .venv/bin/python -m tests.unit.data.unwind_fixture JitZoo 21
+    .venv/bin/python -m tests.unit.data.unwind_fixture Phases 17   (and 25)
 """
 
 from __future__ import annotations
@@ -135,12 +136,14 @@ class RecordedNatives:
 # The counters these recordings pin: the walk's outcome. The unwinder's newer counters of how each native
 # frame was stepped (cfi_steps, fp_steps, stub_steps, ...) are tested where that stepping is
 # (tests/unit/test_cfi.py, tests/integration/test_server_stacks.py), not pinned per recorded sample.
-PINNED_COUNTERS = ("samples", "frames", "reached_root", "java_samples", "java_reached_root", "unknown_frames",
-                   "live_reads", "anchor_used", "deoptimized_frames")
+# (and unknown_frames, by reason)
+PINNED_COUNTERS = ("samples", "frames", "reached_root", "java_samples", "java_reached_root", "live_reads",
+                   "anchor_used", "deoptimized_frames")
+
 
 
 def stats_of(stats: UnwindStats) -> dict[str, Any]:
-    d = {name: getattr(stats, name) for name in PINNED_COUNTERS}
+    d: dict[str, Any] = {name: getattr(stats, name) for name in PINNED_COUNTERS}
     d["unknown_frames"] = dict(sorted(stats.unknown_frames.items()))
     return d
 
@@ -409,11 +412,9 @@ def record(workload: str, jdk: int, seconds: float = 60.0, rate_hz: int = 499, e
 
 def _delta(after: UnwindStats, before: UnwindStats) -> UnwindStats:
     out = UnwindStats()
-    for f in dataclasses.fields(UnwindStats):
-        if f.name == "unknown_frames":
-            out.unknown_frames = after.unknown_frames - before.unknown_frames
-        else:
-            setattr(out, f.name, getattr(after, f.name) - getattr(before, f.name))
+    for name in PINNED_COUNTERS:
+        setattr(out, name, getattr(after, name) - getattr(before, name))
+    out.unknown_frames = after.unknown_frames - before.unknown_frames
     return out
 
 
