@@ -51,7 +51,7 @@ from pyprof.symbols.native import NativeSymbol
 DATA = Path(__file__).resolve().parent
 FORMAT = 2      # 2: CFI rules recorded
 SAMPLES_PER_FEATURE = 3
-MAX_SAMPLES = 40
+MAX_SAMPLES = 60
 WORKLOAD_FLAGS = {"JitZoo": ("-XX:+UnlockDiagnosticVMOptions", "-XX:+DebugNonSafepoints")}
 
 
@@ -158,6 +158,9 @@ def features_of(frames: tuple[PhysicalFrame, ...], stats: UnwindStats) -> tuple[
         top = next(f for f in frames if f.frames[0].kind is not FrameKind.KERNEL)
         if user[0] is FrameKind.NATIVE and top.mapping is not None:
             out.add(f"top-lib:{Path(top.mapping.filename).name}")    # e.g. zlib's deflate thread in libzip.so
+        if top.frames[0].name.startswith("pyproftest."):
+            # the workload's own code at the top, per method and kind: what the tests look for by name
+            out.add(f"top-java:{top.frames[0].kind.value}:{top.frames[0].name}")
     if stats.anchor_used:
         out.add("anchor")
     if stats.deoptimized_frames:
