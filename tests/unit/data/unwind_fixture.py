@@ -9,7 +9,12 @@ tests/java workload:
   asked for, the DWARF CFI rules it asked for (packed, see pyprof.symbols.cfi.Rule), and which threads
   were Java threads;
 - the raw eBPF samples (registers, the stack copy, the JavaThread anchor), each with the frames and the
-  UnwindStats counters the live unwinder gave it.
+  UnwindStats counters (PINNED_COUNTERS) the live unwinder gave it. Each sample is also unwound live
+  without its anchor and without its kernel frames (variants(): what the tests replay), so the bytes
+  those walks read are in the recording too.
+Samples are picked per feature (features_of: frame kinds, the top frame's kind, library and workload
+method), up to SAMPLES_PER_FEATURE each, rarest first. Format 2 adds the CFI rules; format-1 recordings
+(the *-v1 files, made with the frame-pointer-only unwinder) still load, without rules.
 
 Replay (load()) serves those bytes through tests.unit.test_hostile_memory.ReplayMemory - the same replay
 the hostile-memory tests use - so no root, BPF or JVM is needed.
