@@ -103,6 +103,8 @@ ROOT_SYMBOLS = ("start_thread", "clone3", "__clone3", "clone", "__clone", "_star
 # Kernel entry points of a breakpoint trap: the user pc is then one byte past the int3.
 BREAKPOINT_HANDLERS = frozenset(("asm_exc_int3", "exc_int3", "do_int3", "do_int3_user"))
 
+INTERPRETER_ENTRY = LogicalFrame("[Interpreter]", FrameKind.JVM_STUB, "interpreter method entry")
+
 # The root end of a stack the walk could not finish within its bounds (deeper than the copy plus the
 # live-read budget, or MAX_DEPTH frames): marked, never joined to anything.
 TRUNCATED_FRAME = PhysicalFrame(
@@ -209,7 +211,11 @@ class Unwinder:
                 break
             nxt.blob = self.lookup_blob(nxt.pc, sample.time_ns)     # looked up once per frame
             nxt.blob_known = True
-            if not nxt.trusted and not self._accept_caller(nxt.pc, sample.time_ns, nxt.blob):
+            from_interpreter = cursor.blob is not None and cursor.blob.kind is BlobKind.INTERPRETER
+            # an interpreted frame's link to its caller is HotSpot's own frame structure (also for frames
+            # the deoptimizer built), not a guess: only the other steps' callers are checked
+            if not nxt.trusted and not from_interpreter and \
+                    not self._accept_caller(nxt.pc, sample.time_ns, nxt.blob):
                 # a compiled "caller" at a pc that is no call site of it: a stale or misread return
                 # address. Joining it would invent a caller chain; the stack ends here instead.
                 self.stats.rejected_callers += 1
@@ -286,7 +292,7 @@ class Unwinder:
             if cur.top and nxt is not None and not self._return_strength(nxt.pc, sample.time_ns):
                 # the top frame may be in code whose frame is not (yet, or no longer) laid out as its
                 # frame size says: an inline-cache miss path, a stub-like prologue
-                found = self._choose([], self._frameless_candidates(cur, reader), sample.time_ns)
+                found = self._choose([], self._frameless_candidates(cur, reader), sample.time_ns, reader)
                 if found is None:
                     # no caller checks out: end the stack here rather than join a made-up one
                     self.stats.rejected_callers += 1
@@ -304,13 +310,13 @@ class Unwinder:
         time_ns = sample.time_ns
         framed = [c for c in (self._fp_step(cur, reader),) if c is not None]
         if not cur.top:
-            found = self._choose(framed, [], time_ns)
+            found = self._choose(framed, [], time_ns, reader)
         elif blob.kind is BlobKind.ADAPTER:
             found = self._adapter_caller(cur, reader, sample, framed)
         elif _frameless_kind(blob):
-            found = self._choose([], self._frameless_candidates(cur, reader) + framed, time_ns)
+            found = self._choose([], self._frameless_candidates(cur, reader) + framed, time_ns, reader)
         else:
-            found = self._choose(framed, self._frameless_candidates(cur, reader), time_ns)
+            found = self._choose(framed, self._frameless_candidates(cur, reader), time_ns, reader)
         if found is not None:
             self.stats.stub_steps += 1
         return found
@@ -329,9 +335,12 @@ class Unwinder:
                 candidates.append(_Cursor(c.pc, sample.r13, c.fp, top=False))
             candidates.append(c)
         for c in candidates:
-            if self._return_strength(c.pc, time_ns) and self._frame_leads_on(c, reader, time_ns):
+            strength = self._return_strength(c.pc, time_ns)
+            if strength == STRONG and self._frame_leads_on(c, reader, time_ns):
                 return c
-        return self._choose(framed, [], time_ns)
+            if strength == WEAK and self._interpreter_frame_ok(c, reader):
+                return c
+        return self._choose(framed, [], time_ns, reader)
 
     def _frame_leads_on(self, cur: _Cursor, reader: _StackReader, time_ns: int) -> bool:
         """Does a compiled frame at `cur` (pc, sp) have a call site where its frame size puts its
@@ -350,7 +359,8 @@ class Unwinder:
                 out.append(_Cursor(ret, cur.sp + WORD * (slot + 1), cur.fp, top=False))
         return out
 
-    def _choose(self, framed: list[_Cursor], frameless: list[_Cursor], time_ns: int) -> Optional[_Cursor]:
+    def _choose(self, framed: list[_Cursor], frameless: list[_Cursor], time_ns: int, reader: _StackReader
+                ) -> Optional[_Cursor]:
         """The caller among candidates: a strong one (a call site in compiled or native code) framed
         first, then frameless; then a weak one (an interpreter return address, which cannot be checked)
         frameless first: where the stub has no frame, rbp is the caller's or stale, and [fp+8] would
@@ -358,9 +368,17 @@ class Unwinder:
         strength = {id(c): self._return_strength(c.pc, time_ns) for c in framed + frameless}
         for group, wanted in ((framed + frameless, STRONG), (frameless + framed, WEAK)):
             for candidate in group:
-                if strength[id(candidate)] == wanted:
+                if strength[id(candidate)] == wanted and (wanted == STRONG or self._interpreter_frame_ok(
+                        candidate, reader)):
                     return candidate
         return None
+
+    def _interpreter_frame_ok(self, cur: _Cursor, reader: _StackReader) -> bool:
+        """A weak (interpreter) candidate is taken only when its rbp frames a readable Method*."""
+        if cur.fp <= cur.sp - 2 * WORD or cur.fp - cur.sp > MAX_FRAME_BYTES:
+            return False
+        method = reader.word(cur.fp + self.slot_method)
+        return bool(method) and self._method(method) is not None
 
     # ---- is a return address real? ---------------------------------------------------------------
     def _accept_caller(self, pc: int, time_ns: int, blob: Optional[CodeBlobInfo]) -> bool:
@@ -386,11 +404,11 @@ class Unwinder:
         if found:
             return STRONG if valid else 0
         if blob is not None and blob.is_nmethod and not blob.is_native_wrapper:
+            # The PcDescs are read now, after the sample: in a deoptimization storm the nmethod may have
+            # been flushed and its memory reused, so a missing PcDesc alone does not reject a return
+            # address that follows a call instruction.
             site = self.debug.is_call_site(blob, pc)
-            if site is None:
-                valid = self._after_call(pc)
-            else:
-                valid = site or self._leaf_call(pc, time_ns)
+            valid = bool(site) or self._leaf_call(pc, time_ns) or self._after_call(pc)
         elif blob is not None or self._is_native_code(pc):
             valid = self._after_call(pc)
         else:
@@ -492,6 +510,11 @@ class Unwinder:
             return self.unknown_frame("interpreter frame without frame pointer"), None
         method = reader.word(fp + self.slot_method)
         info = self._method(method) if method else None
+        if info is None and cur.top:
+            # the interpreter's method entry, whose frame (and Method* slot) is not built yet: known code,
+            # unknown method, as async-profiler shows it. rbp is still the caller's (perhaps compiled code,
+            # where it frames nothing); the return address is at [sp] and r13 holds the sender's sp.
+            return PhysicalFrame(cur.pc, (INTERPRETER_ENTRY,)), self._adapter_caller(cur, reader, sample, [])
         if info is None:
             frame = self.unknown_frame("interpreted frame with unreadable Method*")
         else:
