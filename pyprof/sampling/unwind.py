@@ -468,10 +468,14 @@ class Unwinder:
             slot = None
         return self._partial_slots.put(key, slot)
 
-    def _prologue_slot(self, blob: CodeBlobInfo, pc: int) -> int:
+    def _prologue_slot(self, blob: CodeBlobInfo, pc: int) -> Optional[int]:
         """C1/C2 prologue (x86_64 MacroAssembler::verified_entry / build_frame): the inline-cache check
         before the verified entry, stack bangs `mov [rsp-N], eax` (89 84 24 disp32), `push rbp`, then
-        `sub rsp, N` completes the frame. Up to and including the push, the return address is at [sp]."""
+        `sub rsp, N` completes the frame. Up to and including the push, the return address is at [sp].
+        C2 without a stack bang allocates the frame first (`sub rsp, N; mov [rsp+N], rbp`, no push):
+        after that sub the frame size applies (None)."""
+        if blob.code_begin <= pc < blob.verified_entry:
+            return 0    # the inline-cache check (`cmp; jne ic_miss`) pushes nothing
         entry = blob.verified_entry if blob.code_begin <= blob.verified_entry <= pc else blob.code_begin
         if pc <= entry:
             # nothing pushed yet; also where a not-entrant nmethod's entry was patched with a `jmp`
@@ -481,6 +485,8 @@ class Unwinder:
         i = 0
         while code[i:i + 3] == b"\x89\x84\x24":
             i += 7
+        if code[i:i + 3] in (b"\x48\x81\xec", b"\x48\x83\xec"):
+            return None     # `sub rsp, N` before any push: past it, the frame is allocated
         push_rbp = entry + i if code[i:i + 1] == b"\x55" else entry - 1
         return 0 if pc <= push_rbp else 1
 

@@ -395,13 +395,6 @@ def test_call_stub_is_an_rbp_frame_whatever_its_blob_says() -> None:
 
 
 # ---- the top frame's prologue and epilogue ------------------------------------------------------------
-BUG_UEP = ("bug: before the verified entry (the inline-cache check) nothing is pushed, but _prologue_slot "
-           "reads the code at code_begin, finds no push rbp and answers 1")
-BUG_NO_BANG = ("bug: C2's prologue without a stack bang is `sub rsp, N; mov [rsp+N-8], rbp` (no push rbp; "
-               "seen in a JDK 21 recording of Phases): after the sub the return address is where the "
-               "frame size says, but _prologue_slot finds no push rbp and answers 1 ([sp+8]). (At the "
-               "verified entry itself it now answers 0, which is right.)")
-
 
 def prologue_case(blob: CodeBlobInfo, offset: int, slot: Optional[int], why: str, bug: str = ""):
     marks = [pytest.mark.xfail(strict=True, reason=bug)] if bug else []
@@ -409,7 +402,7 @@ def prologue_case(blob: CodeBlobInfo, offset: int, slot: Optional[int], why: str
 
 
 @pytest.mark.parametrize("blob, offset, slot, why", [
-    prologue_case(HOT, 0x4, 0, "inline-cache check before the verified entry", BUG_UEP),
+    prologue_case(HOT, 0x4, 0, "inline-cache check before the verified entry"),
     prologue_case(HOT, VERIFIED, 0, "at the stack bang"),
     prologue_case(HOT, VERIFIED + len(STACK_BANG), 0, "at push rbp"),
     prologue_case(HOT, VERIFIED + len(STACK_BANG + PUSH_RBP), 1, "after push rbp, before sub rsp"),
@@ -417,8 +410,7 @@ def prologue_case(blob: CodeBlobInfo, offset: int, slot: Optional[int], why: str
     prologue_case(HOT, EPILOGUE + len(ADD_RSP + POP_RBP), 0, "at the return poll: only the return address"),
     prologue_case(HOT, EPILOGUE + len(ADD_RSP + POP_RBP + POLL + JA), 0, "at ret"),
     prologue_case(NO_BANG, VERIFIED, 0, "C2 without stack bang, at sub rsp (its verified entry)"),
-    prologue_case(NO_BANG, VERIFIED + len(SUB_RSP_IMM32), None, "C2 without stack bang, after sub rsp",
-                  BUG_NO_BANG),
+    prologue_case(NO_BANG, VERIFIED + len(SUB_RSP_IMM32), None, "C2 without stack bang, after sub rsp"),
     prologue_case(NO_BANG, FRAME_COMPLETE + 0x10, None, "C2 without stack bang, in the body"),
 ])
 def test_top_frame_in_prologue_or_epilogue_finds_the_return_address_by_the_code(
