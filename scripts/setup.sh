@@ -20,8 +20,12 @@ SUDO=""
 need_pkgs=()
 # chromium and tmux: the flame graph is tested in real headless Chromium, `pyprof top` in a real terminal;
 # qemu-system-x86, busybox-static and kmod (depmod): virtme-ng boots the kernels of `make test-kernels`
+# libc6-dbg: libc's separate debug symbols (by build-id), which pyprof reads to name libc's internal
+# functions (__futex_abstimed_wait_common); linux-perf: the tests compare pyprof's native names with
+# perf's; binutils + gcc: the tests build libraries with debuglinks and MiniDebugInfo
 for p in python3-bpfcc linux-headers-amd64 openjdk-17-jdk-headless golang-go python3-venv python3-pip \
-         chromium tmux protobuf-compiler qemu-system-x86 busybox-static kmod; do
+         chromium tmux protobuf-compiler qemu-system-x86 busybox-static kmod libc6-dbg linux-perf \
+         binutils gcc; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

@@ -68,6 +68,11 @@ class CodeBlobInfo:
         return self.is_nmethod and self.entry_bci >= 0
 
     @property
+    def is_native_wrapper(self) -> bool:
+        """A JNI method's compiled wrapper (level 0): it has no Java call sites of its own."""
+        return self.is_nmethod and self.level == 0
+
+    @property
     def method_name(self) -> Optional[str]:
         return self.method.codelist_name if self.method else None
 

@@ -161,6 +161,21 @@ class DebugInfo:
         self._chains.put(key, chain)
         return chain
 
+    def is_call_site(self, blob: CodeBlobInfo, pc: int) -> Optional[bool]:
+        """Is return address `pc` a call site of nmethod `blob`, i.e. has it a PcDesc exactly there
+        (HotSpot records one at the return address of every call that can reach a safepoint)? None when
+        the PcDescs cannot be read (no debug info layout, or unreadable memory). For the unwinder: a
+        caller is accepted only at a call site (pyprof.sampling.unwind)."""
+        if not self.available or not blob.is_nmethod:
+            return None
+        try:
+            offsets, _scopes, _ranges = self._pcdesc_table(blob)
+        except (MemoryReadError, IndexError, struct.error):
+            return None
+        offset = pc - blob.code_begin
+        i = bisect.bisect_left(offsets, offset)
+        return i < len(offsets) and offsets[i] == offset
+
     def _pcdesc_table(self, blob: CodeBlobInfo) -> tuple[list[int], list[int], DebugRanges]:
         key = (blob.address, blob.compile_id)
         table = self._pcdescs.get(key)

@@ -30,11 +30,15 @@ from pyprof.hotspot.method import MethodInfo, MethodResolver
 from pyprof.hotspot.threads import JavaThreads
 from pyprof.lru import LRUCache
 from pyprof.model import FrameKind, LogicalFrame, PhysicalFrame
+from pyprof.symbols import cfi
 
-MAX_DEPTH = 256
+MAX_DEPTH = 1024                # physical frames (framework stacks reach 300+ Java frames)
 MAX_FRAME_BYTES = 1 << 20       # no single frame larger than 1 MiB
 WORD = 8
-LIVE_READ_LIMIT = 64            # reads of the live stack (beyond the copy) per sample
+LIVE_CHUNK = 4096               # the live stack beyond the copy is read a page at a time ...
+LIVE_READ_LIMIT = 64            # ... at most this many pages per sample (256 KiB)
+WEAK, STRONG = 1, 2             # how sure a candidate return address is (Unwinder._return_strength)
+OVERLAP = 1024                  # bytes at the end of the copy compared with live memory before using it
 MAX_STACK_SPAN = 64 << 20       # a Java thread's stack is at most this deep (-Xss caps at 1 GiB; 64 MiB is
                                 # generous): an anchor further away than that is garbage
 
@@ -66,6 +70,23 @@ class UnwindStats:
     live_reads: int = 0
     anchor_used: int = 0
     deoptimized_frames: int = 0
+    cfi_steps: int = 0            # native frames unwound with DWARF CFI
+    fp_steps: int = 0             # native frames unwound with frame pointers (no CFI there)
+    stub_steps: int = 0           # frameless or framed JVM stubs unwound to a verified caller
+    rejected_callers: int = 0     # return addresses into compiled code that were no call site of it
+    truncated_stacks: int = 0     # stacks deeper than the copy + live reads (or MAX_DEPTH): root end marked
+    live_completed: int = 0       # stacks that reached their root only thanks to reads of live memory
+    live_refused: int = 0         # live stacks not used: changed since the sample (see _StackReader)
+
+    def as_dict(self) -> dict:
+        """The counters for a summary (JSON)."""
+        return {"samples": self.samples, "java_samples": self.java_samples,
+                "java_reached_root": self.java_reached_root, "anchor_used": self.anchor_used,
+                "deoptimized_frames": self.deoptimized_frames, "live_stack_reads": self.live_reads,
+                "cfi_steps": self.cfi_steps, "fp_steps": self.fp_steps, "stub_steps": self.stub_steps,
+                "rejected_callers": self.rejected_callers, "truncated_stacks": self.truncated_stacks,
+                "live_completed": self.live_completed, "live_refused": self.live_refused,
+                "unknown_frame_reasons": dict(self.unknown_frames)}
 
     @property
     def unknown_total(self) -> int:
@@ -79,12 +100,27 @@ ROOT_SYMBOLS = ("start_thread", "clone3", "__clone3", "clone", "__clone", "_star
                 "__libc_start_call_main", "thread_native_entry", "ThreadJavaMain")
 
 
+# Kernel entry points of a breakpoint trap: the user pc is then one byte past the int3.
+BREAKPOINT_HANDLERS = frozenset(("asm_exc_int3", "exc_int3", "do_int3", "do_int3_user"))
+
+INTERPRETER_ENTRY = LogicalFrame("[Interpreter]", FrameKind.JVM_STUB, "interpreter method entry")
+
+# The root end of a stack the walk could not finish within its bounds (deeper than the copy plus the
+# live-read budget, or MAX_DEPTH frames): marked, never joined to anything.
+TRUNCATED_FRAME = PhysicalFrame(
+    0, (LogicalFrame("[truncated]", FrameKind.UNKNOWN, "stack deeper than read"),))
+
+
 @dataclass
 class _Cursor:
     pc: int
     sp: int
     fp: int
     top: bool = True
+    trusted: bool = False    # from the JavaThread's anchor: HotSpot's own record, no return address
+    after_trap: bool = False  # the sample came while the kernel handled a breakpoint (int3) at pc - 1
+    blob: Optional[CodeBlobInfo] = None   # the code blob at pc, when already looked up (blob_known)
+    blob_known: bool = False
 
 
 class _Walk:
@@ -93,9 +129,11 @@ class _Walk:
     def __init__(self, sample: StackSample) -> None:
         self.saw_java = False
         self.reached_root = False
+        self.truncated = False
         anchored = sample.anchor_sp > sample.sp and sample.anchor_sp - sample.sp < MAX_STACK_SPAN
-        self.anchor: Optional[_Cursor] = (
-            _Cursor(sample.anchor_pc, sample.anchor_sp, sample.anchor_fp, top=False) if anchored else None)
+        self.anchor: Optional[_Cursor] = None
+        if anchored:
+            self.anchor = _Cursor(sample.anchor_pc, sample.anchor_sp, sample.anchor_fp, False, trusted=True)
 
 
 def _tier_kind(level: int) -> FrameKind:
@@ -128,6 +166,9 @@ class Unwinder:
             "pc -> prologue/epilogue slot", 200_000)
         self._native_frames: LRUCache[int, tuple[PhysicalFrame, bool]] = LRUCache(
             "pc -> native frame", 500_000)
+        self._call_sites: LRUCache[tuple[int, int, int], bool] = LRUCache("return address -> call site",
+                                                                          200_000)
+        self._cfi_rules: LRUCache[int, Optional[cfi.Rule]] = LRUCache("pc -> CFI rule", 200_000)
         self._kernel_frames: LRUCache[int, PhysicalFrame] = LRUCache("pc -> kernel frame", 100_000)
         self._method_frames: LRUCache[tuple[int, FrameKind, int, bool], LogicalFrame] = LRUCache(
             "method -> logical frame", 500_000)
@@ -149,29 +190,50 @@ class Unwinder:
             return tuple(frames)
         reader = _StackReader(sample, self.r, self.stats)
         walk = _Walk(sample)
-        cursor: Optional[_Cursor] = _Cursor(sample.ip, sample.sp, sample.bp)
+        trap = any(f.frames[0].name in BREAKPOINT_HANDLERS for f in frames)
+        cursor: Optional[_Cursor] = _Cursor(sample.ip, sample.sp, sample.bp, after_trap=trap)
         for _ in range(MAX_DEPTH):
             if cursor is None:
                 break
             if cursor.pc == 0:
                 walk.reached_root = True   # the outermost frame's return address slot is zero
                 break
+            if walk.anchor is not None and not cursor.top and cursor.sp >= walk.anchor.sp:
+                walk.anchor = None     # the walk is past the anchored frame: the anchor cannot help any more
             frame, nxt = self._step(cursor, reader, sample, walk)
             frames.append(frame)
             if walk.reached_root or nxt is None:
                 break
+            if reader.used_live and frame.frames[0].kind is FrameKind.UNKNOWN:
+                break      # live memory led nowhere: it had changed after all; the stack is truncated
             if nxt.sp <= cursor.sp or nxt.sp - cursor.sp > MAX_FRAME_BYTES:
                 frames.append(self.unknown_frame("stack went backwards"))
                 break
+            nxt.blob = self.lookup_blob(nxt.pc, sample.time_ns)     # looked up once per frame
+            nxt.blob_known = True
+            from_interpreter = cursor.blob is not None and cursor.blob.kind is BlobKind.INTERPRETER
+            # an interpreted frame's link to its caller is HotSpot's own frame structure (also for frames
+            # the deoptimizer built), not a guess: only the other steps' callers are checked
+            if not nxt.trusted and not from_interpreter and \
+                    not self._accept_caller(nxt.pc, sample.time_ns, nxt.blob):
+                # a compiled "caller" at a pc that is no call site of it: a stale or misread return
+                # address. Joining it would invent a caller chain; the stack ends here instead.
+                self.stats.rejected_callers += 1
+                frames.append(self.unknown_frame("return address is no call site"))
+                break
             cursor = nxt
         else:
-            frames.append(self.unknown_frame("depth limit"))
+            walk.truncated = True
+        if not walk.reached_root and (walk.truncated or reader.used_live or reader.exhausted):
+            self._mark_truncated(frames)
+        elif walk.reached_root and reader.used_live:
+            self.stats.live_completed += 1
         self._count(sample, frames, walk)
         return tuple(frames)
 
     def _step(self, cursor: _Cursor, reader: _StackReader, sample: StackSample, walk: _Walk
               ) -> tuple[PhysicalFrame, Optional[_Cursor]]:
-        blob = self.lookup_blob(cursor.pc, sample.time_ns)
+        blob = cursor.blob if cursor.blob_known else self.lookup_blob(cursor.pc, sample.time_ns)
         if blob is not None:
             walk.saw_java |= blob.is_nmethod or blob.kind is BlobKind.INTERPRETER
             return self._java_step(blob, cursor, reader, sample)
@@ -199,6 +261,17 @@ class Unwinder:
     def _is_native_code(self, pc: int) -> bool:
         return self.natives is not None and self.natives.symbolize(pc) is not None
 
+    def _mark_truncated(self, frames: list[PhysicalFrame]) -> None:
+        """A walk that went on beyond the copy (in live memory, which the thread has changed since the
+        sample) or past MAX_DEPTH and did not reach the root: its root end is marked `[truncated]`,
+        replacing the unknown frames the live part ended in (they say nothing about the sample)."""
+        while frames and frames[-1].frames[0].kind is FrameKind.UNKNOWN and len(frames) > 1:
+            why = frames.pop().frames[0].system_name
+            if self.stats.unknown_frames[why] > 0:
+                self.stats.unknown_frames[why] -= 1
+        self.stats.truncated_stacks += 1
+        frames.append(TRUNCATED_FRAME)
+
     def _count(self, sample: StackSample, frames: list[PhysicalFrame], walk: _Walk) -> None:
         self.stats.frames += len(frames)
         self.stats.reached_root += walk.reached_root
@@ -212,11 +285,157 @@ class Unwinder:
         if blob.kind is BlobKind.INTERPRETER:
             return self._interpreted(cur, reader, sample)
         frame = self._compiled_frame(blob, self._deoptimized_pc(blob, cur, reader))
-        if cur.pc == self.call_stub_return or (blob.kind is BlobKind.STUBS and blob.frame_size <= 0):
+        if cur.pc == self.call_stub_return:
             return frame, self._fp_step(cur, reader)
         if blob.frame_size > 0:
-            return frame, self._sized_step(blob, cur, reader)
-        return frame, self._fp_step(cur, reader)
+            nxt = self._sized_step(blob, cur, reader)
+            if cur.top and nxt is not None and not self._return_strength(nxt.pc, sample.time_ns):
+                # the top frame may be in code whose frame is not (yet, or no longer) laid out as its
+                # frame size says: an inline-cache miss path, a stub-like prologue
+                found = self._choose([], self._frameless_candidates(cur, reader), sample.time_ns, reader)
+                if found is None:
+                    # no caller checks out: end the stack here rather than join a made-up one
+                    self.stats.rejected_callers += 1
+                return frame, found
+            return frame, nxt
+        return frame, self._stub_step(blob, cur, reader, sample)
+
+    def _stub_step(self, blob: CodeBlobInfo, cur: _Cursor, reader: _StackReader, sample: StackSample
+                   ) -> Optional[_Cursor]:
+        """Stubs without a frame size (StubRoutines, vtable/itable stubs, JNI fast field accessors, i2c/c2i
+        adapters, method-handle adapters): some build an rbp frame (StubRoutines' `enter()`), some have
+        none (vtable stubs and the JNI fast accessors only jump or return: the return address stays at
+        [sp]), and an adapter may have pushed one word. Each candidate caller is accepted only at a real
+        call site (see _return_strength)."""
+        time_ns = sample.time_ns
+        framed = [c for c in (self._fp_step(cur, reader),) if c is not None]
+        if not cur.top:
+            found = self._choose(framed, [], time_ns, reader)
+        elif blob.kind is BlobKind.ADAPTER:
+            found = self._adapter_caller(cur, reader, sample, framed)
+        elif _frameless_kind(blob):
+            found = self._choose([], self._frameless_candidates(cur, reader) + framed, time_ns, reader)
+        else:
+            found = self._choose(framed, self._frameless_candidates(cur, reader), time_ns, reader)
+        if found is not None:
+            self.stats.stub_steps += 1
+        return found
+
+    def _adapter_caller(self, cur: _Cursor, reader: _StackReader, sample: StackSample,
+                        framed: list[_Cursor]) -> Optional[_Cursor]:
+        """i2c/c2i adapters move sp: the c2i adapter pops the return address, keeps the caller's sp in
+        r13 (the interpreter's sender sp) and grows the stack for the interpreter's arguments, storing
+        the return address at the new [sp]. So each frameless return address is tried with sp + 8 and
+        with r13, and a compiled caller is accepted only where its own frame then leads to a call site
+        (one step of lookahead)."""
+        time_ns = sample.time_ns
+        candidates = []
+        for c in self._frameless_candidates(cur, reader):
+            if cur.sp < sample.r13 < cur.sp + MAX_FRAME_BYTES and sample.r13 % WORD == 0:
+                candidates.append(_Cursor(c.pc, sample.r13, c.fp, top=False))
+            candidates.append(c)
+        for c in candidates:
+            strength = self._return_strength(c.pc, time_ns)
+            if strength == STRONG and self._frame_leads_on(c, reader, time_ns):
+                return c
+            if strength == WEAK and self._interpreter_frame_ok(c, reader):
+                return c
+        return self._choose(framed, [], time_ns, reader)
+
+    def _frame_leads_on(self, cur: _Cursor, reader: _StackReader, time_ns: int) -> bool:
+        """Does a compiled frame at `cur` (pc, sp) have a call site where its frame size puts its
+        return address? Frames of other kinds are not checked."""
+        blob = self.lookup_blob(cur.pc, time_ns)
+        if blob is None or not blob.is_nmethod or blob.frame_size <= 0:
+            return True
+        ret = reader.word(cur.sp + WORD * blob.frame_size - WORD)
+        return ret is not None and self._return_strength(ret, time_ns) > 0
+
+    def _frameless_candidates(self, cur: _Cursor, reader: _StackReader) -> list[_Cursor]:
+        out = []
+        for slot in (0, 1):
+            ret = reader.word(cur.sp + WORD * slot)
+            if ret:
+                out.append(_Cursor(ret, cur.sp + WORD * (slot + 1), cur.fp, top=False))
+        return out
+
+    def _choose(self, framed: list[_Cursor], frameless: list[_Cursor], time_ns: int, reader: _StackReader
+                ) -> Optional[_Cursor]:
+        """The caller among candidates: a strong one (a call site in compiled or native code) framed
+        first, then frameless; then a weak one (an interpreter return address, which cannot be checked)
+        frameless first: where the stub has no frame, rbp is the caller's or stale, and [fp+8] would
+        skip a frame."""
+        strength = {id(c): self._return_strength(c.pc, time_ns) for c in framed + frameless}
+        for group, wanted in ((framed + frameless, STRONG), (frameless + framed, WEAK)):
+            for candidate in group:
+                if strength[id(candidate)] == wanted and (wanted == STRONG or self._interpreter_frame_ok(
+                        candidate, reader)):
+                    return candidate
+        return None
+
+    def _interpreter_frame_ok(self, cur: _Cursor, reader: _StackReader) -> bool:
+        """A weak (interpreter) candidate is taken only when its rbp frames a readable Method*."""
+        if cur.fp <= cur.sp - 2 * WORD or cur.fp - cur.sp > MAX_FRAME_BYTES:
+            return False
+        method = reader.word(cur.fp + self.slot_method)
+        return bool(method) and self._method(method) is not None
+
+    # ---- is a return address real? ---------------------------------------------------------------
+    def _accept_caller(self, pc: int, time_ns: int, blob: Optional[CodeBlobInfo]) -> bool:
+        """A caller in compiled Java code is accepted only at one of its call sites."""
+        if blob is None or not blob.is_nmethod:
+            return True
+        return self._return_strength(pc, time_ns, blob) > 0
+
+    def _return_strength(self, pc: int, time_ns: int, blob: Optional[CodeBlobInfo] = None) -> int:
+        """How sure is it that `pc` is a return address: STRONG at a call site of an nmethod (a PcDesc
+        exactly there, or a leaf call) or after a call instruction in stubs and native code; WEAK in the
+        interpreter (its return entries are pushed, not called, so nothing can be checked); 0 otherwise.
+        Memoized per pc."""
+        if pc <= 0x1000:
+            return 0
+        blob = blob or self.lookup_blob(pc, time_ns)
+        if blob is not None and blob.kind is BlobKind.INTERPRETER:
+            return WEAK
+        if blob is not None and blob.is_nmethod and pc == blob.deopt_handler:
+            return STRONG
+        key = (pc, blob.address, blob.compile_id) if blob is not None else (pc, 0, 0)
+        found, valid = self._call_sites.lookup(key)
+        if found:
+            return STRONG if valid else 0
+        if blob is not None and blob.is_nmethod and not blob.is_native_wrapper:
+            # The PcDescs are read now, after the sample: in a deoptimization storm the nmethod may have
+            # been flushed and its memory reused, so a missing PcDesc alone does not reject a return
+            # address that follows a call instruction.
+            site = self.debug.is_call_site(blob, pc)
+            valid = bool(site) or self._leaf_call(pc, time_ns) or self._after_call(pc)
+        elif blob is not None or self._is_native_code(pc):
+            valid = self._after_call(pc)
+        else:
+            valid = False
+        return STRONG if self._call_sites.put(key, valid) else 0
+
+    def _leaf_call(self, pc: int, time_ns: int) -> bool:
+        """Compiled code's calls without a PcDesc: leaf calls (no safepoint) into stubs or the VM, e.g.
+        the arraycopy stubs: `call rel32` to a non-Java target, or `call reg` (a far runtime entry)."""
+        try:
+            code = self.r.bytes(pc - 7, 7)
+        except MemoryReadError:
+            return False
+        if code[2] == 0xE8:
+            target = (pc + int.from_bytes(code[3:7], "little", signed=True)) & 0xFFFFFFFFFFFFFFFF
+            callee = self.lookup_blob(target, time_ns)
+            if callee is None:
+                return self._is_native_code(target)
+            return not callee.is_nmethod and callee.kind is not BlobKind.INTERPRETER
+        return (code[5] == 0xFF and 0xD0 <= code[6] <= 0xD7) or \
+            (0x40 <= code[4] <= 0x4F and code[5] == 0xFF and 0xD0 <= code[6] <= 0xD7)
+
+    def _after_call(self, pc: int) -> bool:
+        try:
+            return ends_with_call(self.r.bytes(pc - 7, 7))
+        except MemoryReadError:
+            return False
 
     def _sized_step(self, blob: CodeBlobInfo, cur: _Cursor, reader: _StackReader) -> Optional[_Cursor]:
         if cur.top:
@@ -249,15 +468,25 @@ class Unwinder:
             slot = None
         return self._partial_slots.put(key, slot)
 
-    def _prologue_slot(self, blob: CodeBlobInfo, pc: int) -> int:
+    def _prologue_slot(self, blob: CodeBlobInfo, pc: int) -> Optional[int]:
         """C1/C2 prologue (x86_64 MacroAssembler::verified_entry / build_frame): the inline-cache check
         before the verified entry, stack bangs `mov [rsp-N], eax` (89 84 24 disp32), `push rbp`, then
-        `sub rsp, N` completes the frame. Up to and including the push, the return address is at [sp]."""
+        `sub rsp, N` completes the frame. Up to and including the push, the return address is at [sp].
+        C2 without a stack bang allocates the frame first (`sub rsp, N; mov [rsp+N], rbp`, no push):
+        after that sub the frame size applies (None)."""
+        if blob.code_begin <= pc < blob.verified_entry:
+            return 0    # the inline-cache check (`cmp; jne ic_miss`) pushes nothing
         entry = blob.verified_entry if blob.code_begin <= blob.verified_entry <= pc else blob.code_begin
+        if pc <= entry:
+            # nothing pushed yet; also where a not-entrant nmethod's entry was patched with a `jmp`
+            # over the first stack bang (the bytes after it no longer decode as a prologue)
+            return 0
         code = self.r.bytes(entry, max(8, min(64, blob.code_end - entry)))
         i = 0
         while code[i:i + 3] == b"\x89\x84\x24":
             i += 7
+        if code[i:i + 3] in (b"\x48\x81\xec", b"\x48\x83\xec"):
+            return None     # `sub rsp, N` before any push: past it, the frame is allocated
         push_rbp = entry + i if code[i:i + 1] == b"\x55" else entry - 1
         return 0 if pc <= push_rbp else 1
 
@@ -287,6 +516,11 @@ class Unwinder:
             return self.unknown_frame("interpreter frame without frame pointer"), None
         method = reader.word(fp + self.slot_method)
         info = self._method(method) if method else None
+        if info is None and cur.top:
+            # the interpreter's method entry, whose frame (and Method* slot) is not built yet: known code,
+            # unknown method, as async-profiler shows it. rbp is still the caller's (perhaps compiled code,
+            # where it frames nothing); the return address is at [sp] and r13 holds the sender's sp.
+            return PhysicalFrame(cur.pc, (INTERPRETER_ENTRY,)), self._adapter_caller(cur, reader, sample, [])
         if info is None:
             frame = self.unknown_frame("interpreted frame with unreadable Method*")
         else:
@@ -364,10 +598,61 @@ class Unwinder:
     # ---- native frames ---------------------------------------------------------------------------
     def _native_step(self, cur: _Cursor, reader: _StackReader
                      ) -> tuple[PhysicalFrame, Optional[_Cursor], bool]:
-        frame, is_root = self._native_frame(cur.pc if cur.top else cur.pc - 1, cur.pc)
+        # A return address may be the first byte after a call to a noreturn function, i.e. already in
+        # the next function: callers are looked up at pc - 1 (as perf and libunwind do).
+        # So is a top pc just after a breakpoint being handled (a uprobe's int3: pyprof's own on libjvm):
+        # the breakpoint replaced the first byte of an instruction that has not run yet.
+        lookup_pc = cur.pc - 1 if not cur.top or cur.after_trap else cur.pc
+        frame, is_root = self._native_frame(lookup_pc, cur.pc)
+        if frame.frames[0].kind is FrameKind.UNKNOWN:
+            self.stats.unknown_frames[frame.frames[0].system_name] += 1    # per sample, not per pc
         if is_root:
             return frame, None, True
+        rule = self._cfi_rule(lookup_pc)
+        if rule is not None:
+            if rule.kind == cfi.ROOT:          # the return address is undefined: clone3, _start
+                return frame, None, True
+            nxt = self._cfi_step(rule, cur, reader)
+            if nxt is not None:
+                self.stats.cfi_steps += 1
+            # no frame-pointer guess where the CFI says how the frame is laid out: if its slots cannot be
+            # read (beyond the copy) or do not check out, rbp would only lead to a stale frame
+            return frame, nxt, False
+        self.stats.fp_steps += 1
         return frame, self._fp_step(cur, reader), False
+
+    def _cfi_rule(self, pc: int) -> Optional[cfi.Rule]:
+        """The DWARF CFI rule at pc, memoized per pc (the tables themselves are compiled once per
+        build-id, see pyprof.symbols.cfi)."""
+        if self.natives is None:
+            return None
+        found, rule = self._cfi_rules.lookup(pc)
+        if found:
+            return rule
+        _mapped, rule = self.natives.unwind_rule(pc)
+        return self._cfi_rules.put(pc, rule)
+
+    def _cfi_step(self, rule: cfi.Rule, cur: _Cursor, reader: _StackReader) -> Optional[_Cursor]:
+        if rule.kind == cfi.CFA_RSP:
+            cfa = cur.sp + rule.cfa_offset
+        elif rule.kind == cfi.CFA_RBP:
+            cfa = cur.fp + rule.cfa_offset
+        elif rule.kind == cfi.CFA_PLT:
+            cfa = cur.sp + rule.cfa_offset + (WORD if (cur.pc & 15) >= rule.plt_threshold else 0)
+        else:
+            return None
+        if cfa <= cur.sp or cfa - cur.sp > MAX_FRAME_BYTES or cfa % WORD:
+            return None
+        ret = reader.word(cfa - WORD)
+        if ret is None:
+            return None
+        fp = cur.fp
+        if rule.fp_offset:
+            saved = reader.word(cfa + rule.fp_offset)
+            if saved is None:
+                return None
+            fp = saved
+        return _Cursor(ret, cfa, fp, top=False)
 
     def _native_frame(self, lookup_pc: int, pc: int) -> tuple[PhysicalFrame, bool]:
         cached = self._native_frames.get(pc)
@@ -383,14 +668,64 @@ class Unwinder:
                 symbol, system_name = native.symbol, native.system_name
                 library, mapping = native.library, native.mapping
         if symbol is None and not library:
-            self.stats.unknown_frames["native pc outside any mapping"] += 1
-            result = (PhysicalFrame(pc, (LogicalFrame("[unknown]", FrameKind.UNKNOWN, "native"),)), False)
+            why = "native pc outside any mapping"
+            result = (PhysicalFrame(pc, (LogicalFrame("[unknown]", FrameKind.UNKNOWN, why),)), False)
         else:
             name = symbol or f"{library.rsplit('/', 1)[-1]}+0x{pc - (mapping.start if mapping else 0):x}"
             is_root = name.split("(", 1)[0] in ROOT_SYMBOLS
             logical = LogicalFrame(name, FrameKind.NATIVE, system_name or name, library)
             result = (PhysicalFrame(pc, (logical,), mapping), is_root)
         return self._native_frames.put(pc, result)
+
+
+def _frameless_kind(blob: CodeBlobInfo) -> bool:
+    """Stubs that never build an rbp frame: their return address is at [sp] while they run."""
+    return blob.kind in (BlobKind.VTABLE, BlobKind.ADAPTER, BlobKind.METHOD_HANDLES) \
+        or blob.name.startswith("jni_fast_")
+
+
+def ends_with_call(code: bytes) -> bool:
+    """Do the bytes just before a return address end with an x86_64 call instruction? `code` is the 7
+    bytes before it. Recognized: `call rel32` (e8), and `call r/m64` (ff /2) in every addressing form,
+    with or without a REX prefix."""
+    if len(code) < 7:
+        return False
+    if code[2] == 0xE8:
+        return True
+    for length in range(2, 8):
+        start = 7 - length
+        if code[start] == 0xFF and _ff2_length(code[start + 1:]) == length:
+            return True
+        if length >= 3 and 0x40 <= code[start] <= 0x4F and code[start + 1] == 0xFF \
+                and _ff2_length(code[start + 2:]) == length - 1:
+            return True
+    return False
+
+
+def _ff2_length(rest: bytes) -> int:
+    """Length of `ff /2` (call r/m64) whose ModRM byte starts `rest`; 0 when it is not a call."""
+    if not rest:
+        return 0
+    modrm = rest[0]
+    if (modrm >> 3) & 7 != 2:
+        return 0
+    mod, rm = modrm >> 6, modrm & 7
+    length = 2
+    if mod == 3:
+        return length
+    if rm == 4:                      # SIB byte
+        if len(rest) < 2:
+            return 0
+        length += 1
+        if mod == 0 and rest[1] & 7 == 5:
+            length += 4
+    if mod == 1:
+        length += 1
+    elif mod == 2:
+        length += 4
+    elif rm == 5:                    # rip-relative
+        length += 4
+    return length
 
 
 def epilogue_slot(code: bytes) -> Optional[int]:
@@ -410,7 +745,11 @@ def epilogue_slot(code: bytes) -> Optional[int]:
 
 
 class _StackReader:
-    """Words from the copied stack; beyond the copy, a bounded number of reads of live memory."""
+    """Words from the copied stack; beyond the copy (a stack deeper than the eBPF program copies), the
+    live stack, read a page at a time, at most LIVE_READ_LIMIT pages per sample. The part of a stack
+    far from its top (its root end) is what changes least while the thread runs on; every caller found
+    there is still checked (call sites, stack order) before it is joined. When the budget runs out the
+    stack is marked truncated at its root end (`exhausted`)."""
 
     def __init__(self, sample: StackSample, live, stats: UnwindStats) -> None:
         self.base = sample.sp
@@ -418,16 +757,50 @@ class _StackReader:
         self.live = live
         self.stats = stats
         self.live_left = LIVE_READ_LIMIT
+        self.pages: dict[int, Optional[bytes]] = {}
+        self.exhausted = False
+        self.used_live = False
+        self._overlap_ok: Optional[bool] = None
+
+    def _live_matches_copy(self) -> bool:
+        """The second read: the live stack is used only when its last OVERLAP bytes of the copied range
+        still hold what the copy holds, i.e. the thread has not returned below the end of the copy since
+        the sample (had it, the frames beyond would be other calls' and the walk would join them)."""
+        if self._overlap_ok is None:
+            n = min(OVERLAP, len(self.stack) - len(self.stack) % WORD)
+            start = self.base + len(self.stack) - n
+            try:
+                self._overlap_ok = n > 0 and self.live.bytes(start, n) == self.stack[len(self.stack) - n:]
+            except MemoryReadError:
+                self._overlap_ok = False
+            self.stats.live_reads += 1
+            if not self._overlap_ok:
+                self.stats.live_refused += 1
+        return self._overlap_ok
 
     def word(self, address: int) -> Optional[int]:
         off = address - self.base
         if 0 <= off <= len(self.stack) - WORD:
             return int.from_bytes(self.stack[off : off + WORD], "little")
-        if off < 0 or self.live_left <= 0:
+        if off < 0 or address % WORD:
+            return None
+        page = address - address % LIVE_CHUNK
+        data = self.pages.get(page, b"") if page in self.pages else self._read_page(page)
+        if data is None:
+            return None
+        at = address - page
+        self.used_live = True
+        return int.from_bytes(data[at:at + WORD], "little")
+
+    def _read_page(self, page: int) -> Optional[bytes]:
+        if self.live_left <= 0 or not self._live_matches_copy():
+            self.exhausted = True
             return None
         self.live_left -= 1
         self.stats.live_reads += 1
         try:
-            return self.live.u64(address)
+            data: Optional[bytes] = self.live.bytes(page, LIVE_CHUNK)
         except MemoryReadError:
-            return None
+            data = None
+        self.pages[page] = data
+        return data

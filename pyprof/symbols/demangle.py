@@ -40,3 +40,23 @@ def demangle(name: str) -> str:
         _FREE(ptr)
     out = text.decode("utf-8", "replace") if text else name
     return f"{out} [clone .{suffix}]" if dot else out
+
+
+def without_parameters(name: str) -> str:
+    """A demangled name as perf prints it (demangled without DMGL_PARAMS): no parameter list, no
+    `const`, no return type of a template function. `CompLevel A::f<B>(int) const` -> `A::f<B>`."""
+    if name.endswith(" const"):
+        name = name[:-6]
+    if name.endswith(")"):
+        depth = 0
+        for i in range(len(name) - 1, -1, -1):
+            depth += {")": 1, "(": -1}.get(name[i], 0)
+            if depth == 0:
+                name = name[:i]
+                break
+    depth = 0
+    for i in range(len(name) - 1, -1, -1):
+        depth += {">": 1, "<": -1, ")": 1, "(": -1}.get(name[i], 0)
+        if depth == 0 and name[i] == " " and not name[:i].endswith("operator"):
+            return name[i + 1:]
+    return name

@@ -9,16 +9,20 @@ mangled name stays as the pprof system name.
 from __future__ import annotations
 
 import bisect
+import io
 import time
 from dataclasses import dataclass
 from typing import Optional
 
 from pyprof.errors import MemoryReadError, NoSuchProcess, PermissionDenied
+from pyprof.lru import LRUCache
 from pyprof.model import Mapping
-from pyprof.procfs.elf import ElfSymbols, load_symbols_cached
+from pyprof.procfs.elf import STB_GLOBAL, STB_WEAK, ElfSymbols, Symbol, load_symbols_cached
 from pyprof.procfs.maps import MapEntry, load_base, open_mapped_file, read_maps
 from pyprof.procfs.memory import ProcessMemory
-from pyprof.symbols.demangle import demangle
+from pyprof.symbols.cfi import Rule, TableCache, UnwindTable
+from pyprof.symbols.debugfiles import debug_roots, with_debug_symbols
+from pyprof.symbols.demangle import demangle, without_parameters
 
 MAPS_REFRESH_INTERVAL = 1.0   # s between re-reads of /proc/PID/maps on a miss
 VDSO = "[vdso]"
@@ -39,11 +43,23 @@ class _File:
     base: int
     mapping: Mapping
     symbols: Optional[ElfSymbols]
+    open_path: str = ""              # how to read the mapped file ("" for the vDSO)
+    image: bytes = b""               # the vDSO's ELF image
+    table: Optional[UnwindTable] = None
+    table_loaded: bool = False
+
+
+# One per pyprof process: unwind tables are shared by every target mapping the same library.
+_TABLES = TableCache()
+# Symbols with their debug files, by (build-id or path): every JVM of a host maps the same libc.
+_WITH_DEBUG: LRUCache[str, ElfSymbols] = LRUCache("library -> symbols with debug files", 256)
 
 
 class NativeSymbolizer:
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, tables: Optional[TableCache] = None) -> None:
         self.pid = pid
+        self.tables = tables if tables is not None else _TABLES
+        self.roots = debug_roots(pid)
         self._entries: list[MapEntry] = []
         self._starts: list[int] = []
         self._files: dict[str, _File] = {}
@@ -77,9 +93,33 @@ class NativeSymbolizer:
             return None
         file = self._file(entry)
         sym = file.symbols.function_at(pc - file.base) if file.symbols is not None else None
+        if sym is not None and sym.value in file.symbols.aliases:
+            sym = _perf_alias(file.symbols.aliases[sym.value])
         if sym is None:
             return NativeSymbol(None, "", file.path, file.mapping)
         return NativeSymbol(demangle(sym.name), sym.name, file.path, file.mapping)
+
+    def unwind_rule(self, pc: int) -> tuple[bool, Optional[Rule]]:
+        """The CFI rule of native code at `pc` (a return address already moved into its call): (is the
+        pc in a mapped file at all, the rule or None when the file has no CFI there)."""
+        entry = self._entry(pc)
+        if entry is None:
+            return False, None
+        file = self._file(entry)
+        if not file.table_loaded:
+            file.table_loaded = True
+            file.table = self._table(file)
+        if file.table is None:
+            return True, None
+        return True, file.table.rule_at(pc - file.base)
+
+    def _table(self, file: _File) -> Optional[UnwindTable]:
+        build_id = file.symbols.build_id if file.symbols is not None else ""
+        if file.image:
+            return self.tables.get(build_id, lambda: io.BytesIO(file.image))
+        if not file.open_path:
+            return None
+        return self.tables.get(build_id, lambda: open(file.open_path, "rb"))
 
     def _file(self, entry: MapEntry) -> _File:
         file = self._files.get(entry.path)
@@ -87,28 +127,56 @@ class NativeSymbolizer:
             return file
         same = [m for m in self._all if m.path == entry.path]
         base = load_base(same)
-        symbols = self._vdso_symbols(entry) if entry.path == VDSO else self._file_symbols(same)
+        image = b""
+        open_path = ""
+        if entry.path == VDSO:
+            image = self._vdso_image(entry)
+            symbols = self._vdso_symbols(image)
+        else:
+            _how, where = open_mapped_file(self.pid, same)
+            open_path = str(where)
+            symbols = self._file_symbols(open_path, entry.path)
         text = [m for m in same if m.executable] or same
         mapping = Mapping(start=min(m.start for m in text), limit=max(m.end for m in text),
                           offset=min(m.offset for m in text), filename=entry.path,
                           build_id=symbols.build_id if symbols else "")
-        file = _File(entry.path, base, mapping, symbols)
+        file = _File(entry.path, base, mapping, symbols, open_path, image)
         self._files[entry.path] = file
         return file
 
-    def _file_symbols(self, entries: list[MapEntry]) -> Optional[ElfSymbols]:
-        _how, open_path = open_mapped_file(self.pid, entries)
+    def _file_symbols(self, open_path: str, library_path: str) -> Optional[ElfSymbols]:
         try:
-            return load_symbols_cached(str(open_path))
+            symbols = load_symbols_cached(open_path)
         except (OSError, MemoryReadError):
             return None
+        key = symbols.build_id or library_path
+        return _WITH_DEBUG.get_or_compute(key, lambda: with_debug_symbols(symbols, library_path, self.roots))
 
-    def _vdso_symbols(self, entry: MapEntry) -> Optional[ElfSymbols]:
+    def _vdso_image(self, entry: MapEntry) -> bytes:
         """The vDSO is no file: its ELF image is read from the target (it is one or two pages)."""
         if entry.end - entry.start > MAX_VDSO_BYTES:
-            return None
+            return b""
         try:
             with ProcessMemory(self.pid) as memory:
-                return ElfSymbols.from_bytes(VDSO, memory.read(entry.start, entry.end - entry.start))
+                return memory.read(entry.start, entry.end - entry.start)
         except (MemoryReadError, NoSuchProcess, PermissionDenied):
+            return b""
+
+    @staticmethod
+    def _vdso_symbols(image: bytes) -> Optional[ElfSymbols]:
+        if not image:
             return None
+        try:
+            return ElfSymbols.from_bytes(VDSO, image)
+        except MemoryReadError:
+            return None
+
+
+def _perf_alias(candidates: list[Symbol]) -> Symbol:
+    """Of several functions at one address (identical code folded, aliases), the one perf names: its
+    choose_best_symbol compares the names as it prints them (demangled, without parameters)."""
+    def rank(s: Symbol) -> tuple:
+        short = without_parameters(demangle(s.name))
+        underscores = len(short) - len(short.lstrip("_"))
+        return (s.size > 0, s.binding != STB_WEAK, s.binding == STB_GLOBAL, -underscores, len(short))
+    return max(candidates, key=rank)

@@ -6,9 +6,15 @@ tests/java workload:
 - every byte the unwinder read from the target (stack words beyond the copy, Method/ConstMethod/constant
   pool/Symbol, nmethod headers, PcDescs, scopes, code bytes of the top frame) - merged regions;
 - the code blobs its PC lookups returned (and which PCs found none), the native and kernel symbols it
-  asked for, and which threads were Java threads;
+  asked for, the DWARF CFI rules it asked for (packed, see pyprof.symbols.cfi.Rule), and which threads
+  were Java threads;
 - the raw eBPF samples (registers, the stack copy, the JavaThread anchor), each with the frames and the
-  UnwindStats counters the live unwinder gave it.
+  UnwindStats counters (PINNED_COUNTERS) the live unwinder gave it. Each sample is also unwound live
+  without its anchor and without its kernel frames (variants(): what the tests replay), so the bytes
+  those walks read are in the recording too.
+Samples are picked per feature (features_of: frame kinds, the top frame's kind, library and workload
+method), up to SAMPLES_PER_FEATURE each, rarest first. Format 2 adds the CFI rules; format-1 recordings
+(the *-v1 files, made with the frame-pointer-only unwinder) still load, without rules.
 
 Replay (load()) serves those bytes through tests.unit.test_hostile_memory.ReplayMemory - the same replay
 the hostile-memory tests use - so no root, BPF or JVM is needed.
@@ -16,6 +22,7 @@ the hostile-memory tests use - so no root, BPF or JVM is needed.
 Record (as root, from the repository root; rewrites tests/unit/data/unwind-<workload>-jdk<N>.json.gz):
     .venv/bin/python -m tests.unit.data.unwind_fixture Phases 21
     .venv/bin/python -m tests.unit.data.unwind_fixture JitZoo 21
+    .venv/bin/python -m tests.unit.data.unwind_fixture Phases 17   (and 25)
 """
 
 from __future__ import annotations
@@ -42,13 +49,14 @@ from pyprof.model import FrameKind, LogicalFrame, Mapping, PhysicalFrame
 from pyprof.procfs.memory import Reader
 from pyprof.sampling.sampler import RawSample
 from pyprof.sampling.unwind import Unwinder, UnwindStats
+from pyprof.symbols.cfi import Rule
 from pyprof.symbols.kernel import KernelSymbols
 from pyprof.symbols.native import NativeSymbol
 
 DATA = Path(__file__).resolve().parent
-FORMAT = 1
+FORMAT = 2      # 2: CFI rules recorded
 SAMPLES_PER_FEATURE = 3
-MAX_SAMPLES = 40
+MAX_SAMPLES = 60
 WORKLOAD_FLAGS = {"JitZoo": ("-XX:+UnlockDiagnosticVMOptions", "-XX:+DebugNonSafepoints")}
 
 
@@ -75,6 +83,7 @@ class Recording:
     blobs: list[CodeBlobInfo]
     lookups: dict[int, Optional[int]]                 # pc -> index into blobs (None: no blob)
     natives: dict[int, Optional[NativeSymbol]]
+    rules: dict[int, tuple[bool, Optional[Rule]]]     # pc -> NativeSymbolizer.unwind_rule's answer
     kernel: dict[int, str]
     java_tids: frozenset[int]
     samples: list[RecordedSample]
@@ -116,15 +125,30 @@ class RecordedThreads:
 class RecordedNatives:
     """NativeSymbolizer.symbolize() answers as recorded; a PC never asked during recording is None."""
 
-    def __init__(self, answers: dict[int, Optional[NativeSymbol]]) -> None:
+    def __init__(self, answers: dict[int, Optional[NativeSymbol]],
+                 rules: dict[int, tuple[bool, Optional[Rule]]]) -> None:
         self.answers = answers
+        self.rules = rules
 
     def symbolize(self, pc: int) -> Optional[NativeSymbol]:
         return self.answers.get(pc)
 
+    def unwind_rule(self, pc: int) -> tuple[bool, Optional[Rule]]:
+        """The recorded CFI answer; a PC never asked during recording is unmapped."""
+        return self.rules.get(pc, (False, None))
+
+
+# The counters these recordings pin: the walk's outcome. The unwinder's newer counters of how each native
+# frame was stepped (cfi_steps, fp_steps, stub_steps, ...) are tested where that stepping is
+# (tests/unit/test_cfi.py, tests/integration/test_server_stacks.py), not pinned per recorded sample.
+# (and unknown_frames, by reason)
+PINNED_COUNTERS = ("samples", "frames", "reached_root", "java_samples", "java_reached_root", "live_reads",
+                   "anchor_used", "deoptimized_frames")
+
+
 
 def stats_of(stats: UnwindStats) -> dict[str, Any]:
-    d = dataclasses.asdict(stats)
+    d: dict[str, Any] = {name: getattr(stats, name) for name in PINNED_COUNTERS}
     d["unknown_frames"] = dict(sorted(stats.unknown_frames.items()))
     return d
 
@@ -136,6 +160,12 @@ def features_of(frames: tuple[PhysicalFrame, ...], stats: UnwindStats) -> tuple[
     out = {k.value for f in frames for k in (lf.kind for lf in f.frames)}
     if user:
         out.add(f"top:{user[0].value}")
+        top = next(f for f in frames if f.frames[0].kind is not FrameKind.KERNEL)
+        if user[0] is FrameKind.NATIVE and top.mapping is not None:
+            out.add(f"top-lib:{Path(top.mapping.filename).name}")    # e.g. zlib's deflate thread in libzip.so
+        if top.frames[0].name.startswith("pyproftest."):
+            # the workload's own code at the top, per method and kind: what the tests look for by name
+            out.add(f"top-java:{top.frames[0].kind.value}:{top.frames[0].name}")
     if stats.anchor_used:
         out.add("anchor")
     if stats.deoptimized_frames:
@@ -218,6 +248,8 @@ def save(rec: Recording, path: Path) -> None:
         "blobs": [_blob_json(b) for b in rec.blobs],
         "lookups": [[pc, i] for pc, i in sorted(rec.lookups.items())],
         "natives": [_native_json(pc, n) for pc, n in sorted(rec.natives.items())],
+        "rules": [[pc, mapped, None if rule is None else rule.pack()]
+                  for pc, (mapped, rule) in sorted(rec.rules.items())],
         "kernel": sorted(rec.kernel.items()),
         "java_tids": sorted(rec.java_tids),
         "samples": [{"raw": _raw_json(s.raw), "frames": [_frame_json(f) for f in s.frames], "stats": s.stats,
@@ -230,7 +262,7 @@ def save(rec: Recording, path: Path) -> None:
 def load(path: Path) -> Recording:
     with gzip.open(path, "rt") as f:
         doc = json.load(f)
-    if doc["format"] != FORMAT:
+    if doc["format"] not in (1, FORMAT):     # 1: no CFI rules (the replay steps native code by rbp)
         raise ValueError(f"{path}: recording format {doc['format']}, expected {FORMAT}")
     v = doc["vmstructs"]
     fields = [FieldEntry(**f) for f in v["fields"]]
@@ -238,11 +270,14 @@ def load(path: Path) -> Recording:
                    {t["name"]: TypeEntry(**t) for t in v["types"]}, v["int_constants"], v["long_constants"])
     natives = {pc: (None if n is None else NativeSymbol(n[0], n[1], n[2], Mapping(**n[3])))
                for pc, n in doc["natives"]}
+    rules = {pc: (mapped, None if packed is None else Rule.unpack(packed))
+             for pc, mapped, packed in doc.get("rules", ())}
     samples = [RecordedSample(_raw_from(s["raw"]), tuple(_frame_from(f) for f in s["frames"]), s["stats"],
                               tuple(s["features"])) for s in doc["samples"]]
     return Recording(doc["workload"], doc["jdk"], doc["release"], vm,
                      [(a, base64.b64decode(d)) for a, d in doc["regions"]],
                      [_blob_from(b) for b in doc["blobs"]], {pc: i for pc, i in doc["lookups"]}, natives,
+                     rules,
                      {ip: name for ip, name in doc["kernel"]}, frozenset(doc["java_tids"]), samples)
 
 
@@ -254,7 +289,7 @@ def replay_unwinder(rec: Recording, memory=None) -> Unwinder:
     jvm = rec.jvm(mem)
     resolver = MethodResolver(jvm.reader, jvm.layout)
     return Unwinder(jvm, rec.lookup_blob, resolver, RecordedThreads(rec.java_tids),  # type: ignore[arg-type]
-                    RecordedNatives(rec.natives), rec.kernel_symbols())
+                    RecordedNatives(rec.natives, rec.rules), rec.kernel_symbols())
 
 
 # ---- recording (root, BPF, a live JVM) ----------------------------------------------------------------
@@ -272,6 +307,7 @@ class _Recorder:
         self.blob_list: list[CodeBlobInfo] = []
         self.lookups: dict[int, Optional[int]] = {}
         self.native_answers: dict[int, Optional[NativeSymbol]] = {}
+        self.rule_answers: dict[int, tuple[bool, Optional[Rule]]] = {}
         self.kernel_answers: dict[int, str] = {}
         self._natives, self._kernel = natives, kernel
 
@@ -298,11 +334,27 @@ class _Recorder:
             self.native_answers[pc] = self._natives.symbolize(pc)
         return self.native_answers[pc]
 
+    def unwind_rule(self, pc: int) -> tuple[bool, Optional[Rule]]:
+        if pc not in self.rule_answers:
+            self.rule_answers[pc] = self._natives.unwind_rule(pc)
+        return self.rule_answers[pc]
+
     def lookup(self, ip: int) -> Optional[str]:
         name = self._kernel.lookup(ip)
         if name is not None:
             self.kernel_answers[ip] = name
         return name
+
+
+def variants(raw: RawSample) -> list[RawSample]:
+    """What the tests also replay of a sample: without its anchor, without its kernel frames. The recorder
+    unwinds these too (on a second unwinder, its counters unused) so that the bytes they read are kept."""
+    out = []
+    if raw.anchor_sp:
+        out.append(dataclasses.replace(raw, anchor_sp=0, anchor_pc=0, anchor_fp=0))
+    if raw.kernel_ips:
+        out.append(dataclasses.replace(raw, kernel_ips=()))
+    return out
 
 
 def _pick(samples: list[RecordedSample]) -> list[RecordedSample]:
@@ -337,6 +389,8 @@ def record(workload: str, jdk: int, seconds: float = 60.0, rate_hz: int = 499, e
         rec = _Recorder(jvm, NativeSymbolizer(java.pid), KernelSymbols.load())
         unwinder = Unwinder(rec.jvm, rec.lookup_blob, MethodResolver(rec.jvm.reader, rec.jvm.layout), threads,
                             rec, rec)
+        other = Unwinder(rec.jvm, rec.lookup_blob, MethodResolver(rec.jvm.reader, rec.jvm.layout), threads,
+                         rec, rec)
         sampler = Sampler(java.pid, rate_hz=rate_hz)
         sampler.start()
         sampler.set_java_threads(threads.anchor_addresses())
@@ -347,6 +401,8 @@ def record(workload: str, jdk: int, seconds: float = 60.0, rate_hz: int = 499, e
                 stats = unwinder.stats
                 before = dataclasses.replace(stats, unknown_frames=Counter(stats.unknown_frames))
                 frames = unwinder.unwind(raw)
+                for variant in variants(raw):
+                    other.unwind(variant)
                 delta = _delta(unwinder.stats, before)
                 taken.append(RecordedSample(raw, frames, stats_of(delta), features_of(frames, delta)))
         chosen = _pick(taken)
@@ -354,7 +410,8 @@ def record(workload: str, jdk: int, seconds: float = 60.0, rate_hz: int = 499, e
               f"{dict(Counter(f for s in chosen for f in s.features))}", file=sys.stderr)
         java_tids = frozenset(s.raw.tid for s in chosen if threads.is_java_thread(s.raw.tid))
         return Recording(workload, jdk, jvm.release, jvm.vm, rec.memory.regions(), rec.blob_list,
-                         rec.lookups, rec.native_answers, rec.kernel_answers, java_tids, chosen)
+                         rec.lookups, rec.native_answers, rec.rule_answers, rec.kernel_answers,
+                         java_tids, chosen)
     finally:
         if sampler is not None:
             sampler.close()
@@ -363,11 +420,9 @@ def record(workload: str, jdk: int, seconds: float = 60.0, rate_hz: int = 499, e
 
 def _delta(after: UnwindStats, before: UnwindStats) -> UnwindStats:
     out = UnwindStats()
-    for f in dataclasses.fields(UnwindStats):
-        if f.name == "unknown_frames":
-            out.unknown_frames = after.unknown_frames - before.unknown_frames
-        else:
-            setattr(out, f.name, getattr(after, f.name) - getattr(before, f.name))
+    for name in PINNED_COUNTERS:
+        setattr(out, name, getattr(after, name) - getattr(before, name))
+    out.unknown_frames = after.unknown_frames - before.unknown_frames
     return out
 
 
@@ -387,7 +442,8 @@ def _needed_regions(rec: Recording) -> list[tuple[int, bytes]]:
 
     needed = RecordingMemory(ReplayMemory(rec.regions))
     for s in rec.samples:
-        replay_unwinder(rec, needed).unwind(s.raw)
+        for raw in (s.raw, *variants(s.raw)):
+            replay_unwinder(rec, needed).unwind(raw)
     return needed.regions()
 
 
