@@ -133,8 +133,9 @@ class JvmTarget:
             jvm.close()
             raise
         threads = JavaThreads(jvm)   # read by the session's first _push_threads()
-        unwinder = Unwinder(jvm, live.lookup, resolver, threads, NativeSymbolizer(pid),
-                            KernelSymbols.shared())
+        natives = NativeSymbolizer(pid)
+        natives.prepare()   # libjvm's CFI table before any sample waits for it
+        unwinder = Unwinder(jvm, live.lookup, resolver, threads, natives, KernelSymbols.shared())
         return cls(jvm, live, threads, unwinder, ThreadNames(pid, java_names=threads.name))
 
     @property

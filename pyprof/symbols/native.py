@@ -78,6 +78,14 @@ class NativeSymbolizer:
         self._starts = [m.start for m in self._entries]
         self._all = maps
 
+    def prepare(self, basenames: tuple[str, ...] = ("libjvm.so", "libc.so.6")) -> None:
+        """Load the unwind tables (and symbols) of these libraries now. Building libjvm's CFI table the
+        first time costs seconds of CPU (later runs read it from the disk cache): done before sampling
+        starts, it cannot stall the ring buffer's drain and lose samples."""
+        for entry in self._entries:
+            if entry.basename in basenames:
+                self.unwind_rule(entry.start)
+
     def _entry(self, pc: int) -> Optional[MapEntry]:
         i = bisect.bisect_right(self._starts, pc) - 1
         if i >= 0 and self._entries[i].contains(pc):

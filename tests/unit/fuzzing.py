@@ -647,7 +647,7 @@ def unwind_case(rec: Recording, rng: random.Random) -> Case:
     def run() -> Optional[str]:
         jvm = rec.jvm(ReplayMemory(rec.regions, corrupt))
         unwinder = Unwinder(jvm, lookup, MethodResolver(jvm.reader, jvm.layout),  # type: ignore[arg-type]
-                            RecordedThreads(java_tids), RecordedNatives(rec.natives),
+                            RecordedThreads(java_tids), RecordedNatives(rec.natives, rec.rules),
                             rec.kernel_symbols())
         frames = unwinder.unwind(raw)
         promise(isinstance(frames, tuple) and all(isinstance(f, PhysicalFrame) for f in frames),
