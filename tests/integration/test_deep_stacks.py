@@ -78,6 +78,8 @@ def test_stack_deeper_than_every_bound_is_marked_truncated(java_workload, tmp_pa
     assert truncated >= 0.9 * total, (truncated, total)
     for key in samples:
         names = java_names(key)
+        if not names:
+            continue   # sampled in the VM before the thread's first Java frame, or after its last
         assert key.frames[-1].frames[0].name == "[truncated]" or names[-1] == "pyproftest.DeepStacks.run", \
             names[-3:]
     # AND what is shown is a correct chain from the leaf, with no unknown frame counted for it

