@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import click
 
-from pyprof.cli.common import PID, emit_json, require_privileges, resolve_output
+from pyprof.cli.common import PID, allow_unsafe_kernel_option, emit_json, require_privileges, resolve_output
 from pyprof.errors import MemoryReadError, PyprofError, UsageError
 from pyprof.lru import cache_stats
 from pyprof.model import ProfileData
@@ -43,9 +43,7 @@ def _common_options(f):
     f = click.option("--stack-bytes", type=click.IntRange(1024, 65536), default=32768, show_default=True,
                      help="bytes of user stack copied per sample")(f)
     f = click.option("--json", "as_json", is_flag=True, help="print the summary as JSON on stdout")(f)
-    f = click.option("--allow-unsafe-kernel", "--force", "force", is_flag=True,
-                     help="sample even on a kernel whose BPF user-memory reads can freeze it "
-                          "(5.19-6.3 without the fix; docs/kernels.md); --force is the old name")(f)
+    f = allow_unsafe_kernel_option(f)
     f = click.option("--no-progress", is_flag=True, help="no progress line")(f)
     f = click.option("-v", "--verbose", is_flag=True,
                      help="also report the caches (entries, hits, misses, evictions) in the summary")(f)
@@ -96,10 +94,8 @@ def sample_until_stopped(session: ProfileSession, stop: StopSignals, duration: O
 def _unwind_summary(u: UnwindStats) -> dict[str, Any]:
     """How complete the stacks are: what users need to trust the profile (and to report a bug)."""
     complete = 100.0 * u.java_reached_root / u.java_samples if u.java_samples else None
-    return {"java_samples": u.java_samples,
-            "java_stacks_complete_percent": round(complete, 2) if complete is not None else None,
-            "anchor_used": u.anchor_used, "deoptimized_frames": u.deoptimized_frames,
-            "live_stack_reads": u.live_reads, "unknown_frame_reasons": dict(u.unknown_frames)}
+    percent = round(complete, 2) if complete is not None else None
+    return {**u.as_dict(), "java_stacks_complete_percent": percent}
 
 
 def _cache_summary() -> list[dict[str, Any]]:

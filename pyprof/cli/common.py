@@ -84,3 +84,10 @@ def resolve_output(output: Optional[str], fmt: Optional[str], pid: int) -> tuple
     if fmt not in FILE_FORMAT_NAMES:
         raise UsageError(f"format {fmt!r} is not a profile file format ({', '.join(FILE_FORMAT_NAMES)})")
     return output, fmt
+
+
+# sample even where the kernel-safety decision (pyprof.kernel.safety) refuses: attach, record, top, daemon
+allow_unsafe_kernel_option = click.option(
+    "--allow-unsafe-kernel", "--force", "force", is_flag=True,
+    help="sample even on a kernel whose BPF user-memory reads can freeze it "
+         "(5.19-6.3 without the fix; docs/kernels.md); --force is the old name")

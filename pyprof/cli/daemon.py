@@ -8,7 +8,7 @@ from typing import Optional
 
 import click
 
-from pyprof.cli.common import require_privileges
+from pyprof.cli.common import allow_unsafe_kernel_option, require_privileges
 from pyprof.errors import UsageError
 
 DEFAULT_OUT = "/var/lib/pyprof"
@@ -67,9 +67,7 @@ def _log_missing_optional(daemon_loop) -> None:
               help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST defaults to 127.0.0.1)")
 @click.option("--stack-bytes", type=click.IntRange(1024, 65536), default=32768, show_default=True,
               help="bytes of user stack copied per sample")
-@click.option("--allow-unsafe-kernel", "--force", "force", is_flag=True,
-              help="sample even on a kernel whose BPF user-memory reads can freeze it "
-                   "(5.19-6.3 without the fix; docs/kernels.md); --force is the old name")
+@allow_unsafe_kernel_option
 def daemon(out: str, interval: float, rate: int, pids: tuple[int, ...], match: Optional[str],
            exclude: Optional[str], services: tuple[str, ...], retention: str, push_url: Optional[str],
            push_credentials: Optional[str], otlp_url: Optional[str], otlp_credentials: Optional[str],

@@ -18,7 +18,7 @@ from typing import Optional
 
 import click
 
-from pyprof.cli.common import PID, require_privileges, resolve_output
+from pyprof.cli.common import PID, allow_unsafe_kernel_option, require_privileges, resolve_output
 from pyprof.model import ProfileData, StackKey
 from pyprof.reporters import write_report
 from pyprof.reporters.aggregate import FrameTable, compile_regex, thread_label, thread_matches
@@ -259,9 +259,7 @@ def _render_plain(pid: int, rates: Rates, snap: LiveSnapshot, state: ViewState, 
               help="also write the whole profile here when top ends (format from the extension)")
 @click.option("--stack-bytes", type=click.IntRange(1024, 65536), default=32768, show_default=True,
               help="bytes of user stack copied per sample")
-@click.option("--allow-unsafe-kernel", "--force", "force", is_flag=True,
-              help="sample even on a kernel whose BPF user-memory reads can freeze it "
-                   "(5.19-6.3 without the fix; docs/kernels.md); --force is the old name")
+@allow_unsafe_kernel_option
 def top(pid: int, rate: int, duration: Optional[float], interval: float, sort: str, per_thread: bool,
         thread: Optional[str], limit: Optional[int], no_tiers: bool, output: Optional[str], stack_bytes: int,
         force: bool) -> None:
