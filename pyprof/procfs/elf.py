@@ -135,18 +135,25 @@ class ElfSymbols:
 
 
 _RELA = struct.Struct("<QQq")     # Elf64_Rela: offset, info, addend
-R_X86_64_JUMP_SLOT = 7
+R_X86_64_JUMP_SLOT, R_X86_64_IRELATIVE = 7, 37
 PLT_ENTRY = 16
+GOT_PLT_RESERVED = 3              # .got.plt's first three slots belong to the dynamic linker
 MAX_PLT_ENTRIES = 1 << 16
 
 
 def _plt_symbols(f: BinaryIO, elf: ELFFile) -> list[Symbol]:
-    """`name@plt` for each PLT entry, as perf synthesizes them: the n-th R_X86_64_JUMP_SLOT relocation of
-    .rela.plt is the n-th entry of .plt.sec (IBT builds) or of .plt after its 16-byte header."""
+    """`name@plt` for each PLT entry, as perf synthesizes them.
+
+    A .rela.plt relocation patches one .got.plt slot, and the n-th PLT entry (of .plt.sec on IBT builds,
+    else of .plt after its 16-byte header) jumps through slot 3 + n. The relocations are not in slot
+    order when some are R_X86_64_IRELATIVE (libc's own ifuncs: strnlen, strcmp), so the entry is found
+    from the slot, not from the relocation's position. An IRELATIVE slot has no symbol (perf prints a
+    bare `@plt`); it is named after the IFUNC symbol whose resolver its addend is."""
     rela = elf.get_section_by_name(".rela.plt")
     dynsym = elf.get_section_by_name(".dynsym")
     sec = elf.get_section_by_name(".plt.sec")
     plt = sec if sec is not None else elf.get_section_by_name(".plt")
+    got = elf.get_section_by_name(".got.plt")
     if rela is None or dynsym is None or plt is None or rela["sh_size"] > MAX_PLT_ENTRIES * _RELA.size:
         return []
     first = plt["sh_addr"] + (0 if sec is not None else PLT_ENTRY)
@@ -156,25 +163,35 @@ def _plt_symbols(f: BinaryIO, elf: ELFFile) -> list[Symbol]:
     f.seek(rela["sh_offset"])
     relocs = f.read(rela["sh_size"] - rela["sh_size"] % _RELA.size)
     f.seek(dynsym["sh_offset"])
-    syms = f.read(dynsym["sh_size"])
+    syms = f.read(dynsym["sh_size"] - dynsym["sh_size"] % _SYM.size)
     f.seek(strtab["sh_offset"])
     strings = f.read(strtab["sh_size"])
+
+    def name_at(name_off: int) -> str:
+        end = strings.find(b"\0", name_off)
+        return strings[name_off:end].decode("utf-8", "replace") if 0 < name_off < end else ""
+
+    ifuncs: dict[int, str] = {}
+    if any(info & 0xFFFFFFFF == R_X86_64_IRELATIVE for _o, info, _a in _RELA.iter_unpack(relocs)):
+        for name_off, info, _other, _shndx, value, _size in _SYM.iter_unpack(syms):
+            if info & 0xF == STT_GNU_IFUNC and value not in ifuncs:
+                ifuncs[value] = name_at(name_off)
+    end = plt["sh_addr"] + plt["sh_size"]
     out = []
-    n = 0
-    for _offset, info, _addend in _RELA.iter_unpack(relocs):
-        if info & 0xFFFFFFFF != R_X86_64_JUMP_SLOT:
+    for n, (offset, info, addend) in enumerate(_RELA.iter_unpack(relocs)):
+        kind, index = info & 0xFFFFFFFF, info >> 32
+        if got is not None:
+            n = (offset - got["sh_addr"]) // 8 - GOT_PLT_RESERVED
+        at = first + n * PLT_ENTRY
+        if n < 0 or at + PLT_ENTRY > end:
             continue
-        index = info >> 32
-        at = index * _SYM.size
-        if 0 < index and at + _SYM.size <= len(syms):
-            name_off = _SYM.unpack_from(syms, at)[0]
-            end = strings.find(b"\0", name_off)
-            if 0 < name_off < len(strings) and end > name_off:
-                name = strings[name_off:end].decode("utf-8", "replace") + "@plt"
-                out.append(Symbol(name, first + n * PLT_ENTRY, PLT_ENTRY, STT_FUNC, ".plt"))
-        n += 1
-        if first + n * PLT_ENTRY > plt["sh_addr"] + plt["sh_size"]:
-            break
+        if kind == R_X86_64_JUMP_SLOT and 0 < index and (index + 1) * _SYM.size <= len(syms):
+            name = name_at(_SYM.unpack_from(syms, index * _SYM.size)[0])
+        elif kind == R_X86_64_IRELATIVE:
+            name = ifuncs.get(addend, "")
+        else:
+            continue
+        out.append(Symbol(f"{name}@plt", at, PLT_ENTRY, STT_FUNC, ".plt"))
     return out
 
 

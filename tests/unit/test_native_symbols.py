@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import lzma
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -155,6 +156,31 @@ def test_plt_entries_and_sizeless_assembly_functions_are_named_like_perf() -> No
     spin = symbols.lookup("SpinPause")
     assert spin is not None and spin.size == 0
     assert _name_at(symbols, spin.value + 2) == "SpinPause"
+
+
+def test_every_plt_entry_is_where_objdump_puts_it_and_libcs_ifunc_slots_are_named() -> None:
+    # GIVEN libc, whose .rela.plt mixes JUMP_SLOT and IRELATIVE relocations out of slot order,
+    # and JDK 17's libjvm (JUMP_SLOTs only)
+    libjvm = "/usr/lib/jvm/java-17-openjdk-amd64/lib/server/libjvm.so"
+    for path in (LIBC, libjvm):
+        require(os.path.isfile(path), f"no {path}")
+        dump = subprocess.run(["objdump", "-d", "-j", ".plt", "-j", ".plt.sec", path], capture_output=True,
+                              text=True, check=True).stdout
+        theirs = {int(m.group(1), 16): m.group(2)
+                  for m in re.finditer(r"^([0-9a-f]+) <(.+)@plt>:$", dump, re.M)}
+        # WHEN pyprof synthesizes its PLT symbols
+        symbols = ElfSymbols.load(path)
+        ours = {s.value: s.name.removesuffix("@plt") for s in symbols.symbols if s.table == ".plt"}
+        # THEN each entry is at objdump's address, with objdump's name; where objdump has none
+        # (`*ABS*+0x9f550`, an ifunc resolved at load), pyprof names the ifunc (strnlen)
+        assert set(ours) == set(theirs), (path, sorted(set(ours) ^ set(theirs))[:5])
+        for at, name in theirs.items():
+            if name.startswith("*ABS*+"):
+                resolver = int(name.removeprefix("*ABS*+"), 16)
+                assert any(s.name == ours[at] and s.value == resolver for s in symbols.symbols), \
+                    (hex(at), name, ours[at])
+            else:
+                assert ours[at] == name.split("@")[0], (hex(at), name, ours[at])
 
 
 def test_native_symbolizer_names_libc_in_a_live_process() -> None:
