@@ -14,6 +14,10 @@
 //   u64 anchor_sp, anchor_pc, anchor_fp   the JavaThread's last Java frame at sample time (0 if none)
 //   u64 vthread, vthread_tid   the virtual thread mounted at sample time (oop, java.lang.Thread.tid;
 //                      0 when none is mounted or before JDK 21)
+//   u32 event          EVENT_* below: which program took the record (pyprof/sampling/events.py)
+//   u32 state          the event's thread state (wall: the JavaThread's state at the switch; else 0)
+//   u64 weight         the event's value (wall/lock: nanoseconds; alloc: bytes; cpu: 0 = one period)
+//   u64 detail         the event's object (alloc: the Klass*; lock: the monitor's object; else 0)
 //   u64 kstack[KSTACK_DEPTH]
 //   u8  stack[STACK_BYTES]
 // The record has a fixed size (STACK_BYTES is a compile-time constant, set from --stack-bytes) so it
@@ -74,6 +78,13 @@ struct perf_sample_ctx {
 #define C_TRUNCATED 1
 #define C_NO_USER 2
 #define C_SEEN 3
+// counters 4..15 belong to the other events' programs (wall 4-7, alloc 8-11, lock 12-15)
+#define N_COUNTERS 16
+
+#define EVENT_CPU 0
+#define EVENT_WALL 1
+#define EVENT_ALLOC 2
+#define EVENT_LOCK 3
 
 struct sample {
     u64 time_ns;
@@ -92,12 +103,16 @@ struct sample {
     u64 anchor_fp;
     u64 vthread;
     u64 vthread_tid;
+    u32 event;
+    u32 state;
+    u64 weight;
+    u64 detail;
     u64 kstack[KSTACK_DEPTH];
     u8 stack[STACK_BYTES];
 };
 
 BPF_RINGBUF_OUTPUT(samples, RINGBUF_PAGES);
-BPF_PERCPU_ARRAY(counters, u64, 4);
+BPF_PERCPU_ARRAY(counters, u64, N_COUNTERS);
 BPF_HASH(targets, u32, u8, 4096);
 struct anchor_addresses {
     u64 sp;
@@ -155,13 +170,9 @@ static __always_inline void read_vthread(struct sample *s, struct anchor_address
         s->vthread_tid = 0;
 }
 
-int on_sample(struct perf_sample_ctx *ctx) {
-    u64 pid_tgid = bpf_get_current_pid_tgid();
-    u32 tgid = pid_tgid >> 32;
-    if (!targets.lookup(&tgid))
-        return 0;
-    count(C_SEEN);
-
+// Reserve a record for an event of thread `pid_tgid` of a target and fill its header; NULL (counted)
+// when the ring buffer is full.
+static __always_inline struct sample *begin_sample(u64 pid_tgid, u32 event) {
     struct sample *s = samples.ringbuf_reserve(sizeof(struct sample));
     if (!s) {
         count(C_LOST);
@@ -171,24 +182,39 @@ int on_sample(struct perf_sample_ctx *ctx) {
     s->tid = (u32)pid_tgid;
     s->cpu = bpf_get_smp_processor_id();
     s->flags = 0;
-    s->pid = tgid;
+    s->pid = pid_tgid >> 32;
     s->stack_len = 0;
     s->kstack_len = 0;
+    s->event = event;
+    s->state = 0;
+    s->weight = 0;
+    s->detail = 0;
+    return s;
+}
 
+// The user registers a program sees in user mode (a perf event that interrupted user code, a uprobe).
+struct user_frame {
+    u64 ip, sp, bp, r13;
+};
+
+// The current thread's user registers, kernel stack (when `user` is NULL: the event hit kernel code, the
+// user registers are those saved on entry to the kernel), JavaThread anchor and user stack: everything
+// the unwinder needs, whatever program took the record (perf event, tracepoint, uprobe).
+static __always_inline void capture(void *ctx, struct sample *s, struct user_frame *user) {
     u64 ip = 0, sp = 0, bp = 0, r13 = 0;
-    if ((ctx->regs.cs & 3) == 3) {
-        ip = ctx->regs.ip;
-        sp = ctx->regs.sp;
-        bp = ctx->regs.bp;
-        r13 = ctx->regs.r13;
+    if (user) {
+        ip = user->ip;
+        sp = user->sp;
+        bp = user->bp;
+        r13 = user->r13;
     } else {
         s->flags |= FLAG_KERNEL_MODE;
-        struct user_regs *user = (struct user_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-        if (user) {
-            bpf_probe_read_kernel(&ip, sizeof(ip), &user->ip);
-            bpf_probe_read_kernel(&sp, sizeof(sp), &user->sp);
-            bpf_probe_read_kernel(&bp, sizeof(bp), &user->bp);
-            bpf_probe_read_kernel(&r13, sizeof(r13), &user->r13);
+        struct user_regs *saved = (struct user_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+        if (saved) {
+            bpf_probe_read_kernel(&ip, sizeof(ip), &saved->ip);
+            bpf_probe_read_kernel(&sp, sizeof(sp), &saved->sp);
+            bpf_probe_read_kernel(&bp, sizeof(bp), &saved->bp);
+            bpf_probe_read_kernel(&r13, sizeof(r13), &saved->r13);
         }
         long n = bpf_get_stack(ctx, s->kstack, sizeof(s->kstack), 0);
         s->kstack_len = n > 0 ? (u32)n : 0;
@@ -198,7 +224,7 @@ int on_sample(struct perf_sample_ctx *ctx) {
     s->anchor_fp = 0;
     s->vthread = 0;
     s->vthread_tid = 0;
-    u32 tid = (u32)pid_tgid;
+    u32 tid = s->tid;
     u64 stack_base = 0;
     struct anchor_addresses *anchor = java_threads.lookup(&tid);
     if (anchor) {
@@ -222,6 +248,32 @@ int on_sample(struct perf_sample_ctx *ctx) {
             count(C_TRUNCATED);
         }
     }
+}
+
+// The other events' programs (compiled in only when asked for: one clang run for all of them).
+#ifdef EVENT_WALL_PROGRAM
+#include "wall.h"
+#endif
+#ifdef EVENT_ALLOC_PROGRAM
+#include "alloc.h"
+#endif
+#ifdef EVENT_LOCK_PROGRAM
+#include "lock.h"
+#endif
+
+int on_sample(struct perf_sample_ctx *ctx) {
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 tgid = pid_tgid >> 32;
+    if (!targets.lookup(&tgid))
+        return 0;
+    count(C_SEEN);
+
+    struct sample *s = begin_sample(pid_tgid, EVENT_CPU);
+    if (!s)
+        return 0;
+    // in user mode the interrupted registers are the user's; in the kernel, ctx->regs are the kernel's
+    struct user_frame user = {ctx->regs.ip, ctx->regs.sp, ctx->regs.bp, ctx->regs.r13};
+    capture(ctx, s, (ctx->regs.cs & 3) == 3 ? &user : 0);
     // No wakeup: Python drains the buffer on its own clock (every ~100 ms), so a sample costs no
     // context switch into pyprof. The buffer holds 0.5 s of samples (sampler.py sizes it).
     samples.ringbuf_submit(s, BPF_RB_NO_WAKEUP);

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import NamedTuple, Optional
 
 
 class _HashedOnce:
@@ -110,11 +110,34 @@ class StackKey(_HashedOnce):
     __hash__ = _HashedOnce.__hash__   # a frozen dataclass replaces any __hash__ not in its own body
 
 
+class SampleType(NamedTuple):
+    """A pprof sample type: what a value counts and in which unit."""
+
+    type: str
+    unit: str
+
+
+# Each event's two values: how many (samples, objects, contentions) and how much (ns, bytes). The
+# names are the ones pprof clients know (Go's alloc_space, contentions, delay; Pyroscope maps them to
+# memory, mutex and block); cpu's stay samples/cpu, which every pprof tool expects of a CPU profile.
+EVENT_SAMPLE_TYPES: dict[str, tuple[SampleType, SampleType]] = {
+    "cpu": (SampleType("samples", "count"), SampleType("cpu", "nanoseconds")),
+    "wall": (SampleType("wall_samples", "count"), SampleType("wall", "nanoseconds")),
+    "alloc": (SampleType("alloc_objects", "count"), SampleType("alloc_space", "bytes")),
+    "lock": (SampleType("contentions", "count"), SampleType("delay", "nanoseconds")),
+}
+
+
 @dataclass
 class ProfileData:
-    """Aggregated samples plus what a complete pprof needs around them."""
+    """Aggregated samples of one event plus what a complete pprof needs around them.
+
+    `counts` holds the event's first value (samples, objects, contentions) per stack; `weights` its
+    second (ns, bytes). A CPU profile leaves `weights` empty: its second value is counts x period."""
 
     counts: dict[StackKey, int] = field(default_factory=dict)
+    event: str = "cpu"                   # a key of EVENT_SAMPLE_TYPES
+    weights: dict[StackKey, int] = field(default_factory=dict)
     period_ns: int = 10_101_010          # cpu-clock period: 1e9 / rate
     start_time_ns: int = 0               # wall clock, ns since the epoch
     duration_ns: int = 0
@@ -123,8 +146,20 @@ class ProfileData:
     unknown_frames: int = 0
     frames: int = 0                      # frames unwound (unknown_frames is a part of them)
 
-    def add(self, key: StackKey, count: int = 1) -> None:
+    def add(self, key: StackKey, count: int = 1, weight: int = 0) -> None:
         self.counts[key] = self.counts.get(key, 0) + count
+        if weight:
+            self.weights[key] = self.weights.get(key, 0) + weight
+
+    @property
+    def sample_types(self) -> tuple[SampleType, SampleType]:
+        return EVENT_SAMPLE_TYPES[self.event]
+
+    def weight(self, key: StackKey) -> int:
+        """The stack's second value (cpu: its samples x the period)."""
+        if self.event == "cpu":
+            return self.counts.get(key, 0) * self.period_ns
+        return self.weights.get(key, 0)
 
     @property
     def total_samples(self) -> int:

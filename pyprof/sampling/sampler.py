@@ -13,21 +13,24 @@ import os
 import struct
 import time
 from dataclasses import dataclass
+from typing import Sequence
 
 from pyprof.errors import MissingKernelFeature
 from pyprof.kernel import features
 from pyprof.kernel.bpf_loader import close_bpf, load_bpf
 from pyprof.procfs.process import require_running
+from pyprof.sampling.events import EVENT_CPU, EventProgram
 
 KSTACK_DEPTH = 64
 MIN_STACK_BYTES, MAX_STACK_BYTES = 1024, 65536
 # struct sample up to the kernel stack: time_ns, tid, cpu, ip, sp, bp, r13, stack_len, kstack_len, flags,
-# pid, anchor_sp, anchor_pc, anchor_fp, vthread, vthread_tid
-_HEADER = struct.Struct("<QIIQQQQIIIIQQQQQ")
+# pid, anchor_sp, anchor_pc, anchor_fp, vthread, vthread_tid, event, state, weight, detail
+_HEADER = struct.Struct("<QIIQQQQIIIIQQQQQIIQQ")
 _KSTACK_OFFSET = _HEADER.size
 _STACK_OFFSET = _KSTACK_OFFSET + 8 * KSTACK_DEPTH
 FLAG_KERNEL_MODE, FLAG_TRUNCATED = 1, 2
 C_LOST, C_TRUNCATED, C_NO_USER, C_SEEN = range(4)
+N_COUNTERS = 16                 # 4..15: the other events' programs (pyprof.sampling.events)
 RINGBUF_SECONDS = 0.5           # the ring buffer holds this much sampling (we poll every 0.1 s)
 STARTUP_RINGBUF_SECONDS = 4.0   # record: samples wait while the booting JVM's code-cache map is built
 MIN_RINGBUF_PAGES, MAX_RINGBUF_PAGES = 256, 16384
@@ -53,6 +56,10 @@ class RawSample:
     pid: int = 0           # the target process the sample belongs to
     vthread: int = 0       # the virtual thread mounted at sample time: its oop (0: none) and Thread.tid
     vthread_tid: int = 0
+    event: int = EVENT_CPU  # which program took the record (pyprof.sampling.events.EVENT_*)
+    state: int = 0          # the event's thread state (wall), else 0
+    weight: int = 0         # the event's value: ns (wall, lock), bytes (alloc); 0 for cpu (one period)
+    detail: int = 0         # the event's object: the Klass* (alloc), the monitor's object (lock)
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,7 @@ def decode_sample(data: int, size: int) -> RawSample:
     """A ring-buffer record (at address `data`) -> RawSample, copying only what the program filled."""
     head = ctypes.string_at(data, _HEADER.size)
     (time_ns, tid, cpu, ip, sp, bp, r13, stack_len, kstack_len, flags, pid, anchor_sp, anchor_pc,
-     anchor_fp, vthread, vthread_tid) = _HEADER.unpack(head)
+     anchor_fp, vthread, vthread_tid, event, state, weight, detail) = _HEADER.unpack(head)
     kstack_len = min(kstack_len, 8 * KSTACK_DEPTH) & ~7
     stack_len = min(stack_len, max(0, size - _STACK_OFFSET))
     kernel_ips: tuple[int, ...] = ()
@@ -89,13 +96,16 @@ def decode_sample(data: int, size: int) -> RawSample:
         kernel_ips = tuple(ip for ip in struct.unpack(f"<{kstack_len // 8}Q", raw) if ip)
     stack = ctypes.string_at(data + _STACK_OFFSET, stack_len) if stack_len else b""
     return RawSample(time_ns, tid, cpu, ip, sp, bp, r13, flags, kernel_ips, stack, anchor_sp, anchor_pc,
-                     anchor_fp, pid, vthread, vthread_tid)
+                     anchor_fp, pid, vthread, vthread_tid, event, state, weight, detail)
 
 
 class Sampler:
     def __init__(self, pid: int, rate_hz: int = 99, stack_bytes: int = 32768, force: bool = False,
-                 allow_unsafe_kernel: bool = False, buffer_seconds: float = RINGBUF_SECONDS) -> None:
+                 allow_unsafe_kernel: bool = False, buffer_seconds: float = RINGBUF_SECONDS,
+                 cpu: bool = True, programs: Sequence[EventProgram] = ()) -> None:
         self.pid = pid
+        self.cpu = cpu                    # attach the cpu-clock event (`-e alloc` alone does not)
+        self.programs = tuple(programs)   # the other events' programs, compiled into the same module
         self.buffer_seconds = buffer_seconds
         self.rate_hz = rate_hz
         self.stack_bytes = stack_window(stack_bytes)
@@ -121,15 +131,24 @@ class Sampler:
         cflags = [f"-DSTACK_BYTES={self.stack_bytes}",
                   f"-DKSTACK_DEPTH={KSTACK_DEPTH}",
                   f"-DRINGBUF_PAGES={ringbuf_pages(self.rate_hz, record, cpus, self.buffer_seconds)}"]
+        for program in self.programs:
+            cflags += program.cflags()
         bpf = load_bpf("sampler.c", cflags)
         try:
             # keep a reference: bcc holds the ctypes callback only weakly through the C library
             self._callback = bpf["samples"].open_ring_buffer(self._on_sample) or self._on_sample
-            bpf.attach_perf_event(ev_type=PerfType.SOFTWARE, ev_config=PerfSWConfig.CPU_CLOCK,
-                                  fn_name="on_sample", sample_freq=self.rate_hz, cpu=-1)
+            if self.cpu:
+                bpf.attach_perf_event(ev_type=PerfType.SOFTWARE, ev_config=PerfSWConfig.CPU_CLOCK,
+                                      fn_name="on_sample", sample_freq=self.rate_hz, cpu=-1)
         except Exception as e:  # bcc raises plain Exception
             close_bpf(bpf)
             raise MissingKernelFeature(f"cannot attach the cpu-clock perf event: {e}") from e
+        try:
+            for program in self.programs:
+                program.attach(bpf)
+        except BaseException:
+            close_bpf(bpf)
+            raise
         self._bpf = bpf
         for pid in [self.pid, *self.targets]:
             self.add_target(pid)
@@ -149,10 +168,14 @@ class Sampler:
         self.targets.add(pid)
         if self._bpf is not None:
             self._bpf["targets"][ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
+            for program in self.programs:
+                program.add_target(self._bpf, pid)
 
     def remove_target(self, pid: int) -> None:
         self.targets.discard(pid)
         if self._bpf is not None:
+            for program in self.programs:
+                program.remove_target(self._bpf, pid)
             try:
                 del self._bpf["targets"][ctypes.c_uint32(pid)]
             except KeyError:
@@ -194,6 +217,13 @@ class Sampler:
             if self._java_threads.get(tid) != addresses:
                 table[key_type(tid)] = leaf_type(*addresses)   # missing trailing fields are 0
                 self._java_threads[tid] = addresses
+
+    def raw_counters(self) -> list[int]:
+        """Every counter of the module, summed over CPUs (indices: C_* here, the programs' own above)."""
+        if self._bpf is None:
+            return [0] * N_COUNTERS
+        table = self._bpf["counters"]
+        return [sum(table[ctypes.c_int(i)]) for i in range(N_COUNTERS)]
 
     def counters(self) -> SamplerCounters:
         if self._bpf is None:
