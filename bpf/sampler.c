@@ -18,6 +18,8 @@
 //   u32 state          the event's thread state (wall: the JavaThread's state at the switch; else 0)
 //   u64 weight         the event's value (wall/lock: nanoseconds; alloc: bytes; cpu: 0 = one period)
 //   u64 detail         the event's object (alloc: the Klass*; lock: the monitor's object; else 0)
+//   char comm[16]      the thread's name at the time of the record (a thread that exits before Python
+//                      reads its name keeps this one; HotSpot sets it from the Java name, cut to 15)
 //   u64 kstack[KSTACK_DEPTH]
 //   u8  stack[STACK_BYTES]
 // The record has a fixed size (STACK_BYTES is a compile-time constant, set from --stack-bytes) so it
@@ -107,6 +109,7 @@ struct sample {
     u32 state;
     u64 weight;
     u64 detail;
+    char comm[16];
     u64 kstack[KSTACK_DEPTH];
     u8 stack[STACK_BYTES];
 };
@@ -189,6 +192,7 @@ static __always_inline struct sample *begin_sample(u64 pid_tgid, u32 event) {
     s->state = 0;
     s->weight = 0;
     s->detail = 0;
+    bpf_get_current_comm(s->comm, sizeof(s->comm));
     return s;
 }
 

@@ -24,8 +24,8 @@ from pyprof.sampling.events import EVENT_CPU, EventProgram
 KSTACK_DEPTH = 64
 MIN_STACK_BYTES, MAX_STACK_BYTES = 1024, 65536
 # struct sample up to the kernel stack: time_ns, tid, cpu, ip, sp, bp, r13, stack_len, kstack_len, flags,
-# pid, anchor_sp, anchor_pc, anchor_fp, vthread, vthread_tid, event, state, weight, detail
-_HEADER = struct.Struct("<QIIQQQQIIIIQQQQQIIQQ")
+# pid, anchor_sp, anchor_pc, anchor_fp, vthread, vthread_tid, event, state, weight, detail, comm
+_HEADER = struct.Struct("<QIIQQQQIIIIQQQQQIIQQ16s")
 _KSTACK_OFFSET = _HEADER.size
 _STACK_OFFSET = _KSTACK_OFFSET + 8 * KSTACK_DEPTH
 FLAG_KERNEL_MODE, FLAG_TRUNCATED = 1, 2
@@ -60,6 +60,7 @@ class RawSample:
     state: int = 0          # the event's thread state (wall), else 0
     weight: int = 0         # the event's value: ns (wall, lock), bytes (alloc); 0 for cpu (one period)
     detail: int = 0         # the event's object: the Klass* (alloc), the monitor's object (lock)
+    comm: bytes = b""       # the thread's comm at the time of the record (NUL-padded, 16 bytes)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def decode_sample(data: int, size: int) -> RawSample:
     """A ring-buffer record (at address `data`) -> RawSample, copying only what the program filled."""
     head = ctypes.string_at(data, _HEADER.size)
     (time_ns, tid, cpu, ip, sp, bp, r13, stack_len, kstack_len, flags, pid, anchor_sp, anchor_pc,
-     anchor_fp, vthread, vthread_tid, event, state, weight, detail) = _HEADER.unpack(head)
+     anchor_fp, vthread, vthread_tid, event, state, weight, detail, comm) = _HEADER.unpack(head)
     kstack_len = min(kstack_len, 8 * KSTACK_DEPTH) & ~7
     stack_len = min(stack_len, max(0, size - _STACK_OFFSET))
     kernel_ips: tuple[int, ...] = ()
@@ -96,7 +97,7 @@ def decode_sample(data: int, size: int) -> RawSample:
         kernel_ips = tuple(ip for ip in struct.unpack(f"<{kstack_len // 8}Q", raw) if ip)
     stack = ctypes.string_at(data + _STACK_OFFSET, stack_len) if stack_len else b""
     return RawSample(time_ns, tid, cpu, ip, sp, bp, r13, flags, kernel_ips, stack, anchor_sp, anchor_pc,
-                     anchor_fp, pid, vthread, vthread_tid, event, state, weight, detail)
+                     anchor_fp, pid, vthread, vthread_tid, event, state, weight, detail, comm)
 
 
 class Sampler:

@@ -29,7 +29,10 @@ class ThreadNames:
         # tid -> (read at, name); an exited thread keeps its last name (thread pools churn: bounded)
         self._names: LRUCache[int, tuple[float, str]] = LRUCache("tid -> thread name", MAX_THREADS)
 
-    def name(self, tid: int) -> str:
+    def name(self, tid: int, comm_at_sample: bytes = b"") -> str:
+        """The thread's name: its Java name, else its comm now; for a thread that has exited, the last
+        name seen, else its comm at the time of the sample (the record carries it: samples are
+        processed up to a few seconds late, `record`'s early ones later still)."""
         now = time.monotonic()
         cached = self._names.get(tid)
         if cached is not None and now - cached[0] < self.ttl:
@@ -38,7 +41,8 @@ class ThreadNames:
         if name is None:
             name = comm(self.pid, tid)
         if name is None:   # the thread has exited: keep the last name we saw
-            name = cached[1] if cached is not None else f"tid-{tid}"
+            name = cached[1] if cached is not None else \
+                (comm_at_sample.split(b"\0", 1)[0].decode("utf-8", "replace") or f"tid-{tid}")
         self._names.put(tid, (now, name))
         return name
 

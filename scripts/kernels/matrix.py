@@ -274,7 +274,12 @@ def main() -> int:
                              "what is left is not started, and its line says so")
     parser.add_argument("--list", action="store_true")
     args = parser.parse_args()
-    chosen = set(args.only.split(",")) if args.only else {k.name for k in MATRIX} | {"host"}
+    known = {k.name for k in MATRIX} | {"host"}
+    chosen = set(args.only.split(",")) if args.only else known
+    if chosen - known:
+        print(f"test-kernels: unknown kernel name(s) {', '.join(sorted(chosen - known))}; known: {names}",
+              file=sys.stderr)
+        return 2
     if args.list:
         for k in MATRIX:
             print(f"{k.name:<12} {k.expect:<14} {k.why}")
