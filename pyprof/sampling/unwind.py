@@ -18,6 +18,7 @@ be above the callee's), and a frame that cannot be named becomes a counted `[unk
 
 from __future__ import annotations
 
+import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol
@@ -41,6 +42,7 @@ WEAK, STRONG = 1, 2             # how sure a candidate return address is (Unwind
 OVERLAP = 1024                  # bytes at the end of the copy compared with live memory before using it
 MAX_STACK_SPAN = 64 << 20       # a Java thread's stack is at most this deep (-Xss caps at 1 GiB; 64 MiB is
                                 # generous): an anchor further away than that is garbage
+_U64 = struct.Struct("<Q")
 
 
 class StackSample(Protocol):
@@ -111,16 +113,25 @@ TRUNCATED_FRAME = PhysicalFrame(
     0, (LogicalFrame("[truncated]", FrameKind.UNKNOWN, "stack deeper than read"),))
 
 
-@dataclass
 class _Cursor:
-    pc: int
-    sp: int
-    fp: int
-    top: bool = True
-    trusted: bool = False    # from the JavaThread's anchor: HotSpot's own record, no return address
-    after_trap: bool = False  # the sample came while the kernel handled a breakpoint (int3) at pc - 1
-    blob: Optional[CodeBlobInfo] = None   # the code blob at pc, when already looked up (blob_known)
-    blob_known: bool = False
+    """Where the walk is: one per frame of every sample, so a plain slotted class (a dataclass's
+    generated __init__ and attribute dict cost measurably on the hot path)."""
+
+    __slots__ = ("pc", "sp", "fp", "top", "trusted", "after_trap", "blob", "blob_known")
+
+    def __init__(self, pc: int, sp: int, fp: int, top: bool = True, trusted: bool = False,
+                 after_trap: bool = False) -> None:
+        self.pc = pc
+        self.sp = sp
+        self.fp = fp
+        self.top = top
+        self.trusted = trusted    # from the JavaThread's anchor: HotSpot's own record, no return address
+        self.after_trap = after_trap    # the sample came while the kernel handled a breakpoint at pc - 1
+        self.blob: Optional[CodeBlobInfo] = None   # the code blob at pc, when already looked up (blob_known)
+        self.blob_known = False
+
+    def __repr__(self) -> str:
+        return f"_Cursor(pc=0x{self.pc:x}, sp=0x{self.sp:x}, fp=0x{self.fp:x}, top={self.top})"
 
 
 class _Walk:
@@ -172,6 +183,11 @@ class Unwinder:
         self._kernel_frames: LRUCache[int, PhysicalFrame] = LRUCache("pc -> kernel frame", 100_000)
         self._method_frames: LRUCache[tuple[int, FrameKind, int, bool], LogicalFrame] = LRUCache(
             "method -> logical frame", 500_000)
+        self._native_code: LRUCache[int, bool] = LRUCache("pc -> in native code", 200_000)
+        # (pc, Method*, ConstMethod*, bcp, metadata generation) -> interpreted frame: the line lookup and
+        # the frame object once per position (the Method* is still re-validated per sample by the resolver)
+        self._interpreted_frames: LRUCache[tuple[int, int, int, int, int], PhysicalFrame] = LRUCache(
+            "interpreter position -> frame", 200_000)
 
     def _static_pointer(self, key: str) -> int:
         try:
@@ -259,7 +275,16 @@ class Unwinder:
         return self.lookup_blob(nxt.pc, time_ns) is None and not self._is_native_code(nxt.pc)
 
     def _is_native_code(self, pc: int) -> bool:
-        return self.natives is not None and self.natives.symbolize(pc) is not None
+        """Is pc in a mapped native file? Memoized when it is (a mapping does not move; a pc that is in
+        none is asked again: a library may be mapped since)."""
+        if self.natives is None:
+            return False
+        if self._native_code.get(pc):
+            return True
+        if self.natives.symbolize(pc) is None:
+            return False
+        self._native_code.put(pc, True)
+        return True
 
     def _mark_truncated(self, frames: list[PhysicalFrame]) -> None:
         """A walk that went on beyond the copy (in live memory, which the thread has changed since the
@@ -526,9 +551,7 @@ class Unwinder:
         else:
             # In the top frame the live bcp is in r13; deeper frames saved it in their bcp slot.
             bcp = sample.r13 if cur.top else reader.word(fp + self.slot_bcp)
-            bci = self.debug.bci_of_bcp(info, bcp) if bcp else -1
-            line = self.debug.line_of(info, bci) if bci >= 0 else 0
-            frame = self._java_frame(cur.pc, method, info, FrameKind.INTERPRETED, line)
+            frame = self._interpreted_frame(cur.pc, method, info, bcp or 0)
         ret = reader.word(fp + WORD)
         saved = reader.word(fp)
         sender_sp = reader.word(fp + self.slot_sender_sp)
@@ -538,6 +561,16 @@ class Unwinder:
         # is where its frame size counts from.
         sp = sender_sp if sender_sp and sender_sp > fp else fp + 2 * WORD
         return frame, _Cursor(ret, sp, saved, top=False)
+
+    def _interpreted_frame(self, pc: int, method: int, info: MethodInfo, bcp: int) -> PhysicalFrame:
+        key = (pc, method, info.const_method, bcp, self.resolver.generation)
+        frame = self._interpreted_frames.get(key)
+        if frame is None:
+            bci = self.debug.bci_of_bcp(info, bcp) if bcp else -1
+            line = self.debug.line_of(info, bci) if bci >= 0 else 0
+            frame = self._interpreted_frames.put(
+                key, self._java_frame(pc, method, info, FrameKind.INTERPRETED, line))
+        return frame
 
     def _method(self, method: int) -> Optional[MethodInfo]:
         try:
@@ -754,6 +787,7 @@ class _StackReader:
     def __init__(self, sample: StackSample, live, stats: UnwindStats) -> None:
         self.base = sample.sp
         self.stack = sample.stack
+        self.last = len(sample.stack) - WORD     # the last offset a whole word of the copy starts at
         self.live = live
         self.stats = stats
         self.live_left = LIVE_READ_LIMIT
@@ -780,8 +814,8 @@ class _StackReader:
 
     def word(self, address: int) -> Optional[int]:
         off = address - self.base
-        if 0 <= off <= len(self.stack) - WORD:
-            return int.from_bytes(self.stack[off : off + WORD], "little")
+        if 0 <= off <= self.last:
+            return _U64.unpack_from(self.stack, off)[0]
         if off < 0 or address % WORD:
             return None
         page = address - address % LIVE_CHUNK
