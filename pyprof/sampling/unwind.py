@@ -19,6 +19,7 @@ be above the callee's), and a frame that cannot be named becomes a counted `[unk
 from __future__ import annotations
 
 import struct
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol
@@ -184,6 +185,13 @@ class Unwinder:
         self._method_frames: LRUCache[tuple[int, FrameKind, int, bool], LogicalFrame] = LRUCache(
             "method -> logical frame", 500_000)
         self._native_code: LRUCache[int, bool] = LRUCache("pc -> in native code", 200_000)
+        # planned steps (_planned_step): plain dicts, cleared when full (they refill from the pcs hit)
+        self._java_plans: dict[tuple[int, int, int, bool], tuple] = {}
+        self._native_plans: dict[object, tuple] = {}     # pc (a caller's), or (pc, after a trap) at the top
+        self._accepted_callers: dict[tuple[int, int, int], bool] = {}   # nmethod call sites seen
+        # Method* -> (validated at, in CLOCK_MONOTONIC ns like sample times; metadata generation; method)
+        self._validated_methods: dict[int, tuple[int, int, MethodInfo]] = {}
+        self._trap_ips: set[int] = set()    # kernel pcs in a breakpoint handler (BREAKPOINT_HANDLERS)
         # (pc, Method*, ConstMethod*, bcp, metadata generation) -> interpreted frame: the line lookup and
         # the frame object once per position (the Method* is still re-validated per sample by the resolver)
         self._interpreted_frames: LRUCache[tuple[int, int, int, int, int], PhysicalFrame] = LRUCache(
@@ -199,14 +207,15 @@ class Unwinder:
     def unwind(self, sample: StackSample) -> tuple[PhysicalFrame, ...]:
         """Frames of one sample, leaf first (kernel frames, then user frames)."""
         self.stats.samples += 1
-        frames: list[PhysicalFrame] = [self._kernel_frame(ip) for ip in sample.kernel_ips]
+        known = self._kernel_frames.peek
+        frames: list[PhysicalFrame] = [known(ip) or self._kernel_frame(ip) for ip in sample.kernel_ips]
         if sample.sp == 0:
             frames.append(self.unknown_frame("no user registers"))
             self.stats.frames += len(frames)
             return tuple(frames)
         reader = _StackReader(sample, self.r, self.stats)
         walk = _Walk(sample)
-        trap = any(f.frames[0].name in BREAKPOINT_HANDLERS for f in frames)
+        trap = bool(self._trap_ips) and not self._trap_ips.isdisjoint(sample.kernel_ips)
         cursor: Optional[_Cursor] = _Cursor(sample.ip, sample.sp, sample.bp, after_trap=trap)
         for _ in range(MAX_DEPTH):
             if cursor is None:
@@ -216,7 +225,8 @@ class Unwinder:
                 break
             if walk.anchor is not None and not cursor.top and cursor.sp >= walk.anchor.sp:
                 walk.anchor = None     # the walk is past the anchored frame: the anchor cannot help any more
-            frame, nxt = self._step(cursor, reader, sample, walk)
+            stepped = self._planned_step(cursor, reader, walk, sample.time_ns)
+            frame, nxt = stepped if stepped is not None else self._step(cursor, reader, sample, walk)
             frames.append(frame)
             if walk.reached_root or nxt is None:
                 break
@@ -246,6 +256,82 @@ class Unwinder:
             self.stats.live_completed += 1
         self._count(sample, frames, walk)
         return tuple(frames)
+
+    # ---- planned steps: a frame seen before is one dict lookup -------------------------------------
+    def _planned_step(self, cur: _Cursor, reader: _StackReader, walk: _Walk, time_ns: int
+                      ) -> Optional[tuple[PhysicalFrame, Optional[_Cursor]]]:
+        """The step from a frame whose pc was stepped from before, when its kind of step needs nothing
+        but its pc: a compiled frame with a frame size (in the top frame: the prologue or epilogue slot
+        too), or native code with a CFI rule (while no anchor is pending). The frame and the step's
+        constants are planned once per pc (per nmethod and compile id, per top or caller frame) and
+        reused; the words read and the cursor built are exactly _step's. None: not such a frame, or a
+        top frame whose caller does not check out; _step decides (every other case, every failure)."""
+        if cur.top:
+            if not cur.blob_known:
+                cur.blob = self.lookup_blob(cur.pc, time_ns)
+                cur.blob_known = True
+        blob = cur.blob
+        if blob is None:
+            if walk.anchor is not None:
+                return None
+            key = cur.pc if not cur.top else (cur.pc, cur.after_trap)
+            plan = self._native_plans.get(key)
+            if plan is None:
+                lookup_pc = cur.pc - 1 if not cur.top or cur.after_trap else cur.pc
+                plan = self._plan_native(key, lookup_pc, cur.pc)
+            if plan is _UNPLANNED:
+                return None
+            frame, rule = plan
+            nxt = self._cfi_step(rule, cur, reader)
+            if nxt is not None:
+                self.stats.cfi_steps += 1
+            return frame, nxt
+        key = (cur.pc, blob.address, blob.compile_id, cur.top)
+        plan = self._java_plans.get(key)
+        if plan is None:
+            plan = self._plan_java(cur, blob, key)
+        if plan is _UNPLANNED:
+            return None
+        frame, frame_bytes, is_java, slot = plan
+        if slot is not None:
+            # the top frame's prologue or epilogue: the return address is `slot` words above sp
+            ret = reader.word(cur.sp + WORD * slot)
+            nxt = _Cursor(ret, cur.sp + WORD * (slot + 1), cur.fp, top=False) if ret else None
+        else:
+            sender_sp = cur.sp + frame_bytes
+            ret = reader.word(sender_sp - WORD)
+            saved_fp = reader.word(sender_sp - 2 * WORD)
+            if ret is None:
+                nxt = None
+            else:
+                nxt = _Cursor(ret, sender_sp, saved_fp if saved_fp is not None else cur.fp, top=False)
+        if cur.top and nxt is not None and not self._return_strength(nxt.pc, time_ns):
+            return None     # _java_step looks for another caller
+        if is_java:
+            walk.saw_java = True
+        return frame, nxt
+
+    def _plan_java(self, cur: _Cursor, blob: CodeBlobInfo, key: tuple[int, int, int, bool]) -> tuple:
+        """What _java_step does at pc when that is a plain sized step: not the interpreter, not a
+        deoptimized caller frame (at its deopt handler), not the call stub's return."""
+        pc = cur.pc
+        plan: tuple = _UNPLANNED
+        if blob.kind is not BlobKind.INTERPRETER and blob.frame_size > 0 and pc != self.call_stub_return \
+                and (cur.top or not (blob.is_nmethod and blob.deopt_handler and pc == blob.deopt_handler)):
+            slot = self._partial_frame_slot(blob, pc) if cur.top else None
+            plan = (self._compiled_frame(blob, pc), WORD * blob.frame_size, blob.is_nmethod, slot)
+        return _bounded_put(self._java_plans, key, plan)
+
+    def _plan_native(self, key: object, lookup_pc: int, pc: int) -> tuple:
+        """What _native_step does for native code at pc when that is a CFI step: a named frame (not
+        unknown, not a thread root) with a CFA rule."""
+        plan: tuple = _UNPLANNED
+        frame, is_root = self._native_frame(lookup_pc, pc)
+        if not is_root and frame.frames[0].kind is not FrameKind.UNKNOWN:
+            rule = self._cfi_rule(lookup_pc)
+            if rule is not None and rule.kind in (cfi.CFA_RSP, cfi.CFA_RBP, cfi.CFA_PLT):
+                plan = (frame, rule)
+        return _bounded_put(self._native_plans, key, plan)
 
     def _step(self, cursor: _Cursor, reader: _StackReader, sample: StackSample, walk: _Walk
               ) -> tuple[PhysicalFrame, Optional[_Cursor]]:
@@ -407,10 +493,17 @@ class Unwinder:
 
     # ---- is a return address real? ---------------------------------------------------------------
     def _accept_caller(self, pc: int, time_ns: int, blob: Optional[CodeBlobInfo]) -> bool:
-        """A caller in compiled Java code is accepted only at one of its call sites."""
-        if blob is None or not blob.is_nmethod:
+        """A caller in compiled Java code is accepted only at one of its call sites (remembered per
+        nmethod and compile id once accepted: a call site stays one)."""
+        if blob is None or blob.kind is not BlobKind.NMETHOD:
             return True
-        return self._return_strength(pc, time_ns, blob) > 0
+        key = (pc, blob.address, blob.compile_id)
+        if key in self._accepted_callers:
+            return True
+        if self._return_strength(pc, time_ns, blob) > 0:
+            _bounded_put(self._accepted_callers, key, True)
+            return True
+        return False
 
     def _return_strength(self, pc: int, time_ns: int, blob: Optional[CodeBlobInfo] = None) -> int:
         """How sure is it that `pc` is a return address: STRONG at a call site of an nmethod (a PcDesc
@@ -540,7 +633,7 @@ class Unwinder:
         if fp <= cur.sp or fp - cur.sp > MAX_FRAME_BYTES:
             return self.unknown_frame("interpreter frame without frame pointer"), None
         method = reader.word(fp + self.slot_method)
-        info = self._method(method) if method else None
+        info = self._method(method, sample.time_ns) if method else None
         if info is None and cur.top:
             # the interpreter's method entry, whose frame (and Method* slot) is not built yet: known code,
             # unknown method, as async-profiler shows it. rbp is still the caller's (perhaps compiled code,
@@ -572,11 +665,25 @@ class Unwinder:
                 key, self._java_frame(pc, method, info, FrameKind.INTERPRETED, line))
         return frame
 
-    def _method(self, method: int) -> Optional[MethodInfo]:
+    def _method(self, method: int, time_ns: Optional[int] = None) -> Optional[MethodInfo]:
+        """The method behind a Method* of an interpreted frame. The resolver re-validates a Method*
+        with a read of the target (is its ConstMethod still the one cached?); a sample taken before such
+        a read learns nothing more from a read of its own (both come after it, and the earlier one is
+        nearer to it), so a validation is reused for every sample older than it: the thread roots that
+        stay interpreted forever cost one read per Method* per drained batch instead of one per frame."""
+        generation = self.resolver.generation
+        if time_ns is not None:
+            known = self._validated_methods.get(method)
+            if known is not None and time_ns <= known[0] and known[1] == generation:
+                return known[2]
         try:
-            return self.resolver.resolve(method)
+            validated_at = _monotonic_ns()
+            info = self.resolver.resolve(method)
         except MemoryReadError:
             return None
+        if time_ns is not None and self.resolver.generation == generation:
+            _bounded_put(self._validated_methods, method, (validated_at, generation, info))
+        return info
 
     # ---- frame objects (cached) ------------------------------------------------------------------
     def _compiled_frame(self, blob: CodeBlobInfo, pc: int) -> PhysicalFrame:
@@ -624,6 +731,8 @@ class Unwinder:
         frame = self._kernel_frames.get(ip)
         if frame is None:
             name = self.kernel.lookup(ip) if self.kernel is not None else None
+            if name in BREAKPOINT_HANDLERS:
+                self._trap_ips.add(ip)
             frame = self._kernel_frames.put(
                 ip, PhysicalFrame(ip, (LogicalFrame(name or f"[kernel 0x{ip:x}]", FrameKind.KERNEL),)))
         return frame
@@ -709,6 +818,22 @@ class Unwinder:
             logical = LogicalFrame(name, FrameKind.NATIVE, system_name or name, library)
             result = (PhysicalFrame(pc, (logical,), mapping), is_root)
         return self._native_frames.put(pc, result)
+
+
+_UNPLANNED: tuple = ("unplanned",)   # a planned-step entry: this pc's step is _step's to decide
+MAX_PLANS = 200_000
+
+
+def _monotonic_ns() -> int:
+    """The clock of sample times (bpf_ktime_get_ns)."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+def _bounded_put(memo: dict, key, value):
+    if len(memo) >= MAX_PLANS:
+        memo.clear()
+    memo[key] = value
+    return value
 
 
 def _frameless_kind(blob: CodeBlobInfo) -> bool:
