@@ -262,18 +262,17 @@ class Unwinder:
                       ) -> Optional[tuple[PhysicalFrame, Optional[_Cursor]]]:
         """The step from a frame whose pc was stepped from before, when its kind of step needs nothing
         but its pc: a compiled frame with a frame size (in the top frame: the prologue or epilogue slot
-        too), or native code with a CFI rule (while no anchor is pending). The frame and the step's
-        constants are planned once per pc (per nmethod and compile id, per top or caller frame) and
-        reused; the words read and the cursor built are exactly _step's. None: not such a frame, or a
-        top frame whose caller does not check out; _step decides (every other case, every failure)."""
+        too), the call stub's return, or native code with a CFI rule or frame pointers (where a pending
+        anchor would take over, _step does it). The frame and the step's constants are planned once per
+        pc (per nmethod and compile id, per top or caller frame) and reused; the words read and the
+        cursor built are exactly _step's. None: not such a frame, a top frame whose caller does not
+        check out, or a walk that goes on at the anchor; _step decides (every other case and failure)."""
         if cur.top:
             if not cur.blob_known:
                 cur.blob = self.lookup_blob(cur.pc, time_ns)
                 cur.blob_known = True
         blob = cur.blob
         if blob is None:
-            if walk.anchor is not None:
-                return None
             key = cur.pc if not cur.top else (cur.pc, cur.after_trap)
             plan = self._native_plans.get(key)
             if plan is None:
@@ -282,8 +281,15 @@ class Unwinder:
             if plan is _UNPLANNED:
                 return None
             frame, rule = plan
-            nxt = self._cfi_step(rule, cur, reader)
-            if nxt is not None:
+            if rule is _ROOT:
+                walk.reached_root = True    # the thread's entry function, or CFI without a return address
+                return frame, None
+            nxt = self._cfi_step(rule, cur, reader) if rule is not None else self._fp_step(cur, reader)
+            if walk.anchor is not None and self._leaves_native(nxt, walk, time_ns):
+                return None     # _step goes on at the anchor
+            if rule is None:
+                self.stats.fp_steps += 1
+            elif nxt is not None:
                 self.stats.cfi_steps += 1
             return frame, nxt
         key = (cur.pc, blob.address, blob.compile_id, cur.top)
@@ -293,6 +299,11 @@ class Unwinder:
         if plan is _UNPLANNED:
             return None
         frame, frame_bytes, is_java, slot = plan
+        if not frame_bytes:
+            # the call stub's return: an rbp frame, whatever the pc's frame size (_java_step)
+            if is_java:
+                walk.saw_java = True
+            return frame, self._fp_step(cur, reader)
         if slot is not None:
             # the top frame's prologue or epilogue: the return address is `slot` words above sp
             ret = reader.word(cur.sp + WORD * slot)
@@ -312,24 +323,36 @@ class Unwinder:
         return frame, nxt
 
     def _plan_java(self, cur: _Cursor, blob: CodeBlobInfo, key: tuple[int, int, int, bool]) -> tuple:
-        """What _java_step does at pc when that is a plain sized step: not the interpreter, not a
-        deoptimized caller frame (at its deopt handler), not the call stub's return."""
+        """What _java_step does at pc when that needs nothing but the pc: a sized step (frame bytes > 0),
+        or the call stub's return (frame bytes 0: an rbp frame). Not the interpreter, not a deoptimized
+        caller frame (at its deopt handler), not stubs without a frame size."""
         pc = cur.pc
         plan: tuple = _UNPLANNED
-        if blob.kind is not BlobKind.INTERPRETER and blob.frame_size > 0 and pc != self.call_stub_return \
-                and (cur.top or not (blob.is_nmethod and blob.deopt_handler and pc == blob.deopt_handler)):
+        if blob.kind is BlobKind.INTERPRETER or \
+                (not cur.top and blob.is_nmethod and blob.deopt_handler and pc == blob.deopt_handler):
+            pass
+        elif pc == self.call_stub_return:
+            plan = (self._compiled_frame(blob, pc), 0, blob.is_nmethod, None)
+        elif blob.frame_size > 0:
             slot = self._partial_frame_slot(blob, pc) if cur.top else None
             plan = (self._compiled_frame(blob, pc), WORD * blob.frame_size, blob.is_nmethod, slot)
         return _bounded_put(self._java_plans, key, plan)
 
     def _plan_native(self, key: object, lookup_pc: int, pc: int) -> tuple:
-        """What _native_step does for native code at pc when that is a CFI step: a named frame (not
-        unknown, not a thread root) with a CFA rule."""
+        """What _native_step does for native code at pc: a named frame (not unknown) that is a thread's
+        root (rule _ROOT), or is stepped with its CFA rule, or with frame pointers where there is no CFI
+        (rule None)."""
         plan: tuple = _UNPLANNED
         frame, is_root = self._native_frame(lookup_pc, pc)
-        if not is_root and frame.frames[0].kind is not FrameKind.UNKNOWN:
+        if frame.frames[0].kind is FrameKind.UNKNOWN:
+            pass
+        elif is_root:
+            plan = (frame, _ROOT)
+        else:
             rule = self._cfi_rule(lookup_pc)
-            if rule is not None and rule.kind in (cfi.CFA_RSP, cfi.CFA_RBP, cfi.CFA_PLT):
+            if rule is not None and rule.kind == cfi.ROOT:
+                plan = (frame, _ROOT)
+            elif rule is None or rule.kind in (cfi.CFA_RSP, cfi.CFA_RBP, cfi.CFA_PLT):
                 plan = (frame, rule)
         return _bounded_put(self._native_plans, key, plan)
 
@@ -821,6 +844,7 @@ class Unwinder:
 
 
 _UNPLANNED: tuple = ("unplanned",)   # a planned-step entry: this pc's step is _step's to decide
+_ROOT = object()     # a planned native step: the stack's root end
 MAX_PLANS = 200_000
 
 
