@@ -71,7 +71,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def daemon_point(jvms: int, seconds: float, rate: int) -> dict:
+def daemon_point(jvms: int, seconds: float, rate: int, root: Path = ROOT) -> dict:
+    """`pyprof daemon` (of the checkout in `root`) over `jvms` servers: its CPU after 10 s of start-up,
+    i.e. with warm caches, per sample of the windows it logged."""
     servers = [start_server(2, 2, 0) for _ in range(jvms)]
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -79,7 +81,7 @@ def daemon_point(jvms: int, seconds: float, rate: int) -> dict:
                    "--interval", str(seconds / 2), "--rate", str(rate)]
             for s in servers:
                 cmd += ["--pid", str(s.pid)]
-            daemon = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True,
+            daemon = subprocess.Popen(cmd, cwd=root, stderr=subprocess.PIPE, text=True,
                                       stdin=subprocess.DEVNULL)
             time.sleep(10)                   # start-up and discovery: not part of the steady cost
             cpu0 = cpu_seconds(daemon.pid)
@@ -87,8 +89,15 @@ def daemon_point(jvms: int, seconds: float, rate: int) -> dict:
             cpu = cpu_seconds(daemon.pid) - cpu0
             daemon.send_signal(signal.SIGTERM)
             _, err = daemon.communicate(timeout=60)
-            samples = sum(int(part.split("=")[1]) for line in err.splitlines() if " window " in line
-                          for part in line.split() if part.startswith("samples="))
+            # the first window of each JVM holds the start-up seconds the CPU figure leaves out
+            samples, seen = 0, set()
+            for line in err.splitlines():
+                if " window " not in line:
+                    continue
+                fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+                if fields.get("pid") in seen:
+                    samples += int(fields.get("samples", 0))
+                seen.add(fields.get("pid"))
         return {"jvms": jvms, "steady_cpu_s": round(cpu, 3), "samples_total": samples}
     finally:
         for s in servers:
@@ -151,12 +160,15 @@ def main() -> None:
                 server.kill()
     if "jvms" in axes:
         print("# JVMs in one daemon (2 workers + 2 clients each), 49 Hz")
+        trees = [("", ROOT)] if cmp is None else [(" old", cmp), (" new", ROOT)]
         for jvms in (1, 2, 4):
-            d = daemon_point(jvms, t, 49)
-            per_sample = 1e6 * d["steady_cpu_s"] / d["samples_total"] if d["samples_total"] else float("nan")
-            print(f"{jvms} JVMs             {d['samples_total']:>7} samples  pyprof CPU "
-                  f"{d['steady_cpu_s']:6.2f} s = {100 * d['steady_cpu_s'] / t:5.1f} % of a core, "
-                  f"{per_sample:6.0f} us/sample (all-in)")
+            for name, root in trees:
+                d = daemon_point(jvms, t, 49, root)
+                samples = d["samples_total"]
+                per_sample = 1e6 * d["steady_cpu_s"] / samples if samples else float("nan")
+                print(f"{jvms} JVMs{name:<12} {d['samples_total']:>7} samples  pyprof CPU "
+                      f"{d['steady_cpu_s']:6.2f} s = {100 * d['steady_cpu_s'] / t:5.1f} % of a core, "
+                      f"{per_sample:6.0f} us/sample (all-in, warm)", flush=True)
 
 
 if __name__ == "__main__":
