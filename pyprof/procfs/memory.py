@@ -2,7 +2,8 @@
 
 The target's memory is untrusted input: every read has a size bound, every failure is a MemoryReadError
 (which callers turn into a counted "unknown", never a crash). /proc/PID/mem with pread never stops the
-target (no ptrace attach).
+target (no ptrace attach); nor does process_vm_readv, which batches many small reads into one system call
+(ProcessMemory.read_many).
 """
 
 from __future__ import annotations
