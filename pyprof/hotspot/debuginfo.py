@@ -140,6 +140,10 @@ class DebugInfo:
             "pc -> inlining chain", 200_000)
         self._lines: LRUCache[int, Optional[list[tuple[int, int]]]] = LRUCache(
             "ConstMethod* -> lines", 200_000)
+        # (nmethod, compile id, scope offset) -> chain: the many pcs a top frame lands on between two
+        # PcDescs share the nearest one's scope, decoded once
+        self._scope_chains: LRUCache[tuple[int, int, int], tuple[JavaScope, ...]] = LRUCache(
+            "scope -> inlining chain", 200_000)
         # (nmethod, compile id) -> its scope stream and metadata array, read whole when the nmethod is
         # first decoded (two reads instead of two per scope of every new pc); None when too large
         self._bulk: LRUCache[tuple[int, int], Optional[tuple[bytes, bytes]]] = LRUCache(
@@ -202,6 +206,14 @@ class DebugInfo:
     def _decode_chain(self, blob: CodeBlobInfo, pc_offset: int) -> tuple[JavaScope, ...]:
         offsets, scopes, ranges = self._pcdesc_table(blob)
         scope_offset = nearest_scope(offsets, scopes, pc_offset)
+        key = (blob.address, blob.compile_id, scope_offset)
+        chain = self._scope_chains.get(key)
+        if chain is None:
+            chain = self._scope_chains.put(key, self._decode_scopes(blob, ranges, scope_offset))
+        return chain
+
+    def _decode_scopes(self, blob: CodeBlobInfo, ranges: DebugRanges, scope_offset: int
+                       ) -> tuple[JavaScope, ...]:
         bulk = self._bulk_data(blob, ranges) if scope_offset > 0 else None
         chain: list[JavaScope] = []
         for _ in range(MAX_SCOPES):
