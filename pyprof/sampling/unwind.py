@@ -193,7 +193,7 @@ class Unwinder:
         self._validated_methods: dict[int, tuple[int, int, MethodInfo]] = {}
         self._trap_ips: set[int] = set()    # kernel pcs in a breakpoint handler (BREAKPOINT_HANDLERS)
         # (pc, Method*, ConstMethod*, bcp, metadata generation) -> interpreted frame: the line lookup and
-        # the frame object once per position (the Method* is still re-validated per sample by the resolver)
+        # the frame object once per position (the Method* itself is validated by _method)
         self._interpreted_frames: LRUCache[tuple[int, int, int, int, int], PhysicalFrame] = LRUCache(
             "interpreter position -> frame", 200_000)
 
@@ -267,10 +267,9 @@ class Unwinder:
         pc (per nmethod and compile id, per top or caller frame) and reused; the words read and the
         cursor built are exactly _step's. None: not such a frame, a top frame whose caller does not
         check out, or a walk that goes on at the anchor; _step decides (every other case and failure)."""
-        if cur.top:
-            if not cur.blob_known:
-                cur.blob = self.lookup_blob(cur.pc, time_ns)
-                cur.blob_known = True
+        if not cur.blob_known:       # the top frame (the walk looks up every caller's blob)
+            cur.blob = self.lookup_blob(cur.pc, time_ns)
+            cur.blob_known = True
         blob = cur.blob
         if blob is None:
             key = cur.pc if not cur.top else (cur.pc, cur.after_trap)
