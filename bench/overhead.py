@@ -9,7 +9,10 @@ Printed: throughput ratio profiled / unprofiled per rate, pyprof's CPU per sampl
 attach's own --json summary: CPU after start-up / samples), its start-up CPU, peak RSS, and the time from
 `attach` to the first sample.
 
-    .venv/bin/python bench/overhead.py [--jdk 17|21|25] [--rounds 3] [--window 10]
+`--compare DIR` profiles each window twice more, with the pyprof checkout in DIR (e.g. of main) and
+with this one in turn, and prints both: before/after in one run.
+
+    .venv/bin/python bench/overhead.py [--jdk 17|21|25] [--rounds 3] [--window 10] [--compare DIR]
 """
 
 from __future__ import annotations
@@ -59,11 +62,11 @@ def start_workload(jdk: int) -> subprocess.Popen:
     return proc
 
 
-def profiled_window(pid: int, rate: int, seconds: float, log: ThroughputLog) -> dict:
+def profiled_window(pid: int, rate: int, seconds: float, log: ThroughputLog, root: Path = ROOT) -> dict:
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "pyprof.cli.main", "attach", str(pid), "-d", str(seconds),
                            "-r", str(rate), "-o", "/tmp/pyprof-bench.pb.gz", "--json"],
-                          capture_output=True, text=True, cwd=ROOT, check=True)
+                          capture_output=True, text=True, cwd=root, check=True)
     ended = time.monotonic()
     summary = json.loads(done.stdout)
     sampling_from = started + summary["startup_s"] + 0.5
@@ -78,21 +81,24 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--window", type=float, default=10.0, help="seconds per window")
     parser.add_argument("--rates", default="99,999")
+    parser.add_argument("--compare", type=Path, help="another pyprof checkout, profiled in turn with ours")
     args = parser.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
+    trees = [("", ROOT)] if args.compare is None else [(" old", args.compare), (" new", ROOT)]
 
     proc = start_workload(args.jdk)
     log = ThroughputLog(proc)
     time.sleep(3)  # let the throughput settle after warm-up
     baseline: list[float] = []
-    runs: dict[int, list[dict]] = {r: [] for r in rates}
+    runs: dict[tuple[int, str], list[dict]] = {(r, name): [] for r in rates for name, _ in trees}
     try:
         for _ in range(args.rounds):
             for rate in rates:
                 start = time.monotonic()
                 time.sleep(args.window)
                 baseline.append(log.mean(start + 0.5, time.monotonic()))
-                runs[rate].append(profiled_window(proc.pid, rate, args.window, log))
+                for name, root in trees:
+                    runs[(rate, name)].append(profiled_window(proc.pid, rate, args.window, log, root))
         start = time.monotonic()
         time.sleep(args.window)
         baseline.append(log.mean(start + 0.5, time.monotonic()))
@@ -101,11 +107,12 @@ def main() -> None:
     base = statistics.median(baseline)
     print(f"JDK {args.jdk}, Throughput workload, {args.rounds} rounds of {args.window:.0f} s windows, "
           f"unprofiled median {base:,.0f} ops/s")
-    print(f"{'rate':>6} {'ratio':>7} {'samples':>8} {'lost':>5} {'us/sample':>10} {'startup cpu':>12} "
+    print(f"{'rate':>10} {'ratio':>7} {'samples':>8} {'lost':>5} {'us/sample':>10} {'startup cpu':>12} "
           f"{'first sample':>13} {'peak RSS':>9} {'unknown %':>9}")
-    for rate, results in runs.items():
+    for (rate, name), results in runs.items():
         ratio = statistics.median(r["throughput"] for r in results) / base
-        print(f"{rate:>6} {ratio:>7.3f} {statistics.median(r['samples'] for r in results):>8.0f} "
+        label = f"{rate}{name}"
+        print(f"{label:>10} {ratio:>7.3f} {statistics.median(r['samples'] for r in results):>8.0f} "
               f"{sum(r['lost'] for r in results):>5} "
               f"{statistics.median(r['cpu_us_per_sample'] for r in results):>10.1f} "
               f"{statistics.median(r['startup_cpu_s'] for r in results):>11.2f}s "

@@ -99,6 +99,17 @@ class StackKey(_HashedOnce):
     def _hash_fields(self) -> tuple:
         return self.frames, self.thread_name, self.tid, self.labels
 
+    @classmethod
+    def of(cls, frames: tuple[PhysicalFrame, ...], thread_name: str, tid: int,
+           labels: tuple[tuple[str, str], ...] = ()) -> StackKey:
+        """StackKey(...) for the per-sample hot path: the same object, filled through its __dict__
+        instead of the frozen dataclass's field-by-field __init__."""
+        key = object.__new__(cls)
+        object.__setattr__(key, "__dict__", {"frames": frames, "thread_name": thread_name, "tid": tid,
+                                             "labels": labels,
+                                             "_hash": hash((frames, thread_name, tid, labels))})
+        return key
+
     @property
     def virtual_thread(self) -> Optional[str]:
         """The virtual thread's name (or `#<id>`) when a virtual thread was mounted, else None."""

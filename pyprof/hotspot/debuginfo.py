@@ -33,6 +33,7 @@ MAX_SCOPE_BYTES = 8 << 20
 MAX_LINE_TABLE = 64 << 10
 MAX_METADATA = 1 << 20
 SCOPE_READ = 32            # bytes of scope stream read per scope record (3 ints of <= 5 bytes each)
+BULK_DEBUG_BYTES = 32 << 10    # an nmethod's scopes and metadata up to this size are read in one go each
 _PCDESC = struct.Struct("<iiii")
 SYNCHRONIZATION_ENTRY_BCI = -1
 
@@ -139,6 +140,14 @@ class DebugInfo:
             "pc -> inlining chain", 200_000)
         self._lines: LRUCache[int, Optional[list[tuple[int, int]]]] = LRUCache(
             "ConstMethod* -> lines", 200_000)
+        # (nmethod, compile id, scope offset) -> chain: the many pcs a top frame lands on between two
+        # PcDescs share the nearest one's scope, decoded once
+        self._scope_chains: LRUCache[tuple[int, int, int], tuple[JavaScope, ...]] = LRUCache(
+            "scope -> inlining chain", 200_000)
+        # (nmethod, compile id) -> its scope stream and metadata array, read whole when the nmethod is
+        # first decoded (two reads instead of two per scope of every new pc); None when too large
+        self._bulk: LRUCache[tuple[int, int], Optional[tuple[bytes, bytes]]] = LRUCache(
+            "nmethod -> scopes and metadata", 1_024)   # at most 64 MiB, typically a few
         self._generation = resolver.generation
         self.failures = 0
         self.available = layout.supports("debug info")
@@ -197,11 +206,20 @@ class DebugInfo:
     def _decode_chain(self, blob: CodeBlobInfo, pc_offset: int) -> tuple[JavaScope, ...]:
         offsets, scopes, ranges = self._pcdesc_table(blob)
         scope_offset = nearest_scope(offsets, scopes, pc_offset)
+        key = (blob.address, blob.compile_id, scope_offset)
+        chain = self._scope_chains.get(key)
+        if chain is None:
+            chain = self._scope_chains.put(key, self._decode_scopes(blob, ranges, scope_offset))
+        return chain
+
+    def _decode_scopes(self, blob: CodeBlobInfo, ranges: DebugRanges, scope_offset: int
+                       ) -> tuple[JavaScope, ...]:
+        bulk = self._bulk_data(blob, ranges) if scope_offset > 0 else None
         chain: list[JavaScope] = []
         for _ in range(MAX_SCOPES):
             if scope_offset <= 0:   # serialized_null: no (more) scopes
                 break
-            sender, method_ptr, bci = self._read_scope(ranges, scope_offset)
+            sender, method_ptr, bci = self._read_scope(ranges, scope_offset, bulk)
             info = self.resolver.resolve(method_ptr)
             chain.append(JavaScope(info, method_ptr, bci, self.line_of(info, bci)))
             if sender >= scope_offset:   # senders are written before their callees: must go back
@@ -209,11 +227,33 @@ class DebugInfo:
             scope_offset = sender
         return tuple(chain)
 
-    def _read_scope(self, ranges: DebugRanges, offset: int) -> tuple[int, int, int]:
+    def _bulk_data(self, blob: CodeBlobInfo, ranges: DebugRanges) -> Optional[tuple[bytes, bytes]]:
+        """The nmethod's whole scope stream and metadata array, read once (bounded); None when either is
+        larger than BULK_DEBUG_BYTES or unreadable as a whole (then each scope is read on its own)."""
+        key = (blob.address, blob.compile_id)
+        found, bulk = self._bulk.lookup(key)
+        if found:
+            return bulk
+        scopes_size = ranges.scopes_end - ranges.scopes_begin
+        meta_size = ranges.metadata_end - ranges.metadata_begin
+        bulk = None
+        if 0 < scopes_size <= BULK_DEBUG_BYTES and 0 < meta_size <= BULK_DEBUG_BYTES:
+            try:
+                bulk = (self.r.bytes(ranges.scopes_begin, scopes_size),
+                        self.r.bytes(ranges.metadata_begin, meta_size))
+            except MemoryReadError:
+                bulk = None
+        return self._bulk.put(key, bulk)
+
+    def _read_scope(self, ranges: DebugRanges, offset: int, bulk: Optional[tuple[bytes, bytes]] = None
+                    ) -> tuple[int, int, int]:
         address = ranges.scopes_begin + offset
         if not ranges.scopes_begin <= address < ranges.scopes_begin + MAX_SCOPE_BYTES:
             raise MemoryReadError("scope offset out of range")
-        data = self.r.bytes(address, SCOPE_READ)
+        if bulk is not None and offset + SCOPE_READ <= len(bulk[0]):
+            data = bulk[0][offset:offset + SCOPE_READ]
+        else:
+            data = self.r.bytes(address, SCOPE_READ)
         x1 = ranges.unsigned5_excludes_zero
         sender, pos = read_unsigned5(data, 0, x1)
         index, pos = read_unsigned5(data, pos, x1)
@@ -221,7 +261,11 @@ class DebugInfo:
         count = (ranges.metadata_end - ranges.metadata_begin) // 8
         if not 0 < index <= min(count, MAX_METADATA):
             raise MemoryReadError(f"metadata index {index} outside 1..{count}")
-        method_ptr = self.r.ptr(ranges.metadata_begin + 8 * (index - 1))
+        slot = 8 * (index - 1)
+        if bulk is not None and slot + 8 <= len(bulk[1]):
+            method_ptr = int.from_bytes(bulk[1][slot:slot + 8], "little")
+        else:
+            method_ptr = self.r.ptr(ranges.metadata_begin + slot)
         return sender, method_ptr, _as_int32(bci_plus_1) - 1
 
     # ---- line numbers ----------------------------------------------------------------------------

@@ -85,22 +85,31 @@ class JavaThreads:
         seen before (when the list changes, a JavaThread* of an exited thread may have been reused)."""
         lay = self.lay
         by_ns_tid: dict[int, int] = {}
-        for thread in threads:
-            try:
-                osthread = self.r.ptr(thread + lay.offset("JavaThread._osthread"))
-                tid = self.r.i32(osthread + lay.offset("OSThread._thread_id"))
-            except MemoryReadError:
-                continue
-            if tid > 0:
+        # two batched reads for the whole list (a server's thousands of threads: a few system calls,
+        # not two preads per thread each time one thread starts or ends)
+        osthreads = self.r.many([thread + lay.offset("JavaThread._osthread") for thread in threads], 8)
+        readable = [(thread, osthread) for thread, osthread in zip(threads, osthreads) if osthread]
+        tids = self.r.many([osthread + lay.offset("OSThread._thread_id") for _, osthread in readable], 4,
+                           signed=True)
+        for (thread, _), tid in zip(readable, tids):
+            if tid is not None and tid > 0:
                 by_ns_tid[tid] = thread
         by_tid = self._to_host_tids(by_ns_tid) if self._namespaced else by_ns_tid
         bases = {tid: self._stack_bases[tid] for tid, thread in by_tid.items()
                  if self._tid_of.get(thread) == tid and tid in self._stack_bases}
         bases.update(self._read_stack_bases({tid: t for tid, t in by_tid.items() if tid not in bases}))
+        # a thread seen before (same JavaThread*, same tid) keeps its addresses: the anchor's are fixed
+        # offsets, and its _vthread/_threadObj slots stay put for its life once set. Only new threads
+        # (and ones whose slots were not set yet) are read.
+        old = self._anchors
+        kept = {tid for tid, thread in by_tid.items()
+                if self._tid_of.get(thread) == tid and tid in old and old[tid][3] == bases.get(tid, 0)
+                and (not self.virtual_threads or old[tid][4])}
         self._by_tid = by_tid
         self._tid_of = {thread: tid for tid, thread in by_tid.items()}
         self._stack_bases = bases
-        self._anchors = {tid: (*self._anchor_fields(thread), bases.get(tid, 0), *self._vthread_slots(thread))
+        self._anchors = {tid: old[tid] if tid in kept else
+                         (*self._anchor_fields(thread), bases.get(tid, 0), *self._vthread_slots(thread))
                          for tid, thread in by_tid.items()}
         self.changes += 1
 

@@ -84,20 +84,43 @@ def ringbuf_pages(rate_hz: int, record_bytes: int, cpus: int, seconds: float = R
     return max(MIN_RINGBUF_PAGES, min(MAX_RINGBUF_PAGES, pages))
 
 
+_KSTACK_STRUCTS = [struct.Struct(f"<{n}Q") for n in range(KSTACK_DEPTH + 1)]
+_FIXED = ctypes.c_char * _STACK_OFFSET
+
+
+def _copy(address: int, size: int) -> bytes:
+    """`size` bytes at `address` (a ctypes array's .raw: a third of ctypes.string_at's cost; the array
+    types are cached by ctypes)."""
+    return (ctypes.c_char * size).from_address(address).raw
+
+
 def decode_sample(data: int, size: int) -> RawSample:
-    """A ring-buffer record (at address `data`) -> RawSample, copying only what the program filled."""
-    head = ctypes.string_at(data, _HEADER.size)
+    """A ring-buffer record (at address `data`) -> RawSample, copying only what the program filled.
+
+    On the hot path (every sample): the header and kernel stack come in one copy, and the frozen
+    RawSample is filled through its __dict__ (its generated __init__ sets 20 fields one object.__setattr__
+    at a time, which cost as much as the rest of the decode)."""
+    if size >= _STACK_OFFSET:
+        fixed = _FIXED.from_address(data).raw
+    else:   # never from bpf/sampler.c (fixed-size records); read no further than the record
+        fixed = _copy(data, max(size, 0)) + bytes(_STACK_OFFSET - max(size, 0))
     (time_ns, tid, cpu, ip, sp, bp, r13, stack_len, kstack_len, flags, pid, anchor_sp, anchor_pc,
-     anchor_fp, vthread, vthread_tid, event, state, weight, detail, comm) = _HEADER.unpack(head)
+     anchor_fp, vthread, vthread_tid, event, state, weight, detail, comm) = _HEADER.unpack_from(fixed)
     kstack_len = min(kstack_len, 8 * KSTACK_DEPTH) & ~7
     stack_len = min(stack_len, max(0, size - _STACK_OFFSET))
     kernel_ips: tuple[int, ...] = ()
     if kstack_len:
-        raw = ctypes.string_at(data + _KSTACK_OFFSET, kstack_len)
-        kernel_ips = tuple(ip for ip in struct.unpack(f"<{kstack_len // 8}Q", raw) if ip)
-    stack = ctypes.string_at(data + _STACK_OFFSET, stack_len) if stack_len else b""
-    return RawSample(time_ns, tid, cpu, ip, sp, bp, r13, flags, kernel_ips, stack, anchor_sp, anchor_pc,
-                     anchor_fp, pid, vthread, vthread_tid, event, state, weight, detail, comm)
+        kernel_ips = tuple(pc for pc in _KSTACK_STRUCTS[kstack_len // 8].unpack_from(fixed, _KSTACK_OFFSET)
+                           if pc)
+    sample = object.__new__(RawSample)
+    object.__setattr__(sample, "__dict__", {
+        "time_ns": time_ns, "tid": tid, "cpu": cpu, "ip": ip, "sp": sp, "bp": bp, "r13": r13,
+        "flags": flags, "kernel_ips": kernel_ips,
+        "stack": _copy(data + _STACK_OFFSET, stack_len) if stack_len else b"",
+        "anchor_sp": anchor_sp, "anchor_pc": anchor_pc, "anchor_fp": anchor_fp, "pid": pid,
+        "vthread": vthread, "vthread_tid": vthread_tid, "event": event, "state": state, "weight": weight,
+        "detail": detail, "comm": comm})
+    return sample
 
 
 class Sampler:

@@ -18,6 +18,8 @@ be above the callee's), and a frame that cannot be named becomes a counted `[unk
 
 from __future__ import annotations
 
+import struct
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol
@@ -41,6 +43,7 @@ WEAK, STRONG = 1, 2             # how sure a candidate return address is (Unwind
 OVERLAP = 1024                  # bytes at the end of the copy compared with live memory before using it
 MAX_STACK_SPAN = 64 << 20       # a Java thread's stack is at most this deep (-Xss caps at 1 GiB; 64 MiB is
                                 # generous): an anchor further away than that is garbage
+_U64 = struct.Struct("<Q")
 
 
 class StackSample(Protocol):
@@ -111,16 +114,25 @@ TRUNCATED_FRAME = PhysicalFrame(
     0, (LogicalFrame("[truncated]", FrameKind.UNKNOWN, "stack deeper than read"),))
 
 
-@dataclass
 class _Cursor:
-    pc: int
-    sp: int
-    fp: int
-    top: bool = True
-    trusted: bool = False    # from the JavaThread's anchor: HotSpot's own record, no return address
-    after_trap: bool = False  # the sample came while the kernel handled a breakpoint (int3) at pc - 1
-    blob: Optional[CodeBlobInfo] = None   # the code blob at pc, when already looked up (blob_known)
-    blob_known: bool = False
+    """Where the walk is: one per frame of every sample, so a plain slotted class (a dataclass's
+    generated __init__ and attribute dict cost measurably on the hot path)."""
+
+    __slots__ = ("pc", "sp", "fp", "top", "trusted", "after_trap", "blob", "blob_known")
+
+    def __init__(self, pc: int, sp: int, fp: int, top: bool = True, trusted: bool = False,
+                 after_trap: bool = False) -> None:
+        self.pc = pc
+        self.sp = sp
+        self.fp = fp
+        self.top = top
+        self.trusted = trusted    # from the JavaThread's anchor: HotSpot's own record, no return address
+        self.after_trap = after_trap    # the sample came while the kernel handled a breakpoint at pc - 1
+        self.blob: Optional[CodeBlobInfo] = None   # the code blob at pc, when already looked up (blob_known)
+        self.blob_known = False
+
+    def __repr__(self) -> str:
+        return f"_Cursor(pc=0x{self.pc:x}, sp=0x{self.sp:x}, fp=0x{self.fp:x}, top={self.top})"
 
 
 class _Walk:
@@ -172,6 +184,18 @@ class Unwinder:
         self._kernel_frames: LRUCache[int, PhysicalFrame] = LRUCache("pc -> kernel frame", 100_000)
         self._method_frames: LRUCache[tuple[int, FrameKind, int, bool], LogicalFrame] = LRUCache(
             "method -> logical frame", 500_000)
+        self._native_code: LRUCache[int, bool] = LRUCache("pc -> in native code", 200_000)
+        # planned steps (_planned_step): plain dicts, cleared when full (they refill from the pcs hit)
+        self._java_plans: dict[tuple[int, int, int, bool], tuple] = {}
+        self._native_plans: dict[object, tuple] = {}     # pc (a caller's), or (pc, after a trap) at the top
+        self._accepted_callers: dict[tuple[int, int, int], bool] = {}   # nmethod call sites seen
+        # Method* -> (validated at, in CLOCK_MONOTONIC ns like sample times; metadata generation; method)
+        self._validated_methods: dict[int, tuple[int, int, MethodInfo]] = {}
+        self._trap_ips: set[int] = set()    # kernel pcs in a breakpoint handler (BREAKPOINT_HANDLERS)
+        # (pc, Method*, ConstMethod*, bcp, metadata generation) -> interpreted frame: the line lookup and
+        # the frame object once per position (the Method* itself is validated by _method)
+        self._interpreted_frames: LRUCache[tuple[int, int, int, int, int], PhysicalFrame] = LRUCache(
+            "interpreter position -> frame", 200_000)
 
     def _static_pointer(self, key: str) -> int:
         try:
@@ -183,14 +207,15 @@ class Unwinder:
     def unwind(self, sample: StackSample) -> tuple[PhysicalFrame, ...]:
         """Frames of one sample, leaf first (kernel frames, then user frames)."""
         self.stats.samples += 1
-        frames: list[PhysicalFrame] = [self._kernel_frame(ip) for ip in sample.kernel_ips]
+        known = self._kernel_frames.peek
+        frames: list[PhysicalFrame] = [known(ip) or self._kernel_frame(ip) for ip in sample.kernel_ips]
         if sample.sp == 0:
             frames.append(self.unknown_frame("no user registers"))
             self.stats.frames += len(frames)
             return tuple(frames)
         reader = _StackReader(sample, self.r, self.stats)
         walk = _Walk(sample)
-        trap = any(f.frames[0].name in BREAKPOINT_HANDLERS for f in frames)
+        trap = bool(self._trap_ips) and not self._trap_ips.isdisjoint(sample.kernel_ips)
         cursor: Optional[_Cursor] = _Cursor(sample.ip, sample.sp, sample.bp, after_trap=trap)
         for _ in range(MAX_DEPTH):
             if cursor is None:
@@ -200,7 +225,8 @@ class Unwinder:
                 break
             if walk.anchor is not None and not cursor.top and cursor.sp >= walk.anchor.sp:
                 walk.anchor = None     # the walk is past the anchored frame: the anchor cannot help any more
-            frame, nxt = self._step(cursor, reader, sample, walk)
+            stepped = self._planned_step(cursor, reader, walk, sample.time_ns)
+            frame, nxt = stepped if stepped is not None else self._step(cursor, reader, sample, walk)
             frames.append(frame)
             if walk.reached_root or nxt is None:
                 break
@@ -231,6 +257,104 @@ class Unwinder:
         self._count(sample, frames, walk)
         return tuple(frames)
 
+    # ---- planned steps: a frame seen before is one dict lookup -------------------------------------
+    def _planned_step(self, cur: _Cursor, reader: _StackReader, walk: _Walk, time_ns: int
+                      ) -> Optional[tuple[PhysicalFrame, Optional[_Cursor]]]:
+        """The step from a frame whose pc was stepped from before, when its kind of step needs nothing
+        but its pc: a compiled frame with a frame size (in the top frame: the prologue or epilogue slot
+        too), the call stub's return, or native code with a CFI rule or frame pointers (where a pending
+        anchor would take over, _step does it). The frame and the step's constants are planned once per
+        pc (per nmethod and compile id, per top or caller frame) and reused; the words read and the
+        cursor built are exactly _step's. None: not such a frame, a top frame whose caller does not
+        check out, or a walk that goes on at the anchor; _step decides (every other case and failure)."""
+        if not cur.blob_known:       # the top frame (the walk looks up every caller's blob)
+            cur.blob = self.lookup_blob(cur.pc, time_ns)
+            cur.blob_known = True
+        blob = cur.blob
+        if blob is None:
+            key = cur.pc if not cur.top else (cur.pc, cur.after_trap)
+            plan = self._native_plans.get(key)
+            if plan is None:
+                lookup_pc = cur.pc - 1 if not cur.top or cur.after_trap else cur.pc
+                plan = self._plan_native(key, lookup_pc, cur.pc)
+            if plan is _UNPLANNED:
+                return None
+            frame, rule = plan
+            if rule is _ROOT:
+                walk.reached_root = True    # the thread's entry function, or CFI without a return address
+                return frame, None
+            nxt = self._cfi_step(rule, cur, reader) if rule is not None else self._fp_step(cur, reader)
+            if walk.anchor is not None and self._leaves_native(nxt, walk, time_ns):
+                return None     # _step goes on at the anchor
+            if rule is None:
+                self.stats.fp_steps += 1
+            elif nxt is not None:
+                self.stats.cfi_steps += 1
+            return frame, nxt
+        key = (cur.pc, blob.address, blob.compile_id, cur.top)
+        plan = self._java_plans.get(key)
+        if plan is None:
+            plan = self._plan_java(cur, blob, key)
+        if plan is _UNPLANNED:
+            return None
+        frame, frame_bytes, is_java, slot = plan
+        if not frame_bytes:
+            # the call stub's return: an rbp frame, whatever the pc's frame size (_java_step)
+            if is_java:
+                walk.saw_java = True
+            return frame, self._fp_step(cur, reader)
+        if slot is not None:
+            # the top frame's prologue or epilogue: the return address is `slot` words above sp
+            ret = reader.word(cur.sp + WORD * slot)
+            nxt = _Cursor(ret, cur.sp + WORD * (slot + 1), cur.fp, top=False) if ret else None
+        else:
+            sender_sp = cur.sp + frame_bytes
+            ret = reader.word(sender_sp - WORD)
+            saved_fp = reader.word(sender_sp - 2 * WORD)
+            if ret is None:
+                nxt = None
+            else:
+                nxt = _Cursor(ret, sender_sp, saved_fp if saved_fp is not None else cur.fp, top=False)
+        if cur.top and nxt is not None and not self._return_strength(nxt.pc, time_ns):
+            return None     # _java_step looks for another caller
+        if is_java:
+            walk.saw_java = True
+        return frame, nxt
+
+    def _plan_java(self, cur: _Cursor, blob: CodeBlobInfo, key: tuple[int, int, int, bool]) -> tuple:
+        """What _java_step does at pc when that needs nothing but the pc: a sized step (frame bytes > 0),
+        or the call stub's return (frame bytes 0: an rbp frame). Not the interpreter, not a deoptimized
+        caller frame (at its deopt handler), not stubs without a frame size."""
+        pc = cur.pc
+        plan: tuple = _UNPLANNED
+        if blob.kind is BlobKind.INTERPRETER or \
+                (not cur.top and blob.is_nmethod and blob.deopt_handler and pc == blob.deopt_handler):
+            pass
+        elif pc == self.call_stub_return:
+            plan = (self._compiled_frame(blob, pc), 0, blob.is_nmethod, None)
+        elif blob.frame_size > 0:
+            slot = self._partial_frame_slot(blob, pc) if cur.top else None
+            plan = (self._compiled_frame(blob, pc), WORD * blob.frame_size, blob.is_nmethod, slot)
+        return _bounded_put(self._java_plans, key, plan)
+
+    def _plan_native(self, key: object, lookup_pc: int, pc: int) -> tuple:
+        """What _native_step does for native code at pc: a named frame (not unknown) that is a thread's
+        root (rule _ROOT), or is stepped with its CFA rule, or with frame pointers where there is no CFI
+        (rule None)."""
+        plan: tuple = _UNPLANNED
+        frame, is_root = self._native_frame(lookup_pc, pc)
+        if frame.frames[0].kind is FrameKind.UNKNOWN:
+            pass
+        elif is_root:
+            plan = (frame, _ROOT)
+        else:
+            rule = self._cfi_rule(lookup_pc)
+            if rule is not None and rule.kind == cfi.ROOT:
+                plan = (frame, _ROOT)
+            elif rule is None or rule.kind in (cfi.CFA_RSP, cfi.CFA_RBP, cfi.CFA_PLT):
+                plan = (frame, rule)
+        return _bounded_put(self._native_plans, key, plan)
+
     def _step(self, cursor: _Cursor, reader: _StackReader, sample: StackSample, walk: _Walk
               ) -> tuple[PhysicalFrame, Optional[_Cursor]]:
         blob = cursor.blob if cursor.blob_known else self.lookup_blob(cursor.pc, sample.time_ns)
@@ -259,7 +383,16 @@ class Unwinder:
         return self.lookup_blob(nxt.pc, time_ns) is None and not self._is_native_code(nxt.pc)
 
     def _is_native_code(self, pc: int) -> bool:
-        return self.natives is not None and self.natives.symbolize(pc) is not None
+        """Is pc in a mapped native file? Memoized when it is (a mapping does not move; a pc that is in
+        none is asked again: a library may be mapped since)."""
+        if self.natives is None:
+            return False
+        if self._native_code.get(pc):
+            return True
+        if self.natives.symbolize(pc) is None:
+            return False
+        self._native_code.put(pc, True)
+        return True
 
     def _mark_truncated(self, frames: list[PhysicalFrame]) -> None:
         """A walk that went on beyond the copy (in live memory, which the thread has changed since the
@@ -382,10 +515,17 @@ class Unwinder:
 
     # ---- is a return address real? ---------------------------------------------------------------
     def _accept_caller(self, pc: int, time_ns: int, blob: Optional[CodeBlobInfo]) -> bool:
-        """A caller in compiled Java code is accepted only at one of its call sites."""
-        if blob is None or not blob.is_nmethod:
+        """A caller in compiled Java code is accepted only at one of its call sites (remembered per
+        nmethod and compile id once accepted: a call site stays one)."""
+        if blob is None or blob.kind is not BlobKind.NMETHOD:
             return True
-        return self._return_strength(pc, time_ns, blob) > 0
+        key = (pc, blob.address, blob.compile_id)
+        if key in self._accepted_callers:
+            return True
+        if self._return_strength(pc, time_ns, blob) > 0:
+            _bounded_put(self._accepted_callers, key, True)
+            return True
+        return False
 
     def _return_strength(self, pc: int, time_ns: int, blob: Optional[CodeBlobInfo] = None) -> int:
         """How sure is it that `pc` is a return address: STRONG at a call site of an nmethod (a PcDesc
@@ -515,7 +655,7 @@ class Unwinder:
         if fp <= cur.sp or fp - cur.sp > MAX_FRAME_BYTES:
             return self.unknown_frame("interpreter frame without frame pointer"), None
         method = reader.word(fp + self.slot_method)
-        info = self._method(method) if method else None
+        info = self._method(method, sample.time_ns) if method else None
         if info is None and cur.top:
             # the interpreter's method entry, whose frame (and Method* slot) is not built yet: known code,
             # unknown method, as async-profiler shows it. rbp is still the caller's (perhaps compiled code,
@@ -526,9 +666,7 @@ class Unwinder:
         else:
             # In the top frame the live bcp is in r13; deeper frames saved it in their bcp slot.
             bcp = sample.r13 if cur.top else reader.word(fp + self.slot_bcp)
-            bci = self.debug.bci_of_bcp(info, bcp) if bcp else -1
-            line = self.debug.line_of(info, bci) if bci >= 0 else 0
-            frame = self._java_frame(cur.pc, method, info, FrameKind.INTERPRETED, line)
+            frame = self._interpreted_frame(cur.pc, method, info, bcp or 0)
         ret = reader.word(fp + WORD)
         saved = reader.word(fp)
         sender_sp = reader.word(fp + self.slot_sender_sp)
@@ -539,11 +677,35 @@ class Unwinder:
         sp = sender_sp if sender_sp and sender_sp > fp else fp + 2 * WORD
         return frame, _Cursor(ret, sp, saved, top=False)
 
-    def _method(self, method: int) -> Optional[MethodInfo]:
+    def _interpreted_frame(self, pc: int, method: int, info: MethodInfo, bcp: int) -> PhysicalFrame:
+        key = (pc, method, info.const_method, bcp, self.resolver.generation)
+        frame = self._interpreted_frames.get(key)
+        if frame is None:
+            bci = self.debug.bci_of_bcp(info, bcp) if bcp else -1
+            line = self.debug.line_of(info, bci) if bci >= 0 else 0
+            frame = self._interpreted_frames.put(
+                key, self._java_frame(pc, method, info, FrameKind.INTERPRETED, line))
+        return frame
+
+    def _method(self, method: int, time_ns: Optional[int] = None) -> Optional[MethodInfo]:
+        """The method behind a Method* of an interpreted frame. The resolver re-validates a Method*
+        with a read of the target (is its ConstMethod still the one cached?); a sample taken before such
+        a read learns nothing more from a read of its own (both come after it, and the earlier one is
+        nearer to it), so a validation is reused for every sample older than it: the thread roots that
+        stay interpreted forever cost one read per Method* per drained batch instead of one per frame."""
+        generation = self.resolver.generation
+        if time_ns is not None:
+            known = self._validated_methods.get(method)
+            if known is not None and time_ns <= known[0] and known[1] == generation:
+                return known[2]
         try:
-            return self.resolver.resolve(method)
+            validated_at = _monotonic_ns()
+            info = self.resolver.resolve(method)
         except MemoryReadError:
             return None
+        if time_ns is not None and self.resolver.generation == generation:
+            _bounded_put(self._validated_methods, method, (validated_at, generation, info))
+        return info
 
     # ---- frame objects (cached) ------------------------------------------------------------------
     def _compiled_frame(self, blob: CodeBlobInfo, pc: int) -> PhysicalFrame:
@@ -591,6 +753,8 @@ class Unwinder:
         frame = self._kernel_frames.get(ip)
         if frame is None:
             name = self.kernel.lookup(ip) if self.kernel is not None else None
+            if name in BREAKPOINT_HANDLERS:
+                self._trap_ips.add(ip)
             frame = self._kernel_frames.put(
                 ip, PhysicalFrame(ip, (LogicalFrame(name or f"[kernel 0x{ip:x}]", FrameKind.KERNEL),)))
         return frame
@@ -678,6 +842,23 @@ class Unwinder:
         return self._native_frames.put(pc, result)
 
 
+_UNPLANNED: tuple = ("unplanned",)   # a planned-step entry: this pc's step is _step's to decide
+_ROOT = object()     # a planned native step: the stack's root end
+MAX_PLANS = 200_000
+
+
+def _monotonic_ns() -> int:
+    """The clock of sample times (bpf_ktime_get_ns)."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+def _bounded_put(memo: dict, key, value):
+    if len(memo) >= MAX_PLANS:
+        memo.clear()
+    memo[key] = value
+    return value
+
+
 def _frameless_kind(blob: CodeBlobInfo) -> bool:
     """Stubs that never build an rbp frame: their return address is at [sp] while they run."""
     return blob.kind in (BlobKind.VTABLE, BlobKind.ADAPTER, BlobKind.METHOD_HANDLES) \
@@ -754,6 +935,7 @@ class _StackReader:
     def __init__(self, sample: StackSample, live, stats: UnwindStats) -> None:
         self.base = sample.sp
         self.stack = sample.stack
+        self.last = len(sample.stack) - WORD     # the last offset a whole word of the copy starts at
         self.live = live
         self.stats = stats
         self.live_left = LIVE_READ_LIMIT
@@ -780,8 +962,8 @@ class _StackReader:
 
     def word(self, address: int) -> Optional[int]:
         off = address - self.base
-        if 0 <= off <= len(self.stack) - WORD:
-            return int.from_bytes(self.stack[off : off + WORD], "little")
+        if 0 <= off <= self.last:
+            return _U64.unpack_from(self.stack, off)[0]
         if off < 0 or address % WORD:
             return None
         page = address - address % LIVE_CHUNK

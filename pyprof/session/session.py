@@ -150,7 +150,7 @@ class JvmTarget:
         labels: tuple[tuple[str, str], ...] = ()
         if sample.vthread:   # the virtual thread mounted on this carrier at sample time (JDK 21+)
             labels = ((VIRTUAL_THREAD_LABEL, self.virtual_names.label(sample.vthread, sample.vthread_tid)),)
-        return StackKey(frames, self.names.name(sample.tid, sample.comm), sample.tid, labels)
+        return StackKey.of(frames, self.names.name(sample.tid, sample.comm), sample.tid, labels)
 
     def close(self) -> None:
         for closer in (self.live, self.jvm):
