@@ -36,7 +36,7 @@ from pyprof.errors import MemoryReadError, UnsupportedJvm
 from pyprof.hotspot import versions
 from pyprof.hotspot.versions import BlobKind
 from pyprof.hotspot.vmstructs import VMStructs
-from pyprof.procfs.elf import ElfSymbols
+from pyprof.procfs.elf import ElfSymbols, Symbol
 from pyprof.procfs.memory import Reader
 
 __all__ = ["BlobKind", "CodeBlobHeader", "DebugRanges", "Field", "JvmVersion", "Layout", "read_version"]
@@ -680,3 +680,14 @@ class Layout:
             if value is not None:
                 return value
         return 1
+
+
+def event_probe_symbols(symbols: ElfSymbols, event: str) -> dict[str, Symbol]:
+    """The libjvm functions the uprobes of `event` ("alloc", "lock") go on: program function -> the
+    symbol this libjvm has (versions.EVENT_PROBE_SYMBOLS); functions it lacks are left out."""
+    out: dict[str, Symbol] = {}
+    for fn_name, names in versions.EVENT_PROBE_SYMBOLS[event].items():
+        found = next((s for s in map(symbols.lookup, names) if s is not None), None)
+        if found is not None:
+            out[fn_name] = found
+    return out

@@ -8,6 +8,7 @@ load error) or PermissionDenied (not root / no CAP_BPF).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -43,9 +44,23 @@ def _compile(**kwargs):
                                    f"{hint}") from e
 
 
+_LOCAL_INCLUDE = re.compile(r'^#include "([A-Za-z0-9_]+\.h)"[ \t]*$', re.MULTILINE)
+
+
+def bpf_source(filename: str) -> str:
+    """bpf/<filename> with its `#include "x.h"` of bpf/ files inlined: bcc turns only the functions of
+    the main file into programs, so an event program kept in its own header (alloc.h, lock.h, wall.h)
+    must be part of the main text to be loadable."""
+    def inline(match: re.Match) -> str:
+        header = BPF_DIR / match.group(1)
+        return header.read_text() if header.is_file() else match.group(0)   # (left to an #ifdef)
+
+    return _LOCAL_INCLUDE.sub(inline, (BPF_DIR / filename).read_text())
+
+
 def load_bpf(filename: str, cflags: Sequence[str] = ()):
     """Compile and load bpf/<filename>."""
-    return _compile(src_file=str(BPF_DIR / filename), cflags=list(cflags))
+    return _compile(text=bpf_source(filename), cflags=list(cflags))
 
 
 def load_bpf_text(text: str, cflags: Sequence[str] = ()):

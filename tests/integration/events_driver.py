@@ -1,0 +1,84 @@
+"""A test-side driver for the event programs (alloc, lock) until the session runs them (`-e alloc`).
+
+It does what ProfileSession does for CPU samples: the sampler module with the event's program compiled
+in (no cpu-clock event), a JvmTarget for the unwinder, the JavaThread anchors pushed to BPF, every
+record unwound and aggregated with the program's values and leaf frames.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from pyprof.model import FrameKind, PhysicalFrame, ProfileData, StackKey
+from pyprof.sampling.sampler import Sampler
+from pyprof.session.session import JvmTarget
+
+JAVA_KINDS = frozenset({FrameKind.INTERPRETED, FrameKind.C1, FrameKind.C2, FrameKind.INLINED,
+                        FrameKind.NATIVE_METHOD})
+
+
+@dataclass
+class EventRun:
+    profile: ProfileData
+    records: int = 0
+    raw_counters: list[int] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=dict)
+    window_s: float = 0.0
+
+
+def java_part(frames: tuple[PhysicalFrame, ...]) -> tuple[PhysicalFrame, ...]:
+    """The stack from its innermost Java frame on (the JVM's own frames under it dropped)."""
+    for i, frame in enumerate(frames):
+        if frame.frames and frame.frames[-1].kind in JAVA_KINDS:
+            return frames[i:]
+    return frames
+
+
+def run_event(pid: int, program, seconds: float, on_started=None) -> EventRun:
+    """Sample `program`'s event of JVM `pid` for `seconds`; `on_started()` is called once sampling runs
+    (the test takes its ground truth's first reading then)."""
+    target = JvmTarget.open(pid)
+    # rate_hz sizes the ring buffer only (no cpu-clock event): room for ~1000 records a poll
+    sampler = Sampler(pid, rate_hz=1000, cpu=False, programs=[program])
+    profile = ProfileData(event=program.name)
+    run = EventRun(profile)
+    try:
+        sampler.start()
+        target.threads.refresh()
+        sampler.set_java_threads(target.threads.anchor_addresses())
+        sampler.poll(0)   # drop what came before the anchors were known
+        if on_started is not None:
+            on_started()
+        started = time.monotonic()
+        deadline = started + seconds
+        while time.monotonic() < deadline:
+            for sample in sampler.poll(100):
+                target.live.poll(0)
+                _add(run, target, program, sample)
+        run.window_s = time.monotonic() - started
+        for sample in sampler.poll(0):
+            _add(run, target, program, sample)
+        run.raw_counters = sampler.raw_counters()
+        run.stats = program.stats(run.raw_counters)
+    finally:
+        sampler.close()
+        target.close()
+    return run
+
+
+def _add(run: EventRun, target: JvmTarget, program, sample) -> None:
+    key = target.stack_key(sample)
+    frames = java_part(key.frames) if getattr(program, "java_leaf_only", False) else key.frames
+    leaf = program.leaf_frames(sample, target.jvm)
+    if leaf:
+        frames = (PhysicalFrame(0, leaf),) + frames
+    count, weight = program.values(sample)
+    labels = tuple(sorted(key.labels + program.labels(sample)))
+    run.profile.add(StackKey(frames, key.thread_name, key.tid, labels), count, weight)
+    run.records += 1
+
+
+def frame_names(key: StackKey) -> list[str]:
+    """Leaf first: every logical frame's name (inlined ones included)."""
+    return [logical.name for frame in key.frames for logical in frame.frames]
