@@ -166,6 +166,15 @@ FIELD_SPECS: dict[str, tuple[tuple[str, str], ...]] = {
                              + _in("Universe", "_narrow_oop._base")),
     "CompressedOops._shift": (_in("CompressedOops", "_shift", "_narrow_oop._shift")
                               + _in("Universe", "_narrow_oop._shift")),
+    # an object's class (`-e lock`: the monitor's): 21+ flat statics, 17 NarrowPtrStruct members, 11
+    # Universe's
+    "CompressedKlassPointers._base": (_in("CompressedKlassPointers", "_base", "_narrow_klass._base")
+                                      + _in("Universe", "_narrow_klass._base")),
+    "CompressedKlassPointers._shift": (_in("CompressedKlassPointers", "_shift", "_narrow_klass._shift")
+                                       + _in("Universe", "_narrow_klass._shift")),
+    "oopDesc._compressed_klass": _in("oopDesc", "_metadata._compressed_klass"),
+    "oopDesc._klass": _in("oopDesc", "_metadata._klass"),
+    "ObjectMonitor._object": _in("ObjectMonitor", "_object"),   # an oop on 11, a WeakHandle on 16+
 }
 
 # What finding and naming compiled methods needs: without one of these, pyprof refuses the JVM (exit 5).

@@ -35,7 +35,7 @@ class LibjvmUprobes:
     def __init__(self, event: str, entry_functions: tuple[str, ...], return_functions: tuple[str, ...] = ()):
         self.event = event
         self.entry_functions = entry_functions     # program functions attached at entry
-        self.return_functions = return_functions   # program functions attached at return (fn_name + "_return")
+        self.return_functions = return_functions   # attached at return too (as fn_name + "_return")
         self.attached: dict[int, list[bytes]] = {}
         self.symbols: dict[int, dict[str, str]] = {}   # pid -> program function -> libjvm symbol name
 
