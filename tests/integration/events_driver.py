@@ -7,8 +7,10 @@ record unwound and aggregated with the program's values and leaf frames.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
+from typing import Optional
 
 from pyprof.model import FrameKind, PhysicalFrame, ProfileData, StackKey
 from pyprof.sampling.sampler import Sampler
@@ -25,6 +27,7 @@ class EventRun:
     raw_counters: list[int] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
     window_s: float = 0.0
+    error: Optional[BaseException] = None   # what on_started raised
 
 
 def java_part(frames: tuple[PhysicalFrame, ...]) -> tuple[PhysicalFrame, ...]:
@@ -35,9 +38,9 @@ def java_part(frames: tuple[PhysicalFrame, ...]) -> tuple[PhysicalFrame, ...]:
     return frames
 
 
-def run_event(pid: int, program, seconds: float, on_started=None) -> EventRun:
+def run_event(pid: int, program, seconds: float, on_started=None, on_stopped=None) -> EventRun:
     """Sample `program`'s event of JVM `pid` for `seconds`; `on_started()` is called once sampling runs
-    (the test takes its ground truth's first reading then)."""
+    and `on_stopped()` when the window ends (the test reads its ground truth then)."""
     target = JvmTarget.open(pid)
     # rate_hz sizes the ring buffer only (no cpu-clock event): room for ~1000 records a poll
     sampler = Sampler(pid, rate_hz=1000, cpu=False, programs=[program])
@@ -48,8 +51,14 @@ def run_event(pid: int, program, seconds: float, on_started=None) -> EventRun:
         target.threads.refresh()
         sampler.set_java_threads(target.threads.anchor_addresses())
         sampler.poll(0)   # drop what came before the anchors were known
-        if on_started is not None:
-            on_started()
+        if on_started is not None:   # (drained meanwhile: the ring buffer holds well under a second)
+            helper = threading.Thread(target=_catching(on_started, run))
+            helper.start()
+            while helper.is_alive():
+                sampler.poll(100)
+            if run.error is not None:
+                raise run.error
+        sampler.poll(0)
         started = time.monotonic()
         deadline = started + seconds
         while time.monotonic() < deadline:
@@ -57,6 +66,8 @@ def run_event(pid: int, program, seconds: float, on_started=None) -> EventRun:
                 target.live.poll(0)
                 _add(run, target, program, sample)
         run.window_s = time.monotonic() - started
+        if on_stopped is not None:
+            on_stopped()
         for sample in sampler.poll(0):
             _add(run, target, program, sample)
         run.raw_counters = sampler.raw_counters()
@@ -65,6 +76,15 @@ def run_event(pid: int, program, seconds: float, on_started=None) -> EventRun:
         sampler.close()
         target.close()
     return run
+
+
+def _catching(function, run: EventRun):
+    def call() -> None:
+        try:
+            function()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the driver's thread
+            run.error = e
+    return call
 
 
 def _add(run: EventRun, target: JvmTarget, program, sample) -> None:

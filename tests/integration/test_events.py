@@ -1,0 +1,195 @@
+"""`-e alloc` and `-e lock` against ground truth and against JFR over the same window, on 11/17/21/25.
+
+alloc: tests/java/src/pyproftest/AllocSites.java allocates 75 % of its bytes as byte[] in allocLarge and
+25 % as long[] in allocSmall (2048 long[] per byte[]) on thread alloc-main.
+lock: tests/java/src/pyproftest/LockSites.java keeps monitor-waiter blocked on a monitor and lock-waiter
+parked on a ReentrantLock; the workload measures both waits itself.
+JFR (jcmd JFR.start, tests/integration/data/events-peer*.jfc) records jdk.ObjectAllocationSample (17+;
+11 has only the TLAB events: jdk.ObjectAllocationInNewTLAB / OutsideTLAB), jdk.JavaMonitorEnter and
+jdk.ThreadPark meanwhile.
+
+The events run through tests/integration/events_driver.py until the session runs them (`-e alloc`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from pyprof.sampling.alloc import AllocProgram
+from pyprof.sampling.lock import LockProgram
+from pyprof.sampling.sampler import C_LOST
+from tests.conftest import JavaProcess, java_bin
+from tests.integration.events_driver import frame_names, run_event
+
+pytestmark = [pytest.mark.jvm, pytest.mark.bpf, pytest.mark.usefixtures("root_and_bpf")]
+
+SECONDS = 2.5
+DATA = Path(__file__).parent / "data"
+TOLERANCE = 5.0   # percentage points
+
+
+def start_jfr(version: int, pid: int, jfr_file: Path, seconds: float) -> None:
+    settings = DATA / ("events-peer-11.jfc" if version == 11 else "events-peer.jfc")
+    done = subprocess.run([java_bin(version, "jcmd"), str(pid), "JFR.start", "name=events-peer",
+                           f"settings={settings}", f"duration={int(seconds + 1)}s", f"filename={jfr_file}"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "Started recording" in done.stdout, done.stdout + done.stderr
+
+
+def jfr_events(version: int, jfr_file: Path, *types: str) -> list[dict]:
+    deadline = time.monotonic() + 20
+    while not (jfr_file.exists() and jfr_file.stat().st_size > 0) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    done = subprocess.run([java_bin(version, "jfr"), "print", "--json", "--stack-depth", "8", "--events",
+                           ",".join(types), str(jfr_file)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return [e["values"] for e in json.loads(done.stdout)["recording"]["events"]]
+
+
+def jfr_top_method(values: dict) -> str:
+    frames = (values.get("stackTrace") or {}).get("frames") or []
+    return frames[0]["method"]["name"] if frames else ""
+
+
+def shares(counter: Counter) -> dict:
+    total = sum(counter.values()) or 1
+    return {k: 100.0 * v / total for k, v in counter.items()}
+
+
+# ---- alloc -------------------------------------------------------------------------------------------
+
+JFR_CLASS = {"[B": "byte[]", "[J": "long[]"}
+
+
+def test_alloc_sites_classes_and_shares(jdk, java_workload, tmp_path) -> None:
+    jvm = java_workload(jdk, "AllocSites")
+    jfr_file = tmp_path / "alloc.jfr"
+    program = AllocProgram()
+    run = run_event(jvm.pid, program, SECONDS, on_started=lambda: start_jfr(jdk, jvm.pid, jfr_file, SECONDS))
+    profile = run.profile
+    assert profile.event == "alloc"
+    assert run.records >= 30, run.stats   # ~1000 a second unloaded; the shared machine slows it
+    assert run.stats["unknown_classes"] == 0, run.stats
+    assert run.raw_counters[C_LOST] <= 0.05 * run.stats["alloc_samples"], run.raw_counters
+
+    space: Counter = Counter()
+    objects: Counter = Counter()
+    for key, count in profile.counts.items():
+        if key.thread_name == "alloc-main":
+            names = frame_names(key)
+            space[(names[0], names[1])] += profile.weights.get(key, 0)
+            objects[(names[0], names[1])] += count
+    ours = shares(space)
+    large = ("byte[]", "pyproftest.AllocSites.allocLarge")
+    small = ("long[]", "pyproftest.AllocSites.allocSmall")
+    # classes and call sites exact: the class is the leaf, its allocating method right under it
+    assert ours.get(large, 0) + ours.get(small, 0) >= 99.0, ours
+    assert abs(ours[large] - 75.0) <= TOLERANCE, ours
+    assert abs(ours[small] - 25.0) <= TOLERANCE, ours
+    # objects: 2048 long[] per byte[]
+    ratio = objects[small] / max(objects[large], 1)
+    assert 2048 * 0.85 <= ratio <= 2048 * 1.15, (ratio, objects)
+
+    # JFR over the same window: the same sites, shares within the tolerance of ours
+    if jdk == 11:
+        events = jfr_events(jdk, jfr_file, "jdk.ObjectAllocationInNewTLAB", "jdk.ObjectAllocationOutsideTLAB")
+        weight = lambda v: v.get("tlabSize") or v["allocationSize"]  # noqa: E731
+    else:
+        events = jfr_events(jdk, jfr_file, "jdk.ObjectAllocationSample")
+        weight = lambda v: v["weight"]  # noqa: E731
+    jfr: Counter = Counter()
+    # ObjectAllocationSample's weight is the thread's bytes since its previous sample: the first one
+    # of the recording stands for everything the thread allocated before it (gigabytes), so skip it
+    events = sorted((v for v in events if v["eventThread"]["javaName"] == "alloc-main"),
+                    key=lambda v: v["startTime"])[1:]
+    for v in events:
+        if True:
+            name = JFR_CLASS.get(v["objectClass"]["name"], v["objectClass"]["name"])
+            jfr[(name, "pyproftest.AllocSites." + jfr_top_method(v))] += weight(v)
+    theirs = shares(jfr)
+    print(f"alloc jdk{jdk}: pyprof {ours} objects ratio {ratio:.0f}; JFR {theirs}; {run.stats}")
+    assert len(events) >= 50, len(events)
+    for site in (large, small):
+        assert abs(theirs.get(site, 0) - ours[site]) <= TOLERANCE, (site, ours, theirs)
+
+
+# ---- lock --------------------------------------------------------------------------------------------
+
+WAITED = re.compile(r"waited monitor_ns=(\d+) monitor_count=(\d+) park_ns=(\d+) park_count=(\d+)")
+
+
+def latest_waited(jvm: JavaProcess) -> tuple[int, ...]:
+    """The workload's running totals now: the newest of its 200 ms lines (older ones drained)."""
+    while jvm.read_line(0.0) is not None:
+        pass
+    fresh = WAITED.match(jvm.wait_for("waited", timeout=5))
+    assert fresh is not None
+    return tuple(int(x) for x in fresh.groups())
+
+
+def test_lock_monitor_and_park(jdk, java_workload, tmp_path) -> None:
+    jvm = java_workload(jdk, "LockSites")
+    jfr_file = tmp_path / "lock.jfr"
+    before: list[tuple[int, ...]] = []
+
+    def started() -> None:
+        start_jfr(jdk, jvm.pid, jfr_file, SECONDS)
+        before.append(latest_waited(jvm))
+
+    program = LockProgram()
+    run = run_event(jvm.pid, program, SECONDS, on_started=started,
+                    on_stopped=lambda: before.append(latest_waited(jvm)))
+    after = before[1]
+    truth_monitor_ns, truth_park_ns = after[0] - before[0][0], after[2] - before[0][2]
+    profile = run.profile
+    assert profile.event == "lock"
+    assert run.stats["lock_records"] >= 20 and run.stats["unknown_classes"] == 0, run.stats
+
+    delay: Counter = Counter()
+    for key, count in profile.counts.items():
+        names = frame_names(key)
+        kind = dict(key.labels).get("lock")
+        if key.thread_name == "monitor-waiter" and kind == "monitor":
+            # the monitor's class is the leaf, the synchronized block's method the first Java frame
+            assert names[0] == "pyproftest.LockSites$Monitor", names
+            assert "pyproftest.LockSites.waitOnMonitor" in names, names
+            delay["monitor"] += profile.weights.get(key, 0)
+        elif key.thread_name == "lock-waiter" and kind == "park":
+            assert "java.util.concurrent.locks.LockSupport.park" in names, names
+            assert "pyproftest.LockSites.waitOnLock" in names, names
+            assert any(n.startswith("java.util.concurrent.locks.ReentrantLock") for n in names), names
+            delay["park"] += profile.weights.get(key, 0)
+    # both waiters are blocked most of the time: the workload's own measure, over about the same window
+    for kind, truth in (("monitor", truth_monitor_ns), ("park", truth_park_ns)):
+        assert 0.8 * truth <= delay[kind] <= 1.25 * truth, (kind, delay, truth_monitor_ns, truth_park_ns)
+    ours = shares(delay)
+    truth_share = 100.0 * truth_monitor_ns / (truth_monitor_ns + truth_park_ns)
+    assert abs(ours["monitor"] - truth_share) <= TOLERANCE, (ours, truth_share)
+
+    jfr: Counter = Counter()
+    for v in jfr_events(jdk, jfr_file, "jdk.JavaMonitorEnter", "jdk.ThreadPark"):
+        thread = v["eventThread"]["javaName"]
+        seconds = _duration_s(v["duration"])
+        if thread == "monitor-waiter" and "monitorClass" in v:
+            assert v["monitorClass"]["name"] == "pyproftest/LockSites$Monitor", v["monitorClass"]
+            jfr["monitor"] += seconds
+        elif thread == "lock-waiter" and "parkedClass" in v:
+            jfr["park"] += seconds
+    theirs = shares(jfr)
+    print(f"lock jdk{jdk}: pyprof {dict(delay)} truth {truth_monitor_ns} {truth_park_ns} "
+          f"monitor share {ours['monitor']:.1f} truth {truth_share:.1f} JFR {theirs}; {run.stats}")
+    assert abs(theirs.get("monitor", 0) - ours["monitor"]) <= TOLERANCE, (ours, theirs)
+
+
+def _duration_s(text: str) -> float:
+    """JFR's JSON durations: "PT0.020123S" (ISO 8601)."""
+    match = re.fullmatch(r"PT(?:(\d+)M)?([\d.]+)S", text)
+    assert match, text
+    return int(match.group(1) or 0) * 60 + float(match.group(2))
