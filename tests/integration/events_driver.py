@@ -27,6 +27,7 @@ class EventRun:
     raw_counters: list[int] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
     window_s: float = 0.0
+    window_wall: tuple[float, float] = (0.0, 0.0)   # the window in wall-clock seconds (time.time())
     error: Optional[BaseException] = None   # what on_started raised
 
 
@@ -60,12 +61,14 @@ def run_event(pid: int, program, seconds: float, on_started=None, on_stopped=Non
                 raise run.error
         sampler.poll(0)
         started = time.monotonic()
+        started_wall = time.time()
         deadline = started + seconds
         while time.monotonic() < deadline:
             for sample in sampler.poll(100):
                 target.live.poll(0)
                 _add(run, target, program, sample)
         run.window_s = time.monotonic() - started
+        run.window_wall = (started_wall, time.time())
         if on_stopped is not None:
             on_stopped()
         for sample in sampler.poll(0):
