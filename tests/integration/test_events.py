@@ -135,6 +135,22 @@ def test_alloc_sites_classes_and_shares(jdk, java_workload, tmp_path) -> None:
         assert abs(theirs.get(site, 0) - ours[site]) <= TOLERANCE, (site, ours, theirs)
 
 
+def test_alloc_weighting_at_a_coarse_interval(java_workload) -> None:
+    """At an 8 MiB interval most events are not sampled (a 6 MiB array with p = 0.53, a TLAB refill of
+    a few MiB with less): only the 1 / (1 - exp(-S / interval)) weighting keeps the shares right."""
+    jvm = java_workload(17, "AllocSites")
+    run = run_event(jvm.pid, AllocProgram(8 << 20), SECONDS)
+    space: Counter = Counter()
+    for key, weight in run.profile.weights.items():
+        if key.thread_name == "alloc-main":
+            names = frame_names(key)
+            space[(names[0], names[1])] += weight
+    ours = shares(space)
+    print(f"alloc 8m jdk17: {ours} {run.stats}")
+    assert run.records >= 20, run.stats
+    assert abs(ours.get(("byte[]", "pyproftest.AllocSites.allocLarge"), 0) - 75.0) <= TOLERANCE, ours
+
+
 # ---- lock --------------------------------------------------------------------------------------------
 
 WAITED = re.compile(r"waited monitor_ns=(\d+) monitor_count=(\d+) park_ns=(\d+) park_count=(\d+)")
