@@ -9,8 +9,8 @@ import java.util.concurrent.locks.LockSupport;
  *
  * Usage: EventThroughput MODE, MODE one of
  *   alloc  allocation-heavy: each unit builds a small object graph (an ArrayList of 32 Strings of
- *          ~24 chars, ~3 KB) and keeps the last 4096 units alive (about 1 GB/s on one core: TLAB refills
- *          and some promotion, as a busy service allocates)
+ *          ~24 chars, ~3 KB) and keeps the last 4096 units alive (GB/s on one core: TLAB refills and some
+ *          promotion, as a busy service allocates)
  *   park   each unit unparks its own thread and parks: Parker::park returns at once (the permit is there),
  *          so a unit is one entry and one return probe of `-e lock` plus a few hundred ns of work
  *
