@@ -12,12 +12,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from pyprof.model import FrameKind, PhysicalFrame, ProfileData, StackKey
+from pyprof.model import PhysicalFrame, ProfileData, StackKey
+from pyprof.sampling.alloc import java_part
 from pyprof.sampling.sampler import Sampler
 from pyprof.session.session import JvmTarget
-
-JAVA_KINDS = frozenset({FrameKind.INTERPRETED, FrameKind.C1, FrameKind.C2, FrameKind.INLINED,
-                        FrameKind.NATIVE_METHOD})
 
 
 @dataclass
@@ -29,14 +27,6 @@ class EventRun:
     window_s: float = 0.0
     window_wall: tuple[float, float] = (0.0, 0.0)   # the window in wall-clock seconds (time.time())
     error: Optional[BaseException] = None   # what on_started raised
-
-
-def java_part(frames: tuple[PhysicalFrame, ...]) -> tuple[PhysicalFrame, ...]:
-    """The stack from its innermost Java frame on (the JVM's own frames under it dropped)."""
-    for i, frame in enumerate(frames):
-        if frame.frames and frame.frames[-1].kind in JAVA_KINDS:
-            return frames[i:]
-    return frames
 
 
 def run_event(pid: int, program, seconds: float, on_started=None, on_stopped=None) -> EventRun:

@@ -14,6 +14,7 @@ The events run through tests/integration/events_driver.py until the session runs
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -25,7 +26,7 @@ import pytest
 
 from pyprof.sampling.alloc import AllocProgram
 from pyprof.sampling.lock import LockProgram
-from pyprof.sampling.sampler import C_LOST
+from pyprof.sampling.sampler import C_LOST, Sampler
 from tests.conftest import JavaProcess, java_bin
 from tests.integration.events_driver import frame_names, run_event
 
@@ -236,3 +237,37 @@ def _duration_s(text: str) -> float:
     match = re.fullmatch(r"PT(?:(\d+)M)?([\d.]+)S", text)
     assert match, text
     return int(match.group(1) or 0) * 60 + float(match.group(2))
+
+
+# ---- a JVM in a container, both programs in one module ----------------------------------------------
+
+def test_alloc_and_lock_attach_to_a_containers_libjvm(container_jvm) -> None:
+    """The uprobes go on the container's libjvm (a path the host lacks) through /proc/PID/map_files,
+    and both programs compile into one sampler module."""
+    _unshare, jdk_path, marker = container_jvm
+    pid = _java_with(marker)
+    alloc, lock = AllocProgram(), LockProgram()
+    sampler = Sampler(pid, cpu=False, programs=[alloc, lock])
+    try:
+        sampler.start()
+        assert len(alloc.uprobes.attached[pid]) == 2
+        assert len(lock.uprobes.attached[pid]) == 4   # entry and return, monitor and park
+        assert lock.monitor_classes[pid] is True
+        assert alloc.uprobes.symbols[pid]["on_alloc_in_new_tlab"].startswith("_ZN11AllocTracer27")
+        sampler.remove_target(pid)
+        assert pid not in alloc.uprobes.attached and pid not in lock.uprobes.attached
+    finally:
+        sampler.close()
+    assert not Path(f"{jdk_path}/lib/server/libjvm.so").exists()
+
+
+def _java_with(marker: str) -> int:
+    """The host pid of the java process whose command line has `marker` (not the shell that started it)."""
+    for name in os.listdir("/proc"):
+        try:
+            argv = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0") if name.isdigit() else []
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"/bin/java") and marker.encode() in argv:
+            return int(name)
+    raise AssertionError(f"no java process with {marker}")
