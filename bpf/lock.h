@@ -18,7 +18,7 @@
 // object's klass word, as the per-JVM `lock_layouts` entry describes them (lock.py fills it from
 // VMStructs). Which object a park waits for (Thread.parkBlocker) is not read.
 // counters: 12 monitor entries seen, 13 parks seen, 14 records (waits over the threshold),
-// 15 returns without a recorded entry (the hash was full, or probes attached mid-call).
+// 15 returns without a recorded entry (evicted from the LRU hash, or probes attached mid-call).
 
 #ifndef LOCK_THRESHOLD_NS
 #define LOCK_THRESHOLD_NS 10000
@@ -35,7 +35,7 @@ struct lock_wait {
     u64 monitor;     // ObjectMonitor* (0 for a park)
     u32 kind;
 };
-BPF_HASH(lock_waits, u32, struct lock_wait, 65536);
+BPF_TABLE("lru_hash", u32, struct lock_wait, lock_waits, 65536);   // LRU: a thread that dies waiting leaves its entry
 
 // How to find a monitor's class in one JVM (tgid -> layout; no entry: the class is not read).
 struct lock_layout {

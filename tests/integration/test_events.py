@@ -49,7 +49,7 @@ def jfr_events(version: int, jfr_file: Path, *types: str) -> list[dict]:
     deadline = time.monotonic() + 20
     while not (jfr_file.exists() and jfr_file.stat().st_size > 0) and time.monotonic() < deadline:
         time.sleep(0.2)
-    done = subprocess.run([java_bin(version, "jfr"), "print", "--json", "--stack-depth", "8", "--events",
+    done = subprocess.run([java_bin(version, "jfr"), "print", "--json", "--stack-depth", "2", "--events",
                            ",".join(types), str(jfr_file)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return [e["values"] for e in json.loads(done.stdout)["recording"]["events"]]
