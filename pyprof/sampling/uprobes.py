@@ -43,6 +43,8 @@ class LibjvmUprobes:
         """Attach this event's uprobes to JVM `pid`; returns how many. SourceUnavailable when the kernel
         refuses uprobes, UnsupportedJvm when this libjvm lacks a function the event needs (nothing stays
         attached)."""
+        if pid in self.attached:   # Sampler.start() and add_target() may both name the same pid
+            return len(self.attached[pid])
         if not uprobes_permitted():
             raise MissingKernelFeature("uprobes on libjvm need CAP_SYS_ADMIN on this kernel: its perf uprobe "
                                        "PMU refuses CAP_PERFMON")

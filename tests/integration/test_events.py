@@ -251,6 +251,9 @@ def test_alloc_and_lock_attach_to_a_containers_libjvm(container_jvm) -> None:
     try:
         sampler.start()
         assert len(alloc.uprobes.attached[pid]) == 2
+        probes = len(sampler._bpf.uprobe_fds)
+        sampler.add_target(pid)   # again (a daemon's rescan): nothing attached twice
+        assert len(sampler._bpf.uprobe_fds) == probes == 6
         assert len(lock.uprobes.attached[pid]) == 4   # entry and return, monitor and park
         assert lock.monitor_classes[pid] is True
         assert alloc.uprobes.symbols[pid]["on_alloc_in_new_tlab"].startswith("_ZN11AllocTracer27")
