@@ -29,9 +29,10 @@ class EventRun:
     error: Optional[BaseException] = None   # what on_started raised
 
 
-def run_event(pid: int, program, seconds: float, on_started=None, on_stopped=None) -> EventRun:
+def run_event(pid: int, program, seconds: float, on_started=None, on_stopped=None, inspect=None) -> EventRun:
     """Sample `program`'s event of JVM `pid` for `seconds`; `on_started()` is called once sampling runs
-    and `on_stopped()` when the window ends (the test reads its ground truth then)."""
+    and `on_stopped()` when the window ends (the test reads its ground truth then); `inspect(sampler)`
+    before the sampler closes (a bench reads the programs' run-time statistics)."""
     target = JvmTarget.open(pid)
     # rate_hz sizes the ring buffer only (no cpu-clock event): room for ~1000 records a poll
     sampler = Sampler(pid, rate_hz=1000, cpu=False, programs=[program])
@@ -64,6 +65,8 @@ def run_event(pid: int, program, seconds: float, on_started=None, on_stopped=Non
         for sample in sampler.poll(0):
             _add(run, target, program, sample)
         run.raw_counters = sampler.raw_counters()
+        if inspect is not None:
+            inspect(sampler)
         run.stats = program.stats(run.raw_counters)
     finally:
         sampler.close()
