@@ -9,7 +9,7 @@ import pytest
 
 from pyprof.errors import MemoryReadError
 from pyprof.hotspot.method import java_class_name
-from pyprof.kernel.bpf_loader import bpf_source
+from pyprof.kernel.bpf_loader import BPF_DIR, inline_local_includes
 from pyprof.sampling.alloc import AllocProgram, exponential_quantiles, parse_interval
 from pyprof.sampling.events import EVENT_ALLOC
 from pyprof.sampling.lock import LOCK_MONITOR, LOCK_PARK, LockProgram
@@ -80,7 +80,7 @@ def test_lock_values_and_labels() -> None:
 
 
 def test_event_headers_are_inlined_into_the_sampler_source() -> None:
-    source = bpf_source("sampler.c")
+    source = inline_local_includes(BPF_DIR / "sampler.c")
     assert "int on_alloc_in_new_tlab(struct pt_regs *ctx)" in source
     assert "int on_monitor_enter_return(struct pt_regs *ctx)" in source
     assert '#include "alloc.h"' not in source
