@@ -165,7 +165,7 @@ class AllocProgram:
     def labels(self, sample: RawSample) -> tuple[tuple[str, str], ...]:
         return ()
 
-    def stats(self, raw_counters: list[int]) -> dict[str, int]:
+    def counters(self, raw_counters: list[int]) -> dict[str, int]:
         """What the run cost and lost (Sampler.raw_counters()): uprobe hits, records, unnamed classes."""
         return {"alloc_events": raw_counters[C_ALLOC_EVENTS], "alloc_samples": raw_counters[C_ALLOC_SAMPLES],
-                "unknown_classes": self.classes.unknown}
+                "alloc_unknown_classes": self.classes.unknown}

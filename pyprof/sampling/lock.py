@@ -117,8 +117,8 @@ class LockProgram:
         kind = LOCK_KINDS.get(sample.state)
         return ((LOCK_LABEL, kind),) if kind else ()
 
-    def stats(self, raw_counters: list[int]) -> dict[str, int]:
+    def counters(self, raw_counters: list[int]) -> dict[str, int]:
         """Monitor entries and parks seen, waits recorded, returns without an entry, unnamed classes."""
         return {"monitor_entries": raw_counters[C_MONITOR_ENTRIES], "parks": raw_counters[C_PARKS],
                 "lock_records": raw_counters[C_RECORDS], "lock_unmatched": raw_counters[C_UNMATCHED],
-                "unknown_classes": self.classes.unknown}
+                "lock_unknown_classes": self.classes.unknown}

@@ -67,7 +67,7 @@ def run_event(pid: int, program, seconds: float, on_started=None, on_stopped=Non
         run.raw_counters = sampler.raw_counters()
         if inspect is not None:
             inspect(sampler)
-        run.stats = program.stats(run.raw_counters)
+        run.stats = program.counters(run.raw_counters)
     finally:
         sampler.close()
         target.close()

@@ -91,7 +91,7 @@ def test_alloc_sites_classes_and_shares(jdk, java_workload, tmp_path) -> None:
     profile = run.profile
     assert profile.event == "alloc"
     assert run.records >= 30, run.stats   # ~1000 a second unloaded; the shared machine slows it
-    assert run.stats["unknown_classes"] == 0, run.stats
+    assert run.stats["alloc_unknown_classes"] == 0, run.stats
     assert run.raw_counters[C_LOST] <= 0.05 * run.stats["alloc_samples"], run.raw_counters
 
     space: Counter = Counter()
@@ -182,7 +182,7 @@ def test_lock_monitor_and_park(jdk, java_workload, tmp_path) -> None:
     truth_monitor_ns, truth_park_ns = after[0] - before[0][0], after[2] - before[0][2]
     profile = run.profile
     assert profile.event == "lock"
-    assert run.stats["lock_records"] >= 20 and run.stats["unknown_classes"] == 0, run.stats
+    assert run.stats["lock_records"] >= 20 and run.stats["lock_unknown_classes"] == 0, run.stats
 
     delay: Counter = Counter()
     contentions: Counter = Counter()
