@@ -64,6 +64,7 @@ class LockProgram:
     event = EVENT_LOCK
     name = "lock"
     java_leaf_only = False   # the JVM's frames say how it waited (ObjectSynchronizer, Unsafe_Park)
+    records_per_second = 1000   # to size the ring buffer: waits of >= 10 us, LockSites sends ~200/s
 
     def __init__(self, threshold_ns: int = DEFAULT_THRESHOLD_NS) -> None:
         if threshold_ns < 0:

@@ -34,8 +34,8 @@ def run_event(pid: int, program, seconds: float, on_started=None, on_stopped=Non
     and `on_stopped()` when the window ends (the test reads its ground truth then); `inspect(sampler)`
     before the sampler closes (a bench reads the programs' run-time statistics)."""
     target = JvmTarget.open(pid)
-    # rate_hz sizes the ring buffer only (no cpu-clock event): room for ~1000 records a poll
-    sampler = Sampler(pid, rate_hz=1000, cpu=False, programs=[program])
+    # rate_hz sizes the ring buffer only here (no cpu-clock event)
+    sampler = Sampler(pid, rate_hz=program.records_per_second, cpu=False, programs=[program])
     profile = ProfileData(event=program.name)
     run = EventRun(profile)
     try:
