@@ -36,7 +36,7 @@ from pyprof.errors import MemoryReadError, UnsupportedJvm
 from pyprof.hotspot import versions
 from pyprof.hotspot.versions import BlobKind
 from pyprof.hotspot.vmstructs import VMStructs
-from pyprof.procfs.elf import ElfSymbols
+from pyprof.procfs.elf import ElfSymbols, Symbol
 from pyprof.procfs.memory import Reader
 
 __all__ = ["BlobKind", "CodeBlobHeader", "DebugRanges", "Field", "JvmVersion", "Layout", "read_version"]
@@ -166,6 +166,15 @@ FIELD_SPECS: dict[str, tuple[tuple[str, str], ...]] = {
                              + _in("Universe", "_narrow_oop._base")),
     "CompressedOops._shift": (_in("CompressedOops", "_shift", "_narrow_oop._shift")
                               + _in("Universe", "_narrow_oop._shift")),
+    # an object's class (`-e lock`: the monitor's): 21+ flat statics, 17 NarrowPtrStruct members, 11
+    # Universe's
+    "CompressedKlassPointers._base": (_in("CompressedKlassPointers", "_base", "_narrow_klass._base")
+                                      + _in("Universe", "_narrow_klass._base")),
+    "CompressedKlassPointers._shift": (_in("CompressedKlassPointers", "_shift", "_narrow_klass._shift")
+                                       + _in("Universe", "_narrow_klass._shift")),
+    "oopDesc._compressed_klass": _in("oopDesc", "_metadata._compressed_klass"),
+    "oopDesc._klass": _in("oopDesc", "_metadata._klass"),
+    "ObjectMonitor._object": _in("ObjectMonitor", "_object"),   # an oop on 11, a WeakHandle on 16+
 }
 
 # What finding and naming compiled methods needs: without one of these, pyprof refuses the JVM (exit 5).
@@ -680,3 +689,14 @@ class Layout:
             if value is not None:
                 return value
         return 1
+
+
+def event_probe_symbols(symbols: ElfSymbols, event: str) -> dict[str, Symbol]:
+    """The libjvm functions the uprobes of `event` ("alloc", "lock") go on: program function -> the
+    symbol this libjvm has (versions.EVENT_PROBE_SYMBOLS); functions it lacks are left out."""
+    out: dict[str, Symbol] = {}
+    for fn_name, names in versions.EVENT_PROBE_SYMBOLS[event].items():
+        found = next((s for s in map(symbols.lookup, names) if s is not None), None)
+        if found is not None:
+            out[fn_name] = found
+    return out

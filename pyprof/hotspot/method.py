@@ -49,6 +49,29 @@ class MethodInfo:
         return f"{self.holder}.{self.name}"
 
 
+_PRIMITIVE_DESCRIPTORS = {"B": "byte", "C": "char", "D": "double", "F": "float", "I": "int", "J": "long",
+                          "S": "short", "Z": "boolean"}
+MAX_ARRAY_DIMENSIONS = 255   # the JVM's limit
+
+
+def java_class_name(internal: str) -> str:
+    """A Klass's name as Java source writes it: java/lang/String -> java.lang.String, [B -> byte[],
+    [[I -> int[][], [Ljava/lang/String; -> java.lang.String[] (array klasses are named by descriptor)."""
+    dims = len(internal) - len(internal.lstrip("["))
+    if dims == 0:
+        return external_class_name(internal)
+    if dims > MAX_ARRAY_DIMENSIONS:
+        raise MemoryReadError(f"implausible array class name {internal[:40]!r}")
+    element = internal[dims:]
+    if element in _PRIMITIVE_DESCRIPTORS:
+        base = _PRIMITIVE_DESCRIPTORS[element]
+    elif element.startswith("L") and element.endswith(";") and len(element) > 2:
+        base = external_class_name(element[1:-1])
+    else:
+        raise MemoryReadError(f"implausible array class name {internal[:40]!r}")
+    return base + "[]" * dims
+
+
 def external_class_name(internal: str) -> str:
     """java/lang/String -> java.lang.String; hidden classes Foo$$Lambda+0x1 -> Foo$$Lambda/0x1."""
     name = internal.replace("/", ".")
@@ -164,6 +187,8 @@ class MethodResolver:
         self._symbols: LRUCache[int, str] = LRUCache("Symbol* -> text", MAX_CACHE)
         # ConstantPool* -> (class, source, length)
         self._holders: LRUCache[int, tuple[str, str, int]] = LRUCache("ConstantPool* -> class", MAX_CACHE)
+        self._klasses: LRUCache[int, str] = LRUCache("Klass* -> class name", MAX_CACHE)
+        self._klass_name_off = layout.offset("Klass._name")
         self.failures = 0
         self.generation = 0
         self._gc_count_address: Optional[int] = None
@@ -183,6 +208,7 @@ class MethodResolver:
         self._methods.clear()
         self._symbols.clear()
         self._holders.clear()
+        self._klasses.clear()
         self.generation += 1
 
     def _check_gc(self) -> None:
@@ -217,6 +243,20 @@ class MethodResolver:
             raise
         self._methods.put(method, (const_method, info))
         return info
+
+    def class_name(self, klass: int) -> str:
+        """The Java name of a Klass* (an allocated object's class, a monitor's): java.lang.String,
+        byte[], int[][]. Cached per Klass* until the next GC (which may unload the class); a
+        MemoryReadError when the Klass or its name cannot be read or is not a class name."""
+        self._check_gc()
+        cached = self._klasses.get(klass)
+        if cached is not None:
+            return cached
+        if klass == 0:
+            raise MemoryReadError("null Klass*")
+        name = java_class_name(self.symbol(self.r.ptr(klass + self._klass_name_off)))
+        self._klasses.put(klass, name)
+        return name
 
     def try_resolve(self, method: int) -> Optional[MethodInfo]:
         try:

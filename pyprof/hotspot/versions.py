@@ -127,3 +127,28 @@ JAVA_FIELD_OFFSET_SYMBOLS = {
     "string_coder": ("_ZN16java_lang_String13_coder_offsetE",
                      "_ZN16java_lang_String12coder_offsetE"),
 }
+
+
+# `-e alloc` and `-e lock` (pyprof/sampling/alloc.py, lock.py): the libjvm functions their uprobes go on,
+# program function -> candidates, the first one present wins. Local .symtab symbols, Itanium-mangled, so
+# their parameter types are part of the name (Thread* on 11, JavaThread* and HeapWordImpl** on 17+).
+EVENT_PROBE_SYMBOLS: dict[str, dict[str, tuple[str, ...]]] = {
+    "alloc": {
+        "on_alloc_in_new_tlab": (
+            "_ZN11AllocTracer27send_allocation_in_new_tlabEP5KlassPP12HeapWordImplmmP10JavaThread",  # 17-25
+            "_ZN11AllocTracer27send_allocation_in_new_tlabEP5KlassP8HeapWordmmP6Thread"),            # 11
+        "on_alloc_outside_tlab": (
+            "_ZN11AllocTracer28send_allocation_outside_tlabEP5KlassPP12HeapWordImplmP10JavaThread",  # 17-25
+            "_ZN11AllocTracer28send_allocation_outside_tlabEP5KlassP8HeapWordmP6Thread"),            # 11
+    },
+    "lock": {
+        # The contended part of a monitor entry. 24+: enter() spins, then calls enter_with_contention_mark
+        # (which LightweightSynchronizer calls directly too); 11-21: enter() itself (its fast CAS and
+        # recursion checks first: the threshold of lock.h drops those uncontended entries).
+        "on_monitor_enter": (
+            "_ZN13ObjectMonitor26enter_with_contention_markEP10JavaThreadR27ObjectMonitorContentionMark",
+            "_ZN13ObjectMonitor5enterEP10JavaThread",   # 17-21
+            "_ZN13ObjectMonitor5enterEP6Thread"),       # 11
+        "on_park": ("_ZN6Parker4parkEbl",),             # Parker::park(bool isAbsolute, jlong time): 11-25
+    },
+}
