@@ -214,8 +214,9 @@ class Unwinder:
             from_interpreter = cursor.blob is not None and cursor.blob.kind is BlobKind.INTERPRETER
             # an interpreted frame's link to its caller is HotSpot's own frame structure (also for frames
             # the deoptimizer built), not a guess: only the other steps' callers are checked
-            if not nxt.trusted and not from_interpreter and \
-                    not self._accept_caller(nxt.pc, sample.time_ns, nxt.blob):
+            if not nxt.trusted and not from_interpreter and (
+                    _native_caller_of_java(cursor.blob, nxt.pc, nxt.blob)
+                    or not self._accept_caller(nxt.pc, sample.time_ns, nxt.blob)):
                 # a compiled "caller" at a pc that is no call site of it: a stale or misread return
                 # address. Joining it would invent a caller chain; the stack ends here instead.
                 self.stats.rejected_callers += 1
@@ -233,7 +234,9 @@ class Unwinder:
 
     def _step(self, cursor: _Cursor, reader: _StackReader, sample: StackSample, walk: _Walk
               ) -> tuple[PhysicalFrame, Optional[_Cursor]]:
-        blob = cursor.blob if cursor.blob_known else self.lookup_blob(cursor.pc, sample.time_ns)
+        if not cursor.blob_known:
+            cursor.blob, cursor.blob_known = self.lookup_blob(cursor.pc, sample.time_ns), True
+        blob = cursor.blob
         if blob is not None:
             walk.saw_java |= blob.is_nmethod or blob.kind is BlobKind.INTERPRETER
             return self._java_step(blob, cursor, reader, sample)
@@ -289,7 +292,7 @@ class Unwinder:
             return frame, self._fp_step(cur, reader)
         if blob.frame_size > 0:
             nxt = self._sized_step(blob, cur, reader)
-            if cur.top and nxt is not None and not self._return_strength(nxt.pc, sample.time_ns):
+            if cur.top and nxt is not None and not self._java_caller_strength(blob, nxt.pc, sample.time_ns):
                 # the top frame may be in code whose frame is not (yet, or no longer) laid out as its
                 # frame size says: an inline-cache miss path, a stub-like prologue
                 found = self._choose([], self._frameless_candidates(cur, reader), sample.time_ns, reader)
@@ -415,6 +418,14 @@ class Unwinder:
             valid = False
         return STRONG if self._call_sites.put(key, valid) else 0
 
+    def _java_caller_strength(self, callee: CodeBlobInfo, pc: int, time_ns: int) -> int:
+        """_return_strength of a candidate caller of `callee`'s frame; 0 for native code above an nmethod
+        (see _native_caller_of_java)."""
+        blob = self.lookup_blob(pc, time_ns)
+        if _native_caller_of_java(callee, pc, blob):
+            return 0
+        return self._return_strength(pc, time_ns, blob)
+
     def _leaf_call(self, pc: int, time_ns: int) -> bool:
         """Compiled code's calls without a PcDesc: leaf calls (no safepoint) into stubs or the VM, e.g.
         the arraycopy stubs: `call rel32` to a non-Java target, or `call reg` (a far runtime entry)."""
@@ -444,7 +455,10 @@ class Unwinder:
                 # prologue or epilogue of the top frame: only the return address (and maybe rbp) is
                 # on the stack, `slot` words above sp
                 ret = reader.word(cur.sp + WORD * slot)
-                return _Cursor(ret, cur.sp + WORD * (slot + 1), cur.fp, top=False) if ret else None
+                # a whole frame under a pushed word has its saved rbp below the return address, as usual
+                fp = reader.word(cur.sp + WORD * (slot - 1)) if slot >= 2 else cur.fp
+                return _Cursor(ret, cur.sp + WORD * (slot + 1), fp if fp is not None else cur.fp,
+                               top=False) if ret else None
         sender_sp = cur.sp + WORD * blob.frame_size
         ret = reader.word(sender_sp - WORD)
         saved_fp = reader.word(sender_sp - 2 * WORD)
@@ -453,8 +467,9 @@ class Unwinder:
         return _Cursor(ret, sender_sp, saved_fp if saved_fp is not None else cur.fp, top=False)
 
     def _partial_frame_slot(self, blob: CodeBlobInfo, pc: int) -> Optional[int]:
-        """Where the return address is when the top frame is not complete: 0 ([sp]), 1 ([sp+8]), or
-        None (the frame is complete: use its frame size). Decided from the code bytes, cached per pc."""
+        """Where the return address is when the top frame is not as its frame size says: 0 ([sp]), 1
+        ([sp+8]) in a prologue or epilogue, frame_size with a spill word pushed (is_stack_pop), or None
+        (use the frame size). Decided from the code bytes, cached per pc."""
         key = (pc, blob.address, blob.compile_id)
         found, cached = self._partial_slots.lookup(key)
         if found:
@@ -463,7 +478,10 @@ class Unwinder:
             if pc < blob.code_begin + max(blob.frame_complete_offset, 0):
                 slot = self._prologue_slot(blob, pc)
             else:
-                slot = epilogue_slot(self.r.bytes(pc, 16))
+                code = self.r.bytes(pc, 16)
+                slot = epilogue_slot(code)
+                if slot is None and is_stack_pop(code):
+                    slot = blob.frame_size      # a whole frame and one word pushed on it
         except MemoryReadError:
             slot = None
         return self._partial_slots.put(key, slot)
@@ -471,9 +489,10 @@ class Unwinder:
     def _prologue_slot(self, blob: CodeBlobInfo, pc: int) -> Optional[int]:
         """C1/C2 prologue (x86_64 MacroAssembler::verified_entry / build_frame): the inline-cache check
         before the verified entry, stack bangs `mov [rsp-N], eax` (89 84 24 disp32), `push rbp`, then
-        `sub rsp, N` completes the frame. Up to and including the push, the return address is at [sp].
-        C2 without a stack bang allocates the frame first (`sub rsp, N; mov [rsp+N], rbp`, no push):
-        after that sub the frame size applies (None)."""
+        `sub rsp, N` allocates the frame. Up to and including the push, the return address is at [sp];
+        after the push, at [sp+8]; after the sub the frame size applies (None), also before
+        frame_complete_offset (JDK 21+'s nmethod entry barrier comes after the sub). C2 without a stack
+        bang allocates the frame first (`sub rsp, N; mov [rsp+N], rbp`, no push)."""
         if blob.code_begin <= pc < blob.verified_entry:
             return 0    # the inline-cache check (`cmp; jne ic_miss`) pushes nothing
         entry = blob.verified_entry if blob.code_begin <= blob.verified_entry <= pc else blob.code_begin
@@ -485,10 +504,19 @@ class Unwinder:
         i = 0
         while code[i:i + 3] == b"\x89\x84\x24":
             i += 7
-        if code[i:i + 3] in (b"\x48\x81\xec", b"\x48\x83\xec"):
+        if pc <= entry + i:
+            return 0        # the stack bangs push nothing: up to the `push rbp` (or `sub rsp`), [sp]
+        if _sub_rsp_length(code[i:]):
             return None     # `sub rsp, N` before any push: past it, the frame is allocated
-        push_rbp = entry + i if code[i:i + 1] == b"\x55" else entry - 1
-        return 0 if pc <= push_rbp else 1
+        if code[i:i + 1] != b"\x55":
+            return 1        # an unknown prologue: as before, one word pushed
+        sub = _sub_rsp_length(code[i + 1:])
+        if sub and pc >= entry + i + 1 + sub:
+            # past `push rbp; sub rsp, N` the frame is allocated, though not yet "complete": JDK 21+
+            # puts the nmethod entry barrier (`cmp dword [r15+N], imm; jne slow`) before
+            # frame_complete_offset
+            return None
+        return 1
 
     def _deoptimized_pc(self, blob: CodeBlobInfo, cur: _Cursor, reader: _StackReader) -> int:
         """A caller frame being deoptimized returns to the nmethod's deopt handler; HotSpot saved the
@@ -646,13 +674,20 @@ class Unwinder:
         ret = reader.word(cfa - WORD)
         if ret is None:
             return None
-        fp = cur.fp
-        if rule.fp_offset:
-            saved = reader.word(cfa + rule.fp_offset)
-            if saved is None:
-                return None
-            fp = saved
-        return _Cursor(ret, cfa, fp, top=False)
+        fp = self._cfi_saved_fp(rule, cur, cfa, reader)
+        return _Cursor(ret, cfa, fp, top=False) if fp is not None else None
+
+    @staticmethod
+    def _cfi_saved_fp(rule: cfi.Rule, cur: _Cursor, cfa: int, reader: _StackReader) -> Optional[int]:
+        """The caller's rbp by the CFI rule: unchanged, or saved at CFA + fp_offset. A slot below sp was
+        popped already (the epilogue after `pop rbp`/`leave`, where GCC's CFI still says "saved"; the copy
+        starts at sp): rbp holds the caller's value again."""
+        if not rule.fp_offset:
+            return cur.fp
+        slot = cfa + rule.fp_offset
+        if slot < cur.sp:
+            return cur.fp
+        return reader.word(slot)
 
     def _native_frame(self, lookup_pc: int, pc: int) -> tuple[PhysicalFrame, bool]:
         cached = self._native_frames.get(pc)
@@ -676,6 +711,14 @@ class Unwinder:
             logical = LogicalFrame(name, FrameKind.NATIVE, system_name or name, library)
             result = (PhysicalFrame(pc, (logical,), mapping), is_root)
         return self._native_frames.put(pc, result)
+
+
+def _native_caller_of_java(callee: Optional[CodeBlobInfo], pc: int, caller: Optional[CodeBlobInfo]) -> bool:
+    """Is this a compiled Java frame returning into native code? Never real: native code enters Java
+    through the call stub (JavaCalls), so a return address outside the code cache above an nmethod frame
+    is a stale word (a libc or libjvm return address left on the stack by an earlier call). A zero
+    return address is the end of the stack, not a caller."""
+    return pc != 0 and caller is None and callee is not None and callee.is_nmethod
 
 
 def _frameless_kind(blob: CodeBlobInfo) -> bool:
@@ -728,18 +771,46 @@ def _ff2_length(rest: bytes) -> int:
     return length
 
 
+def _sub_rsp_length(code: bytes) -> int:
+    """Length of the `sub rsp, imm8` (48 83 ec) or `sub rsp, imm32` (48 81 ec) that `code` starts with;
+    0 when it starts with something else."""
+    if code[:3] == b"\x48\x83\xec":
+        return 4
+    if code[:3] == b"\x48\x81\xec":
+        return 7
+    return 0
+
+
+def _is_return_poll(code: bytes) -> bool:
+    """Does `code` start with the return safepoint poll's `cmp rsp, [r15+disp]`: 49 3b a7 disp32 (JDK 17,
+    21) or 49 3b 67 disp8 (JDK 25, whose JavaThread has the polling word within 128 bytes)?"""
+    return code[:3] == b"\x49\x3b\xa7" or code[:3] == b"\x49\x3b\x67"
+
+
+def is_stack_pop(code: bytes) -> bool:
+    """Does `code` start with `pop qword [rsp+disp]` (8f /0, SIB base rsp; REX.W optional)? C2 moves a
+    64-bit spill slot to another with `push [rsp+a]; pop [rsp+b]`: between the two, one word more is on
+    the stack than the frame size says."""
+    i = 1 if code[:1] == b"\x48" else 0
+    return code[i:i + 1] == b"\x8f" and code[i + 1:i + 2] in (b"\x04", b"\x44", b"\x84") \
+        and code[i + 2:i + 3] == b"\x24"
+
+
 def epilogue_slot(code: bytes) -> Optional[int]:
     """The return-address slot when `code` (the bytes at the top frame's pc) is the end of a compiled
     method's epilogue: `add rsp, N; pop rbp; [cmp rsp, [r15+poll]; ja slow;] ret` (x86_64
-    MacroAssembler::remove_frame + the return safepoint poll). After `add rsp` only rbp and the return
-    address are left; after `pop rbp` only the return address. None: not in an epilogue."""
+    MacroAssembler::remove_frame + the return safepoint poll, see _is_return_poll). After `add rsp` only
+    rbp and the return address are left; after `pop rbp` only the return address. None: not in an
+    epilogue."""
     if code[:1] == b"\xc3":
         return 0
     if code[:2] == b"\x0f\x87" and code[6:7] == b"\xc3":
         return 0
-    if code[:3] == b"\x49\x3b\xa7" and code[7:9] == b"\x0f\x87" and code[13:14] == b"\xc3":
-        return 0
-    if code[:1] == b"\x5d" and (code[1:2] == b"\xc3" or code[1:4] == b"\x49\x3b\xa7"):
+    if _is_return_poll(code):
+        after = 7 if code[2] == 0xA7 else 4
+        if code[after:after + 2] == b"\x0f\x87" and code[after + 6:after + 7] == b"\xc3":
+            return 0
+    if code[:1] == b"\x5d" and (code[1:2] == b"\xc3" or _is_return_poll(code[1:])):
         return 1
     return None
 

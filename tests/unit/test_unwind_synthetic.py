@@ -736,17 +736,40 @@ def test_anchor_below_the_sampled_sp_is_ignored() -> None:
 
 
 def test_anchor_below_a_caller_frame_is_dropped() -> None:
-    # GIVEN C2 `hot` that called into libjvm code whose rbp is garbage, and a stale anchor whose sp lies
-    # inside hot's frame (below the libjvm frame's sp: the walk is already past it)
+    # GIVEN a stub with a frame size returning into libjvm code whose rbp is garbage, and a stale anchor
+    # whose sp lies inside the stub's frame (below the libjvm frame's sp: the walk is already past it)
+    # (a stub: a compiled Java frame's caller is never native code, see the next test)
     stack = Stack()
-    compiled_frame(stack, SP, HOT, native("SharedRuntime::runtime_work"), saved_rbp=0x1F)
-    stack.put(SP + 0x8, at(HOT, 0x60))
+    compiled_frame(stack, SP, RUNTIME_STUB, native("SharedRuntime::runtime_work"), saved_rbp=0x1F)
+    stack.put(SP, at(HOT, 0x60))
     # WHEN unwound
-    frames, stats = unwound(sample(stack, ip=at(HOT, 0x80), anchor=(SP + 0x10, 0, 0)))
+    frames, stats = unwound(sample(stack, ip=RUNTIME_STUB.code_begin + 0x10, anchor=(SP + 0x8, 0, 0)))
     # THEN the anchor is not taken: the walk ends at the libjvm frame, incomplete
-    assert frames == [(at(HOT, 0x80), "pyproftest.Synth.hot [C2]"),
+    assert frames == [(RUNTIME_STUB.code_begin + 0x10, "[_new_array_Java]"),
                       (native("SharedRuntime::runtime_work"), "SharedRuntime::runtime_work")]
     assert stats == counters_of(reached_root=0, java_reached_root=0)
+
+
+@pytest.mark.parametrize("top", [True, False], ids=["top", "deeper"])
+def test_compiled_frame_never_returns_into_native_code(top: bool) -> None:
+    # GIVEN C2 `hot` whose return address slot holds a libc/libjvm return address (a stale word: native
+    # code calls Java only through the call stub), and no other plausible return address near sp
+    stack = Stack()
+    hot_sp = SP
+    if not top:
+        hot_sp = compiled_frame(stack, SP, CALLER, at(HOT, 0x90), saved_rbp=0)
+    compiled_frame(stack, hot_sp, HOT, native("SharedRuntime::runtime_work"), saved_rbp=0x1F)
+    # WHEN unwound
+    frames, stats = unwound(sample(stack, ip=at(CALLER if not top else HOT, 0x80)))
+    # THEN hot is not joined to the native code: the walk ends there, incomplete, with no made-up caller
+    assert native("SharedRuntime::runtime_work") not in [address for address, _name in frames]
+    assert frames[-2 if not top else -1][1] == "pyproftest.Synth.hot [C2]"
+    if top:
+        assert stats == counters_of(reached_root=0, java_reached_root=0)
+    else:
+        assert frames[-1][1] == "[unknown]"
+        assert stats == counters_of(reached_root=0, java_reached_root=0,
+                                    unknown_frames={"return address is no call site": 1})
 
 
 def test_frame_larger_than_a_mebibyte_is_refused() -> None:

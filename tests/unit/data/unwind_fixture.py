@@ -23,6 +23,9 @@ Record (as root, from the repository root; rewrites tests/unit/data/unwind-<work
     .venv/bin/python -m tests.unit.data.unwind_fixture Phases 21
     .venv/bin/python -m tests.unit.data.unwind_fixture JitZoo 21
     .venv/bin/python -m tests.unit.data.unwind_fixture Phases 17   (and 25)
+The Java samples whose stacks did not reach their root, for finding and testing what breaks a walk
+(rewrites unwind-<workload>-jdk<N>-incomplete.json.gz; the workload's arguments follow its JDK):
+    .venv/bin/python -m tests.unit.data.unwind_fixture --incomplete HttpServerLoad 17 4 4 900
 """
 
 from __future__ import annotations
@@ -60,8 +63,9 @@ MAX_SAMPLES = 60
 WORKLOAD_FLAGS = {"JitZoo": ("-XX:+UnlockDiagnosticVMOptions", "-XX:+DebugNonSafepoints")}
 
 
-def fixture_path(workload: str, jdk: int) -> Path:
-    return DATA / f"unwind-{workload.lower()}-jdk{jdk}.json.gz"
+def fixture_path(workload: str, jdk: int, kind: str = "") -> Path:
+    """kind "incomplete": the recording of only the Java samples whose stacks did not reach their root."""
+    return DATA / f"unwind-{workload.lower()}-jdk{jdk}{'-' + kind if kind else ''}.json.gz"
 
 
 # ---- what a replay is made of -------------------------------------------------------------------------
@@ -174,6 +178,8 @@ def features_of(frames: tuple[PhysicalFrame, ...], stats: UnwindStats) -> tuple[
         out.add("live_reads")
     if stats.reached_root:
         out.add("root")
+    if stats.java_samples and not stats.java_reached_root:
+        out.add("incomplete")
     if any(f.frames[0].osr for f in frames):
         out.add("osr")
     if any(len(f.frames) > 1 for f in frames):
@@ -372,14 +378,16 @@ def _pick(samples: list[RecordedSample]) -> list[RecordedSample]:
     return chosen
 
 
-def record(workload: str, jdk: int, seconds: float = 60.0, rate_hz: int = 499, enough: int = 3000
-           ) -> Recording:
+def record(workload: str, jdk: int, seconds: float = 60.0, rate_hz: int = 499, enough: int = 3000,
+           args: tuple[str, ...] = (), only_incomplete: bool = False) -> Recording:
+    """Samples of the workload (started with `args`) picked per feature, or with `only_incomplete` every
+    Java sample whose stack did not reach its root (up to MAX_SAMPLES), for as long as `seconds`."""
     from pyprof.hotspot.threads import JavaThreads
     from pyprof.sampling.sampler import Sampler
     from pyprof.symbols.native import NativeSymbolizer
     from tests.conftest import start_java
 
-    java = start_java(jdk, workload, jvm_flags=WORKLOAD_FLAGS.get(workload, ()))
+    java = start_java(jdk, workload, *args, jvm_flags=WORKLOAD_FLAGS.get(workload, ()))
     sampler = None
     try:
         time.sleep(1.0)   # past "ready": the steady state
@@ -396,7 +404,8 @@ def record(workload: str, jdk: int, seconds: float = 60.0, rate_hz: int = 499, e
         sampler.set_java_threads(threads.anchor_addresses())
         taken: list[RecordedSample] = []
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and len(taken) < enough:
+        while time.monotonic() < deadline and len(taken) < enough and not (
+                only_incomplete and sum("incomplete" in s.features for s in taken) >= MAX_SAMPLES):
             for raw in sampler.poll(50):
                 stats = unwinder.stats
                 before = dataclasses.replace(stats, unknown_frames=Counter(stats.unknown_frames))
@@ -405,7 +414,8 @@ def record(workload: str, jdk: int, seconds: float = 60.0, rate_hz: int = 499, e
                     other.unwind(variant)
                 delta = _delta(unwinder.stats, before)
                 taken.append(RecordedSample(raw, frames, stats_of(delta), features_of(frames, delta)))
-        chosen = _pick(taken)
+        chosen = [s for s in taken if "incomplete" in s.features][:MAX_SAMPLES] if only_incomplete \
+            else _pick(taken)
         print(f"{len(taken)} samples, kept {len(chosen)}: "
               f"{dict(Counter(f for s in chosen for f in s.features))}", file=sys.stderr)
         java_tids = frozenset(s.raw.tid for s in chosen if threads.is_java_thread(s.raw.tid))
@@ -448,14 +458,17 @@ def _needed_regions(rec: Recording) -> list[tuple[int, bytes]]:
 
 
 def main(argv: list[str]) -> int:
-    workload, jdk = argv[0], int(argv[1])
-    rec = record(workload, jdk)
+    only_incomplete = "--incomplete" in argv
+    argv = [a for a in argv if a != "--incomplete"]
+    workload, jdk, args = argv[0], int(argv[1]), tuple(argv[2:])
+    rec = record(workload, jdk, args=args, only_incomplete=only_incomplete,
+                 seconds=120 if only_incomplete else 60, enough=1 << 30 if only_incomplete else 3000)
     bad = verify(rec)
     if bad:
         print(f"{len(bad)} samples replay differently; dropped", file=sys.stderr)
         rec.samples = [s for s in rec.samples if s not in bad]
     rec.regions = _needed_regions(rec)
-    path = fixture_path(workload, jdk)
+    path = fixture_path(workload, jdk, "incomplete" if only_incomplete else "")
     save(rec, path)
     again = load(path)
     assert not verify(again), "a saved recording must replay exactly"
