@@ -103,6 +103,14 @@ ROOT_SYMBOLS = ("start_thread", "clone3", "__clone3", "clone", "__clone", "_star
 # Kernel entry points of a breakpoint trap: the user pc is then one byte past the int3.
 BREAKPOINT_HANDLERS = frozenset(("asm_exc_int3", "exc_int3", "do_int3", "do_int3_user"))
 
+# C1's slow subtype check stub (Runtime1 slow_subtype_check: "slow_subtype_check Runtime1 stub" on JDK 17,
+# "C1 Runtime slow_subtype_check_blob" on 21+): how many words above its sp its return address may be,
+# and the arguments its caller pushed before calling it.
+SUBTYPE_CHECK_STUB = "slow_subtype_check"
+SUBTYPE_CHECK_SLOTS = 12
+SUBTYPE_CHECK_ARGS = 2
+ENTRY_BARRIER_COOKIE = (1 << 64) - 1    # the -1 StubRoutines::method_entry_barrier pushes before enter()
+
 INTERPRETER_ENTRY = LogicalFrame("[Interpreter]", FrameKind.JVM_STUB, "interpreter method entry")
 
 # The root end of a stack the walk could not finish within its bounds (deeper than the copy plus the
@@ -290,12 +298,16 @@ class Unwinder:
         frame = self._compiled_frame(blob, self._deoptimized_pc(blob, cur, reader))
         if cur.pc == self.call_stub_return:
             return frame, self._fp_step(cur, reader)
+        if cur.top and SUBTYPE_CHECK_STUB in blob.name:
+            return frame, self._subtype_check_caller(cur, reader, sample.time_ns)
         if blob.frame_size > 0:
             nxt = self._sized_step(blob, cur, reader)
             if cur.top and nxt is not None and not self._java_caller_strength(blob, nxt.pc, sample.time_ns):
                 # the top frame may be in code whose frame is not (yet, or no longer) laid out as its
-                # frame size says: an inline-cache miss path, a stub-like prologue
-                found = self._choose([], self._frameless_candidates(cur, reader), sample.time_ns, reader)
+                # frame size says: an inline-cache miss path, a stub-like prologue, a stub's epilogue
+                # (stubs, unlike compiled Java code, keep rbp as their frame pointer)
+                framed = [] if blob.is_nmethod else self._framed_candidates(cur, reader)
+                found = self._choose(framed, self._frameless_candidates(cur, reader), sample.time_ns, reader)
                 if found is None:
                     # no caller checks out: end the stack here rather than join a made-up one
                     self.stats.rejected_callers += 1
@@ -311,7 +323,7 @@ class Unwinder:
         [sp]), and an adapter may have pushed one word. Each candidate caller is accepted only at a real
         call site (see _return_strength)."""
         time_ns = sample.time_ns
-        framed = [c for c in (self._fp_step(cur, reader),) if c is not None]
+        framed = self._framed_candidates(cur, reader)
         if not cur.top:
             found = self._choose(framed, [], time_ns, reader)
         elif blob.kind is BlobKind.ADAPTER:
@@ -353,6 +365,36 @@ class Unwinder:
             return True
         ret = reader.word(cur.sp + WORD * blob.frame_size - WORD)
         return ret is not None and self._return_strength(ret, time_ns) > 0
+
+    def _framed_candidates(self, cur: _Cursor, reader: _StackReader) -> list[_Cursor]:
+        """Callers of a stub with an rbp frame: the return address above the saved rbp, or one word
+        higher where the stub pushed a cookie (-1) before `enter()` (the nmethod entry barrier stub,
+        StubRoutines::method_entry_barrier, keeps that slot for deoptimization)."""
+        framed = self._fp_step(cur, reader)
+        if framed is None:
+            return []
+        if framed.pc != ENTRY_BARRIER_COOKIE:
+            return [framed]
+        ret = reader.word(cur.fp + 2 * WORD)
+        return [_Cursor(ret, cur.fp + 3 * WORD, framed.fp, top=False)] if ret else []
+
+    def _subtype_check_caller(self, cur: _Cursor, reader: _StackReader, time_ns: int) -> Optional[_Cursor]:
+        """C1's slow subtype check stub runs on a stack its caller pushed two arguments on (`push klass;
+        push super; call`), and pushes registers itself (4 on JDK 17, 4 and 4 more words on JDK 25):
+        its return address is the first of the top words that is a call site of an nmethod whose frame,
+        above those two arguments, leads on to another call site."""
+        for slot in range(SUBTYPE_CHECK_SLOTS):
+            ret = reader.word(cur.sp + WORD * slot)
+            if not ret:
+                continue
+            blob = self.lookup_blob(ret, time_ns)
+            if blob is None or not blob.is_nmethod or self._return_strength(ret, time_ns, blob) != STRONG:
+                continue
+            caller = _Cursor(ret, cur.sp + WORD * (slot + 1 + SUBTYPE_CHECK_ARGS), cur.fp, top=False)
+            if self._frame_leads_on(caller, reader, time_ns):
+                self.stats.stub_steps += 1
+                return caller
+        return None
 
     def _frameless_candidates(self, cur: _Cursor, reader: _StackReader) -> list[_Cursor]:
         out = []
@@ -781,10 +823,19 @@ def _sub_rsp_length(code: bytes) -> int:
     return 0
 
 
-def _is_return_poll(code: bytes) -> bool:
-    """Does `code` start with the return safepoint poll's `cmp rsp, [r15+disp]`: 49 3b a7 disp32 (JDK 17,
-    21) or 49 3b 67 disp8 (JDK 25, whose JavaThread has the polling word within 128 bytes)?"""
-    return code[:3] == b"\x49\x3b\xa7" or code[:3] == b"\x49\x3b\x67"
+def _poll_then_ret(code: bytes) -> bool:
+    """Does `code` start with a return safepoint poll followed by `ret`? The polls, by JDK:
+    17, 21: `cmp rsp, [r15+disp32]` (49 3b a7), `ja slow` (0f 87 rel32);
+    25:     `cmp rsp, [r15+disp8]` (49 3b 67: the polling word is within 128 bytes of the JavaThread), `ja`;
+    11:     `mov r10, [r15+disp]` (4d 8b 97 disp32 / 4d 8b 57 disp8), `test [r10], eax` (41 85 02), the
+            thread-local polling page; or, with a global polling page, `test eax, [rip+disp32]` (85 05)."""
+    if code[:3] in (b"\x49\x3b\xa7", b"\x49\x3b\x67"):
+        after = 7 if code[2] == 0xA7 else 4
+        return code[after:after + 2] == b"\x0f\x87" and code[after + 6:after + 7] == b"\xc3"
+    if code[:3] in (b"\x4d\x8b\x97", b"\x4d\x8b\x57"):
+        after = 7 if code[2] == 0x97 else 4
+        return code[after:after + 4] == b"\x41\x85\x02\xc3"
+    return code[:2] == b"\x85\x05" and code[6:7] == b"\xc3"
 
 
 def is_stack_pop(code: bytes) -> bool:
@@ -798,19 +849,17 @@ def is_stack_pop(code: bytes) -> bool:
 
 def epilogue_slot(code: bytes) -> Optional[int]:
     """The return-address slot when `code` (the bytes at the top frame's pc) is the end of a compiled
-    method's epilogue: `add rsp, N; pop rbp; [cmp rsp, [r15+poll]; ja slow;] ret` (x86_64
-    MacroAssembler::remove_frame + the return safepoint poll, see _is_return_poll). After `add rsp` only
-    rbp and the return address are left; after `pop rbp` only the return address. None: not in an
-    epilogue."""
-    if code[:1] == b"\xc3":
+    method's epilogue: `add rsp, N; pop rbp; [return poll;] ret` (x86_64 MacroAssembler::remove_frame +
+    the return safepoint poll, see _poll_then_ret), or `add rsp, N; pop rbp; jmp stub` (a tail jump, e.g.
+    to the rethrow stub). After `add rsp` only rbp and the return address are left; after `pop rbp` only
+    the return address. None: not in an epilogue."""
+    if code[:1] == b"\xc3" or _poll_then_ret(code):
         return 0
-    if code[:2] == b"\x0f\x87" and code[6:7] == b"\xc3":
+    if code[:2] == b"\x0f\x87" and code[6:7] == b"\xc3":      # at the `ja` of a 17+ poll
         return 0
-    if _is_return_poll(code):
-        after = 7 if code[2] == 0xA7 else 4
-        if code[after:after + 2] == b"\x0f\x87" and code[after + 6:after + 7] == b"\xc3":
-            return 0
-    if code[:1] == b"\x5d" and (code[1:2] == b"\xc3" or _is_return_poll(code[1:])):
+    if code[:4] == b"\x41\x85\x02\xc3":                       # at the `test` of JDK 11's poll
+        return 0
+    if code[:1] == b"\x5d" and (code[1:2] in (b"\xc3", b"\xe9") or _poll_then_ret(code[1:])):
         return 1
     return None
 

@@ -30,6 +30,7 @@ from pyprof.hotspot.method import MethodInfo, MethodResolver
 from pyprof.model import FrameKind, Mapping, PhysicalFrame, display_name
 from pyprof.sampling.sampler import RawSample
 from pyprof.sampling.unwind import (
+    ENTRY_BARRIER_COOKIE,
     LIVE_CHUNK,
     LIVE_READ_LIMIT,
     MAX_DEPTH,
@@ -37,6 +38,7 @@ from pyprof.sampling.unwind import (
     Unwinder,
     UnwindStats,
 )
+from pyprof.symbols import cfi
 from pyprof.symbols.native import NativeSymbol
 from tests.unit.data.unwind_fixture import RecordedThreads, fixture_path, load, stats_of
 from tests.unit.test_hostile_memory import ReplayMemory
@@ -60,6 +62,7 @@ JA = b"\x0f\x87\x10\x00\x00\x00"
 RET = b"\xc3"
 SUB_RSP_IMM32 = b"\x48\x81\xec\x28\x00\x00\x00"      # sub rsp, 0x28 (C2 without a stack bang)
 MOV_RBP = b"\x48\x89\x6c\x24\x20"                   # mov [rsp+0x20], rbp
+ENTRY_BARRIER = b"\x41\x81\x7f\x20\x01\x00\x00\x00\x0f\x85\x00\x01\x00\x00"  # cmpl [r15+0x20], 1; jne
 UEP = b"\x48\x3b\x46\x08\x0f\x85\x00\x00\x00\x00\x66\x90"   # inline-cache check: cmp; jne ic_miss; nop
 CALL_REL32 = 0xE8                                  # call rel32: 5 bytes, the return address right after
 
@@ -122,12 +125,15 @@ def nmethod_code(begin: int, prologue: bytes = STACK_BANG + PUSH_RBP + SUB_RSP) 
 HOT = nmethod(CODE + 0x1000, "hot", 4, frame_size=6, compile_id=11)             # C2
 NO_BANG = nmethod(CODE + 0x4000, "nobang", 4, frame_size=6, compile_id=14)      # C2, small frame: no bang
 CALLER = nmethod(CODE + 0x2000, "caller", 3, frame_size=4, compile_id=12)        # C1
+# JDK 21+: the nmethod entry barrier after `push rbp; sub rsp`, before frame_complete_offset
+BARRIER = dataclasses.replace(nmethod(CODE + 0x5000, "barrier", 4, frame_size=6, compile_id=15),
+                              frame_complete_offset=FRAME_COMPLETE + len(ENTRY_BARRIER))
 DEOPTEE = nmethod(CODE + 0x3000, "deoptee", 4, frame_size=8, compile_id=13, orig_pc_offset=0x18)
 CALL_STUB = stub(CODE + 0x8000, "StubRoutines (initial stubs)", BlobKind.STUBS, frame_size=0)
 INTERPRETER = stub(CODE + 0xA000, "Interpreter", BlobKind.INTERPRETER, frame_size=0)
 RUNTIME_STUB = stub(CODE + 0x9000, "_new_array_Java", BlobKind.RUNTIME_STUB, frame_size=2)
 CALL_STUB_RETURN = CALL_STUB.code_begin + 0x40     # after the call stub's call of the Java entry
-BLOBS = (HOT, CALLER, DEOPTEE, NO_BANG, CALL_STUB, RUNTIME_STUB, INTERPRETER)
+BLOBS = (HOT, CALLER, DEOPTEE, NO_BANG, BARRIER, CALL_STUB, RUNTIME_STUB, INTERPRETER)
 
 NATIVE_FUNCTIONS = {      # name -> (start, end, library)
     "thread_native_entry": (LIBJVM + 0x1000, LIBJVM + 0x1100, "/synthetic/libjvm.so"),
@@ -167,9 +173,13 @@ class Natives:
                 return NativeSymbol(name, name, library, Mapping(start & ~0xFFFFFF, end, 0, library))
         return None
 
-    def unwind_rule(self, pc: int) -> tuple[bool, None]:
-        """The synthetic libraries have no CFI: frame pointers only."""
-        return self.symbolize(pc) is not None, None
+    def unwind_rule(self, pc: int) -> tuple[bool, Optional[cfi.Rule]]:
+        """The synthetic libraries have no CFI (frame pointers only), but for functions in CFI_RULES."""
+        found = self.symbolize(pc)
+        return found is not None, CFI_RULES.get(found.symbol) if found is not None else None
+
+
+CFI_RULES: dict[str, cfi.Rule] = {}     # function name -> its CFI rule at every pc (tests set them)
 
 
 class Stack:
@@ -211,6 +221,9 @@ def unwinder(live_stack: Optional[Stack] = None, extra_regions: Optional[dict[in
     for blob in BLOBS:
         if blob is NO_BANG:
             regions[blob.code_begin] = nmethod_code(blob.code_begin, SUB_RSP_IMM32 + MOV_RBP)
+        elif blob is BARRIER:
+            regions[blob.code_begin] = nmethod_code(blob.code_begin,
+                                                    STACK_BANG + PUSH_RBP + SUB_RSP + ENTRY_BARRIER)
         elif blob.is_nmethod:
             regions[blob.code_begin] = nmethod_code(blob.code_begin)
         else:
@@ -378,6 +391,64 @@ def test_stub_routine_without_frame_size_follows_rbp() -> None:
     assert stats == counters_of()
 
 
+def test_entry_barrier_stub_with_its_cookie_above_rbp_returns_to_the_nmethod() -> None:
+    # GIVEN StubRoutines::method_entry_barrier (called from C2 `hot`'s entry barrier: `push -1` as a
+    # cookie, then `enter()`), which called libjvm (BarrierSetNMethod::nmethod_stub_entry_barrier)
+    stack = Stack()
+    stub_pc, work_fp, stub_fp = CALL_STUB.code_begin + 0x30, SP + 0x40, SP + 0x80
+    stack.put(work_fp, stub_fp).put(work_fp + WORD, stub_pc)
+    stack.put(stub_fp, 0xD3A0_23B9).put(stub_fp + WORD, ENTRY_BARRIER_COOKIE).put(stub_fp + 2 * WORD,
+                                                                                  at(HOT, 0x90))
+    compiled_frame(stack, stub_fp + 3 * WORD, HOT, CALL_STUB_RETURN, saved_rbp=ENTRY_FP)
+    bottom = java_entry(stack)
+    # WHEN sampled in libjvm
+    frames, stats = unwound(sample(stack, ip=native("SharedRuntime::runtime_work"), bp=work_fp))
+    # THEN the stub's caller is the nmethod above the cookie, then the rest of the stack
+    assert frames == [(native("SharedRuntime::runtime_work"), "SharedRuntime::runtime_work"),
+                      (stub_pc, "[StubRoutines (initial stubs)]"),
+                      (at(HOT, 0x90), "pyproftest.Synth.hot [C2]"), *bottom]
+    assert stats == counters_of()
+
+
+SUBTYPE_CHECK = stub(CODE + 0xB000, "C1 Runtime slow_subtype_check_blob", BlobKind.RUNTIME_STUB, frame_size=0)
+
+
+def test_slow_subtype_check_stub_returns_above_its_pushes_and_its_callers_arguments() -> None:
+    # GIVEN C1's slow subtype check stub at the top: its caller (C1 `caller`) pushed two arguments and
+    # called it; it pushed four registers, one of which holds a return address of `hot` (a decoy whose
+    # frame leads nowhere)
+    stack = Stack()
+    stack.put(SP, 0x6_9000_1000).put(SP + WORD, at(HOT, 0x200)).put(SP + 2 * WORD, 0x11)
+    stack.put(SP + 4 * WORD, at(CALLER, 0x120)).put(SP + 5 * WORD, 0x6_9000_2000).put(SP + 6 * WORD,
+                                                                                       0x6_9000_3000)
+    compiled_frame(stack, SP + 7 * WORD, CALLER, CALL_STUB_RETURN, saved_rbp=ENTRY_FP)
+    bottom = java_entry(stack)
+    u, _ = unwinder(blobs=BLOBS + (SUBTYPE_CHECK,))
+    # WHEN unwound
+    frames = u.unwind(sample(stack, ip=SUBTYPE_CHECK.code_begin + 0x44))
+    # THEN the caller is found above the pushed registers, its frame above its two arguments
+    assert described(frames) == [(SUBTYPE_CHECK.code_begin + 0x44, "[C1 Runtime slow_subtype_check_blob]"),
+                                 (at(CALLER, 0x120), "pyproftest.Synth.caller [C1]"), *bottom]
+    assert stats_of(u.stats) == counters(frames=len(frames))
+
+
+def test_runtime_stub_in_its_epilogue_is_left_by_its_frame_pointer() -> None:
+    # GIVEN a RuntimeStub (enter(): an rbp frame) sampled in its epilogue, its frame partly popped (the
+    # frame size no longer leads to a return address), rbp still its frame pointer
+    stack = Stack()
+    stack.put(SP, 0x5).put(SP + WORD, 0x77)
+    stub_fp = SP + 2 * WORD
+    stack.put(stub_fp, 0x1F).put(stub_fp + WORD, at(HOT, 0x90))
+    compiled_frame(stack, stub_fp + 2 * WORD, HOT, CALL_STUB_RETURN, saved_rbp=ENTRY_FP)
+    bottom = java_entry(stack)
+    # WHEN unwound
+    frames, stats = unwound(sample(stack, ip=RUNTIME_STUB.code_begin + 0x30, bp=stub_fp))
+    # THEN the caller is the one rbp frames
+    assert frames == [(RUNTIME_STUB.code_begin + 0x30, "[_new_array_Java]"),
+                      (at(HOT, 0x90), "pyproftest.Synth.hot [C2]"), *bottom]
+    assert stats == counters_of()
+
+
 def test_call_stub_is_an_rbp_frame_whatever_its_blob_says() -> None:
     # GIVEN C1 `caller` returning into the call stub, in a blob that claims a frame size (the blob holding
     # the call stub differs between JDKs: only StubRoutines::_call_stub_return_address says which pc it is)
@@ -412,6 +483,10 @@ def prologue_case(blob: CodeBlobInfo, offset: int, slot: Optional[int], why: str
     prologue_case(NO_BANG, VERIFIED, 0, "C2 without stack bang, at sub rsp (its verified entry)"),
     prologue_case(NO_BANG, VERIFIED + len(SUB_RSP_IMM32), None, "C2 without stack bang, after sub rsp"),
     prologue_case(NO_BANG, FRAME_COMPLETE + 0x10, None, "C2 without stack bang, in the body"),
+    prologue_case(BARRIER, VERIFIED + len(STACK_BANG), 0, "JDK 21+: at push rbp"),
+    prologue_case(BARRIER, VERIFIED + len(STACK_BANG + PUSH_RBP), 1, "JDK 21+: after push rbp, at sub rsp"),
+    prologue_case(BARRIER, FRAME_COMPLETE, None, "JDK 21+: at the entry barrier, after sub rsp"),
+    prologue_case(BARRIER, FRAME_COMPLETE + 8, None, "JDK 21+: at the entry barrier's jne"),
 ])
 def test_top_frame_in_prologue_or_epilogue_finds_the_return_address_by_the_code(
         blob: CodeBlobInfo, offset: int, slot: Optional[int], why: str) -> None:
@@ -564,6 +639,23 @@ def test_native_frames_with_frame_pointers_reach_the_thread_entry() -> None:
     # WHEN sampled in SharedRuntime::runtime_work with rbp = its frame
     frames, stats = unwound(sample(stack, ip=native("SharedRuntime::runtime_work"), bp=work_fp))
     # THEN the rbp chain names each caller (looked up at return address - 1) down to the root
+    assert frames == [(native("SharedRuntime::runtime_work"), "SharedRuntime::runtime_work"),
+                      (native("JavaCalls::call_helper", 0x40), "JavaCalls::call_helper"),
+                      (native("thread_native_entry", 0x30), "thread_native_entry")]
+    assert stats == counters_of()
+
+
+def test_native_epilogue_whose_rbp_slot_was_popped_keeps_rbp(monkeypatch) -> None:
+    # GIVEN libjvm's runtime_work sampled after its `leave`, before its `ret`: GCC's CFI there says
+    # "CFA = rsp + 8, caller's rbp saved at CFA - 16", a slot below sp (popped: not in the stack copy)
+    monkeypatch.setitem(CFI_RULES, "SharedRuntime::runtime_work", cfi.Rule(cfi.CFA_RSP, 8, -16))
+    stack = Stack()
+    stack.put(HELPER_FP, 0).put(HELPER_FP + WORD, native("thread_native_entry", 0x30))
+    stack.put(SP, native("JavaCalls::call_helper", 0x40))
+    # WHEN sampled there, rbp already restored to call_helper's frame
+    frames, stats = unwound(sample(stack, ip=native("SharedRuntime::runtime_work"), bp=HELPER_FP))
+    # THEN the CFI step finds the return address at [sp] and keeps rbp (the caller's): the walk goes on by
+    # call_helper's frame pointer down to the root
     assert frames == [(native("SharedRuntime::runtime_work"), "SharedRuntime::runtime_work"),
                       (native("JavaCalls::call_helper", 0x40), "JavaCalls::call_helper"),
                       (native("thread_native_entry", 0x30), "thread_native_entry")]
