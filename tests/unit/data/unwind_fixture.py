@@ -23,6 +23,7 @@ Record (as root, from the repository root; rewrites tests/unit/data/unwind-<work
     .venv/bin/python -m tests.unit.data.unwind_fixture Phases 21
     .venv/bin/python -m tests.unit.data.unwind_fixture JitZoo 21
     .venv/bin/python -m tests.unit.data.unwind_fixture Phases 17   (and 25)
+    .venv/bin/python -m tests.unit.data.unwind_fixture Recursion 25   (and 11, 21)
 The Java samples whose stacks did not reach their root, for finding and testing what breaks a walk
 (rewrites unwind-<workload>-jdk<N>-incomplete.json.gz; the workload's arguments follow its JDK):
     .venv/bin/python -m tests.unit.data.unwind_fixture --incomplete HttpServerLoad 17 4 4 900
@@ -51,8 +52,8 @@ from pyprof.hotspot.vmstructs import FieldEntry, TypeEntry, VMStructs
 from pyprof.model import FrameKind, LogicalFrame, Mapping, PhysicalFrame
 from pyprof.procfs.memory import Reader
 from pyprof.sampling.sampler import RawSample
-from pyprof.sampling.unwind import Unwinder, UnwindStats
-from pyprof.symbols.cfi import Rule
+from pyprof.sampling.unwind import Unwinder, UnwindStats, epilogue_slot, is_stack_pop
+from pyprof.symbols.cfi import CFA_RSP, Rule
 from pyprof.symbols.kernel import KernelSymbols
 from pyprof.symbols.native import NativeSymbol
 
@@ -61,6 +62,7 @@ FORMAT = 2      # 2: CFI rules recorded
 SAMPLES_PER_FEATURE = 3
 MAX_SAMPLES = 60
 WORKLOAD_FLAGS = {"JitZoo": ("-XX:+UnlockDiagnosticVMOptions", "-XX:+DebugNonSafepoints")}
+WORKLOAD_ARGS = {"Recursion": ("2",)}
 
 
 def fixture_path(workload: str, jdk: int, kind: str = "") -> Path:
@@ -155,6 +157,38 @@ def stats_of(stats: UnwindStats) -> dict[str, Any]:
     d: dict[str, Any] = {name: getattr(stats, name) for name in PINNED_COUNTERS}
     d["unknown_frames"] = dict(sorted(stats.unknown_frames.items()))
     return d
+
+
+def code_features(raw: RawSample, rec: _Recorder) -> tuple[str, ...]:
+    """Where the sample's top frame stands in its code, for the cases the unwinder decodes from the code
+    bytes: "code:prologue" (an nmethod before frame_complete_offset), "code:entry-barrier" (the same,
+    after `sub rsp`), "code:epilogue-<pop-rbp|poll|ret>" (where in its epilogue), "code:spill-push"
+    (C2's `push [rsp]; pop [rsp+d]`), "code:subtype-check-stub" (C1's slow subtype check stub),
+    "code:native-popped-rbp" (native code whose CFI puts the saved rbp below sp: after `leave`)."""
+    out = []
+    blob = rec.lookup_blob(raw.ip) if not raw.kernel_ips else None
+    try:
+        if blob is not None and blob.is_nmethod:
+            code = rec.jvm.reader.bytes(raw.ip, 16)
+            if blob.verified_entry < raw.ip < blob.code_begin + blob.frame_complete_offset:
+                # JDK 21+'s nmethod entry barrier (`cmp dword [r15+d], imm; jne`): after `sub rsp`
+                barrier = code[:3] == b"\x41\x81\x7f" or code[:2] == b"\x0f\x85"
+                out.append("code:entry-barrier" if barrier else "code:prologue")
+            elif epilogue_slot(code) is not None:
+                at = {0x5D: "pop-rbp", 0xC3: "ret"}.get(code[0], "poll")
+                out.append(f"code:epilogue-{at}")
+            elif is_stack_pop(code):
+                out.append("code:spill-push")
+        elif blob is not None and "slow_subtype_check" in blob.name:
+            out.append("code:subtype-check-stub")
+        elif blob is None and not raw.kernel_ips:
+            _mapped, rule = rec.unwind_rule(raw.ip)
+            cfa = raw.sp + rule.cfa_offset if rule is not None and rule.kind == CFA_RSP else 0
+            if rule is not None and rule.fp_offset and cfa and cfa + rule.fp_offset < raw.sp:
+                out.append("code:native-popped-rbp")
+    except MemoryReadError:
+        pass
+    return tuple(out)
 
 
 def features_of(frames: tuple[PhysicalFrame, ...], stats: UnwindStats) -> tuple[str, ...]:
@@ -387,7 +421,8 @@ def record(workload: str, jdk: int, seconds: float = 60.0, rate_hz: int = 499, e
     from pyprof.symbols.native import NativeSymbolizer
     from tests.conftest import start_java
 
-    java = start_java(jdk, workload, *args, jvm_flags=WORKLOAD_FLAGS.get(workload, ()))
+    java = start_java(jdk, workload, *(args or WORKLOAD_ARGS.get(workload, ())),
+                      jvm_flags=WORKLOAD_FLAGS.get(workload, ()))
     sampler = None
     try:
         time.sleep(1.0)   # past "ready": the steady state
@@ -413,7 +448,8 @@ def record(workload: str, jdk: int, seconds: float = 60.0, rate_hz: int = 499, e
                 for variant in variants(raw):
                     other.unwind(variant)
                 delta = _delta(unwinder.stats, before)
-                taken.append(RecordedSample(raw, frames, stats_of(delta), features_of(frames, delta)))
+                features = tuple(sorted(features_of(frames, delta) + code_features(raw, rec)))
+                taken.append(RecordedSample(raw, frames, stats_of(delta), features))
         chosen = [s for s in taken if "incomplete" in s.features][:MAX_SAMPLES] if only_incomplete \
             else _pick(taken)
         print(f"{len(taken)} samples, kept {len(chosen)}: "
