@@ -39,6 +39,7 @@ LIVE_CHUNK = 4096               # the live stack beyond the copy is read a page 
 LIVE_READ_LIMIT = 64            # ... at most this many pages per sample (256 KiB)
 WEAK, STRONG = 1, 2             # how sure a candidate return address is (Unwinder._return_strength)
 OVERLAP = 1024                  # bytes at the end of the copy compared with live memory before using it
+COPY_LINKS = 4                  # ... or, where they changed, the last frame slots the walk read in the copy
 MAX_STACK_SPAN = 64 << 20       # a Java thread's stack is at most this deep (-Xss caps at 1 GiB; 64 MiB is
                                 # generous): an anchor further away than that is garbage
 
@@ -881,16 +882,21 @@ class _StackReader:
         self.exhausted = False
         self.used_live = False
         self._overlap_ok: Optional[bool] = None
+        self.copy_reads: list[int] = []     # addresses the walk read in the copy (its frames' slots)
 
     def _live_matches_copy(self) -> bool:
         """The second read: the live stack is used only when its last OVERLAP bytes of the copied range
         still hold what the copy holds, i.e. the thread has not returned below the end of the copy since
-        the sample (had it, the frames beyond would be other calls' and the walk would join them)."""
+        the sample (had it, the frames beyond would be other calls' and the walk would join them); or,
+        where those bytes changed, when the last frame slots the walk read in the copy (return
+        addresses, saved rbp) did not: a thread still running in those frames or deeper changes locals
+        (C2's compiler threads keep 30+ KiB of them), not the links of the frames above."""
         if self._overlap_ok is None:
             n = min(OVERLAP, len(self.stack) - len(self.stack) % WORD)
             start = self.base + len(self.stack) - n
             try:
-                self._overlap_ok = n > 0 and self.live.bytes(start, n) == self.stack[len(self.stack) - n:]
+                self._overlap_ok = n > 0 and (self.live.bytes(start, n) == self.stack[len(self.stack) - n:]
+                                              or self._links_unchanged())
             except MemoryReadError:
                 self._overlap_ok = False
             self.stats.live_reads += 1
@@ -898,9 +904,20 @@ class _StackReader:
                 self.stats.live_refused += 1
         return self._overlap_ok
 
+    def _links_unchanged(self) -> bool:
+        """Do the last words the walk read in the copy still hold the same values in live memory?"""
+        if not self.copy_reads:
+            return False
+        for address in self.copy_reads[-COPY_LINKS:]:
+            off = address - self.base
+            if self.live.bytes(address, WORD) != self.stack[off:off + WORD]:
+                return False
+        return True
+
     def word(self, address: int) -> Optional[int]:
         off = address - self.base
         if 0 <= off <= len(self.stack) - WORD:
+            self.copy_reads.append(address)
             return int.from_bytes(self.stack[off : off + WORD], "little")
         if off < 0 or address % WORD:
             return None

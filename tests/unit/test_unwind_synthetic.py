@@ -784,10 +784,11 @@ def test_reads_beyond_the_copied_stack_are_bounded() -> None:
     assert u.stats.truncated_stacks == 1
 
 
-def test_live_stack_that_changed_since_the_sample_is_not_used() -> None:
-    # GIVEN the same chain, but the thread has run on: the live stack no longer holds the copy's end
+def test_live_stack_whose_frames_changed_since_the_sample_is_not_used() -> None:
+    # GIVEN the same chain, but the thread has run on: returned from the frame at the copy's end and
+    # called something else there (a new return address where the walk read call_helper's)
     stack = fp_chain_stack(300, step=LIVE_CHUNK)
-    live = fp_chain_stack(300, step=LIVE_CHUNK).put(SP + 0x30, 0x5EED)
+    live = fp_chain_stack(300, step=LIVE_CHUNK).put(SP + 0x18, native("SharedRuntime::runtime_work", 0x30))
     u, memory = unwinder(live_stack=live)
     # WHEN unwound from a 64-byte copy
     frames = described(u.unwind(sample(stack, ip=native("SharedRuntime::runtime_work"), bp=SP + 0x10,
@@ -796,6 +797,20 @@ def test_live_stack_that_changed_since_the_sample_is_not_used() -> None:
     assert frames == [(native("SharedRuntime::runtime_work"), "SharedRuntime::runtime_work"),
                       (native("JavaCalls::call_helper", 0x40), "JavaCalls::call_helper"), (0, "[truncated]")]
     assert (u.stats.live_reads, u.stats.live_refused, u.stats.truncated_stacks) == (1, 1, 1)
+
+
+def test_live_stack_whose_locals_changed_but_not_its_frame_links_is_used() -> None:
+    # GIVEN the same chain, the thread still running deeper than the copy's end: a local near the copy's
+    # end changed (the strict comparison of the copy's tail fails), the frame slots the walk read did not
+    stack = fp_chain_stack(300, step=LIVE_CHUNK)
+    live = fp_chain_stack(300, step=LIVE_CHUNK).put(SP + 0x30, 0x5EED)
+    u, memory = unwinder(live_stack=live)
+    # WHEN unwound from a 64-byte copy
+    frames = described(u.unwind(sample(stack, ip=native("SharedRuntime::runtime_work"), bp=SP + 0x10,
+                                       copied=64)))
+    # THEN the live stack is used (up to the read budget), nothing refused
+    assert len(frames) == 2 + LIVE_READ_LIMIT + 1 and frames[-1] == (0, "[truncated]")
+    assert (u.stats.live_refused, u.stats.truncated_stacks) == (0, 1)
 
 
 def test_rbp_below_sp_ends_the_walk() -> None:
