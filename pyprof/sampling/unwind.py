@@ -309,6 +309,8 @@ class Unwinder:
                 # (stubs, unlike compiled Java code, keep rbp as their frame pointer)
                 framed = [] if blob.is_nmethod else self._framed_candidates(cur, reader)
                 found = self._choose(framed, self._frameless_candidates(cur, reader), sample.time_ns, reader)
+                if found is None and blob.is_nmethod:
+                    found = self._pushed_word_caller(blob, cur, reader, sample.time_ns)
                 if found is None:
                     # no caller checks out: end the stack here rather than join a made-up one
                     self.stats.rejected_callers += 1
@@ -366,6 +368,17 @@ class Unwinder:
             return True
         ret = reader.word(cur.sp + WORD * blob.frame_size - WORD)
         return ret is not None and self._return_strength(ret, time_ns) > 0
+
+    def _pushed_word_caller(self, blob: CodeBlobInfo, cur: _Cursor, reader: _StackReader, time_ns: int
+                            ) -> Optional[_Cursor]:
+        """The caller of a top compiled frame that pushed one word inside its body (C2's String
+        compression intrinsic: `push len; ...; pop len`): its frame one word above sp. Taken only at a
+        call site whose own frame leads on to another call site."""
+        nxt = self._sized_step(blob, _Cursor(cur.pc, cur.sp + WORD, cur.fp, top=False), reader)
+        if nxt is None or self._java_caller_strength(blob, nxt.pc, time_ns) != STRONG \
+                or not self._frame_leads_on(nxt, reader, time_ns):
+            return None
+        return nxt
 
     def _framed_candidates(self, cur: _Cursor, reader: _StackReader) -> list[_Cursor]:
         """Callers of a stub with an rbp frame: the return address above the saved rbp, or one word

@@ -507,6 +507,22 @@ def test_top_frame_in_prologue_or_epilogue_finds_the_return_address_by_the_code(
     assert stats == counters_of(), why
 
 
+def test_top_compiled_frame_with_a_word_pushed_in_its_body_finds_its_caller_above_it() -> None:
+    # GIVEN C2 `hot` at the top, in its body, with one word pushed on its frame (C2's String compression
+    # intrinsic pushes a register inside the method body), called by C1 `caller`, called by the call stub
+    stack = Stack()
+    stack.put(SP, 0x6_9000_1000)
+    caller_sp = compiled_frame(stack, SP + WORD, HOT, at(CALLER, 0x120), saved_rbp=0)
+    compiled_frame(stack, caller_sp, CALLER, CALL_STUB_RETURN, saved_rbp=ENTRY_FP)
+    bottom = java_entry(stack)
+    # WHEN unwound (the frame size from sp leads to hot's saved rbp slot: no return address)
+    frames, stats = unwound(sample(stack, ip=at(HOT, 0x80)))
+    # THEN the caller is found one word higher, and the stack is complete
+    assert frames == [(at(HOT, 0x80), "pyproftest.Synth.hot [C2]"),
+                      (at(CALLER, 0x120), "pyproftest.Synth.caller [C1]"), *bottom]
+    assert stats == counters_of()
+
+
 def test_prologue_and_epilogue_rules_apply_to_the_top_frame_only() -> None:
     # GIVEN C2 `hot` complete at the top, returning into C1 `caller` at a call site whose next instruction
     # looks like an epilogue (`pop rbp; ret`): a caller frame is complete whatever its pc
