@@ -778,9 +778,11 @@ def _native_caller_of_java(callee: Optional[CodeBlobInfo], pc: int, caller: Opti
 
 
 def _frameless_kind(blob: CodeBlobInfo) -> bool:
-    """Stubs that never build an rbp frame: their return address is at [sp] while they run."""
+    """Stubs that never build an rbp frame: their return address is at [sp] while they run. Also an
+    nmethod without a frame size: a method handle intrinsic (`MethodHandle.invokeBasic`, `linkTo*`) only
+    jumps on, and compiled code's rbp is no frame pointer (a stale [rbp+8] was joined before [sp])."""
     return blob.kind in (BlobKind.VTABLE, BlobKind.ADAPTER, BlobKind.METHOD_HANDLES) \
-        or blob.name.startswith("jni_fast_")
+        or blob.name.startswith("jni_fast_") or blob.is_nmethod
 
 
 def ends_with_call(code: bytes) -> bool:

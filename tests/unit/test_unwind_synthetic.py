@@ -523,6 +523,27 @@ def test_top_compiled_frame_with_a_word_pushed_in_its_body_finds_its_caller_abov
     assert stats == counters_of()
 
 
+INVOKE_BASIC = nmethod(CODE + 0x6000, "invokeBasic", 0, frame_size=0, compile_id=16)    # no frame
+
+
+def test_method_handle_intrinsic_without_a_frame_returns_to_sp_not_to_a_stale_rbp() -> None:
+    # GIVEN a method handle intrinsic (an nmethod without a frame: it only jumps on) at the top, called by
+    # C1 `caller`; rbp is no frame pointer there and frames a stale return address of `hot`
+    stack = Stack()
+    stack.put(SP, at(CALLER, 0x120))
+    compiled_frame(stack, SP + WORD, CALLER, CALL_STUB_RETURN, saved_rbp=ENTRY_FP)
+    stale_fp = SP + 0x100
+    stack.put(stale_fp, 0).put(stale_fp + WORD, at(HOT, 0x90))
+    bottom = java_entry(stack)
+    u, _ = unwinder(blobs=BLOBS + (INVOKE_BASIC,))
+    # WHEN unwound
+    frames = u.unwind(sample(stack, ip=INVOKE_BASIC.code_begin + 0x10, bp=stale_fp))
+    # THEN its caller is the return address at [sp]
+    assert described(frames) == [(INVOKE_BASIC.code_begin + 0x10, "pyproftest.Synth.invokeBasic [jni]"),
+                                 (at(CALLER, 0x120), "pyproftest.Synth.caller [C1]"), *bottom]
+    assert stats_of(u.stats) == counters(frames=len(frames))
+
+
 def test_prologue_and_epilogue_rules_apply_to_the_top_frame_only() -> None:
     # GIVEN C2 `hot` complete at the top, returning into C1 `caller` at a call site whose next instruction
     # looks like an epilogue (`pop rbp; ret`): a caller frame is complete whatever its pc
