@@ -103,6 +103,10 @@ ROOT_SYMBOLS = ("start_thread", "clone3", "__clone3", "clone", "__clone", "_star
 
 # Kernel entry points of a breakpoint trap: the user pc is then one byte past the int3.
 BREAKPOINT_HANDLERS = frozenset(("asm_exc_int3", "exc_int3", "do_int3", "do_int3_user"))
+# ... and of the debug trap a uprobe's single-step raises: the user pc is then in the uprobe's
+# out-of-line slot (the `[uprobes]` page, no file), just after the probed function's first instruction.
+SINGLE_STEP_HANDLERS = frozenset(("asm_exc_debug", "exc_debug", "exc_debug_user", "noist_exc_debug"))
+UPROBE_STEP = LogicalFrame("[uprobe single-step]", FrameKind.NATIVE, "uprobe out-of-line single-step")
 
 # C1's slow subtype check stub (Runtime1 slow_subtype_check: "slow_subtype_check Runtime1 stub" on JDK 17,
 # "C1 Runtime slow_subtype_check_blob" on 21+): how many words above its sp its return address may be,
@@ -128,6 +132,7 @@ class _Cursor:
     top: bool = True
     trusted: bool = False    # from the JavaThread's anchor: HotSpot's own record, no return address
     after_trap: bool = False  # the sample came while the kernel handled a breakpoint (int3) at pc - 1
+    single_step: bool = False  # ... or the debug trap of a uprobe's out-of-line single-step
     blob: Optional[CodeBlobInfo] = None   # the code blob at pc, when already looked up (blob_known)
     blob_known: bool = False
 
@@ -200,7 +205,9 @@ class Unwinder:
         reader = _StackReader(sample, self.r, self.stats)
         walk = _Walk(sample)
         trap = any(f.frames[0].name in BREAKPOINT_HANDLERS for f in frames)
-        cursor: Optional[_Cursor] = _Cursor(sample.ip, sample.sp, sample.bp, after_trap=trap)
+        step = bool(frames) and any(f.frames[0].name in SINGLE_STEP_HANDLERS for f in frames)
+        cursor: Optional[_Cursor] = _Cursor(sample.ip, sample.sp, sample.bp, after_trap=trap,
+                                            single_step=step)
         for _ in range(MAX_DEPTH):
             if cursor is None:
                 break
@@ -249,6 +256,8 @@ class Unwinder:
         if blob is not None:
             walk.saw_java |= blob.is_nmethod or blob.kind is BlobKind.INTERPRETER
             return self._java_step(blob, cursor, reader, sample)
+        if cursor.single_step and cursor.top and not self._is_native_code(cursor.pc):
+            return self._uprobe_step(cursor, reader, sample)
         frame, nxt, is_root = self._native_step(cursor, reader)
         if is_root:
             walk.reached_root = True
@@ -262,6 +271,14 @@ class Unwinder:
             if nxt.pc == 0:
                 nxt.pc = reader.word(nxt.sp - WORD) or 0
         return frame, nxt
+
+    def _uprobe_step(self, cur: _Cursor, reader: _StackReader, sample: StackSample
+                     ) -> tuple[PhysicalFrame, Optional[_Cursor]]:
+        """The top pc in a uprobe's out-of-line slot (pyprof's own probes on libjvm): the probed
+        function's first instruction has just run there, so its return address is at [sp] (or [sp+8]
+        after a `push rbp`); rbp is still the caller's and [rbp+8] would skip the caller."""
+        found = self._choose([], self._frameless_candidates(cur, reader), sample.time_ns, reader)
+        return PhysicalFrame(cur.pc, (UPROBE_STEP,)), found
 
     def _leaves_native(self, nxt: Optional[_Cursor], walk: _Walk, time_ns: int) -> bool:
         """Should the walk continue at the anchor instead of at `nxt` (the frame-pointer step)?"""

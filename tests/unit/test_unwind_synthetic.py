@@ -39,6 +39,7 @@ from pyprof.sampling.unwind import (
     UnwindStats,
 )
 from pyprof.symbols import cfi
+from pyprof.symbols.kernel import KernelSymbols
 from pyprof.symbols.native import NativeSymbol
 from tests.unit.data.unwind_fixture import RecordedThreads, fixture_path, load, stats_of
 from tests.unit.test_hostile_memory import ReplayMemory
@@ -697,6 +698,26 @@ def test_native_epilogue_whose_rbp_slot_was_popped_keeps_rbp(monkeypatch) -> Non
                       (native("JavaCalls::call_helper", 0x40), "JavaCalls::call_helper"),
                       (native("thread_native_entry", 0x30), "thread_native_entry")]
     assert stats == counters_of()
+
+
+def test_uprobe_single_step_slot_returns_to_the_probed_functions_caller() -> None:
+    # GIVEN a sample in the debug trap of a uprobe's single-step (pyprof's own probes on libjvm): the user
+    # pc is in the uprobe's out-of-line page (no file), the probed function's `push rbp` just ran; rbp is
+    # still call_helper's frame, whose [rbp+8] is call_helper's own caller
+    stack = Stack()
+    stack.put(SP, HELPER_FP).put(SP + WORD, native("JavaCalls::call_helper", 0x40))
+    stack.put(HELPER_FP, 0).put(HELPER_FP + WORD, native("thread_native_entry", 0x30))
+    u, _ = unwinder()
+    u.kernel = KernelSymbols([0xFFFF_FFFF_8100_0000], ["asm_exc_debug"])
+    xol = 0x7FFF_FFFF_E000       # the [uprobes] page
+    # WHEN unwound
+    frames = described(u.unwind(dataclasses.replace(sample(stack, ip=xol, bp=HELPER_FP),
+                                                    kernel_ips=(0xFFFF_FFFF_8100_0010,))))
+    # THEN the slot is named, not unknown, and its caller is the probed function's: call_helper, at [sp+8]
+    assert frames == [(0xFFFF_FFFF_8100_0010, "asm_exc_debug"), (xol, "[uprobe single-step]"),
+                      (native("JavaCalls::call_helper", 0x40), "JavaCalls::call_helper"),
+                      (native("thread_native_entry", 0x30), "thread_native_entry")]
+    assert u.stats.unknown_total == 0 and u.stats.reached_root == 1
 
 
 def jni_stack() -> tuple[Stack, tuple[int, int, int], list[tuple[int, str]]]:
