@@ -481,10 +481,12 @@ class Unwinder:
             return STRONG if valid else 0
         if blob is not None and blob.is_nmethod and not blob.is_native_wrapper:
             # The PcDescs are read now, after the sample: in a deoptimization storm the nmethod may have
-            # been flushed and its memory reused, so a missing PcDesc alone does not reject a return
-            # address that follows a call instruction.
+            # been flushed and its memory reused, so where they cannot be read, a return address that
+            # follows a call instruction is taken. Where they can and none is there, only a leaf call
+            # (to a stub or the VM, which have no PcDesc) is: every Java call has one, and a stale
+            # return address after some other call was once joined (a frame skipped, a wrong caller).
             site = self.debug.is_call_site(blob, pc)
-            valid = bool(site) or self._leaf_call(pc, time_ns) or self._after_call(pc)
+            valid = bool(site) or self._leaf_call(pc, time_ns) or (site is None and self._after_call(pc))
         elif blob is not None or self._is_native_code(pc):
             valid = self._after_call(pc)
         else:
