@@ -530,8 +530,10 @@ class Unwinder:
                 # prologue or epilogue of the top frame: only the return address (and maybe rbp) is
                 # on the stack, `slot` words above sp
                 ret = reader.word(cur.sp + WORD * slot)
-                # a whole frame under a pushed word has its saved rbp below the return address, as usual
-                fp = reader.word(cur.sp + WORD * (slot - 1)) if slot >= 2 else cur.fp
+                # the caller's rbp is the word below the return address once it was pushed (after `push
+                # rbp`, at `pop rbp`: rbp itself is not the caller's there; a whole frame under a pushed
+                # spill word); at slot 0 rbp is the caller's (not pushed yet, or popped)
+                fp = reader.word(cur.sp + WORD * (slot - 1)) if slot >= 1 else cur.fp
                 return _Cursor(ret, cur.sp + WORD * (slot + 1), fp if fp is not None else cur.fp,
                                top=False) if ret else None
         sender_sp = cur.sp + WORD * blob.frame_size

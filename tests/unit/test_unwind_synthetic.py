@@ -647,6 +647,19 @@ def test_interpreted_frame_between_compiled_frames_continues_at_its_sender_sp() 
     assert stats == counters_of()
 
 
+def test_top_frame_at_pop_rbp_gives_its_interpreted_caller_the_saved_rbp() -> None:
+    # GIVEN the same stack, C2 `hot` sampled at its epilogue's `pop rbp`: sp at the saved rbp (the
+    # interpreted caller's frame pointer), rbp itself still hot's own junk
+    stack = interpreted_stack(recorded_method("pyproftest.Phases.loop"))
+    sp = SP + WORD * (HOT.frame_size - 2)
+    frames, stats = unwound(sample(stack, ip=at(HOT, EPILOGUE + len(ADD_RSP)), sp=sp, bp=0xBAD0))
+    # THEN the interpreted frame is found by the saved rbp at [sp], and the rest as before
+    assert frames == [(at(HOT, EPILOGUE + len(ADD_RSP)), "pyproftest.Synth.hot [C2]"),
+                      (INTERPRETER.code_begin + 0x40, "pyproftest.Phases.loop [interp]"),
+                      (at(CALLER, 0x120), "pyproftest.Synth.caller [C1]")]
+    assert stats == counters_of()
+
+
 def test_interpreted_frame_with_an_unreadable_method_is_a_counted_unknown() -> None:
     # GIVEN the same stack with a Method* that points nowhere
     frames, stats = unwound(sample(interpreted_stack(0x7F50_DEAD_0000), ip=at(HOT, 0x80)))
