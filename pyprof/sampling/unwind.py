@@ -41,6 +41,7 @@ LIVE_CHUNK = 4096               # the live stack beyond the copy is read a page 
 LIVE_READ_LIMIT = 64            # ... at most this many pages per sample (256 KiB)
 WEAK, STRONG = 1, 2             # how sure a candidate return address is (Unwinder._return_strength)
 OVERLAP = 1024                  # bytes at the end of the copy compared with live memory before using it
+COPY_LINKS = 4                  # ... or, where they changed, the last frame slots the walk read in the copy
 MAX_STACK_SPAN = 64 << 20       # a Java thread's stack is at most this deep (-Xss caps at 1 GiB; 64 MiB is
                                 # generous): an anchor further away than that is garbage
 _U64 = struct.Struct("<Q")
@@ -105,6 +106,18 @@ ROOT_SYMBOLS = ("start_thread", "clone3", "__clone3", "clone", "__clone", "_star
 
 # Kernel entry points of a breakpoint trap: the user pc is then one byte past the int3.
 BREAKPOINT_HANDLERS = frozenset(("asm_exc_int3", "exc_int3", "do_int3", "do_int3_user"))
+# ... and of the debug trap a uprobe's single-step raises: the user pc is then in the uprobe's
+# out-of-line slot (the `[uprobes]` page, no file), just after the probed function's first instruction.
+SINGLE_STEP_HANDLERS = frozenset(("asm_exc_debug", "exc_debug", "exc_debug_user", "noist_exc_debug"))
+UPROBE_STEP = LogicalFrame("[uprobe single-step]", FrameKind.NATIVE, "uprobe out-of-line single-step")
+
+# C1's slow subtype check stub (Runtime1 slow_subtype_check: "slow_subtype_check Runtime1 stub" on JDK 17,
+# "C1 Runtime slow_subtype_check_blob" on 21+): how many words above its sp its return address may be,
+# and the arguments its caller pushed before calling it.
+SUBTYPE_CHECK_STUB = "slow_subtype_check"
+SUBTYPE_CHECK_SLOTS = 12
+SUBTYPE_CHECK_ARGS = 2
+ENTRY_BARRIER_COOKIE = (1 << 64) - 1    # the -1 StubRoutines::method_entry_barrier pushes before enter()
 
 INTERPRETER_ENTRY = LogicalFrame("[Interpreter]", FrameKind.JVM_STUB, "interpreter method entry")
 
@@ -118,16 +131,17 @@ class _Cursor:
     """Where the walk is: one per frame of every sample, so a plain slotted class (a dataclass's
     generated __init__ and attribute dict cost measurably on the hot path)."""
 
-    __slots__ = ("pc", "sp", "fp", "top", "trusted", "after_trap", "blob", "blob_known")
+    __slots__ = ("pc", "sp", "fp", "top", "trusted", "after_trap", "single_step", "blob", "blob_known")
 
     def __init__(self, pc: int, sp: int, fp: int, top: bool = True, trusted: bool = False,
-                 after_trap: bool = False) -> None:
+                 after_trap: bool = False, single_step: bool = False) -> None:
         self.pc = pc
         self.sp = sp
         self.fp = fp
         self.top = top
         self.trusted = trusted    # from the JavaThread's anchor: HotSpot's own record, no return address
         self.after_trap = after_trap    # the sample came while the kernel handled a breakpoint at pc - 1
+        self.single_step = single_step  # ... or the debug trap of a uprobe's out-of-line single-step
         self.blob: Optional[CodeBlobInfo] = None   # the code blob at pc, when already looked up (blob_known)
         self.blob_known = False
 
@@ -192,6 +206,7 @@ class Unwinder:
         # Method* -> (validated at, in CLOCK_MONOTONIC ns like sample times; metadata generation; method)
         self._validated_methods: dict[int, tuple[int, int, MethodInfo]] = {}
         self._trap_ips: set[int] = set()    # kernel pcs in a breakpoint handler (BREAKPOINT_HANDLERS)
+        self._single_step_ips: set[int] = set()   # kernel pcs in the debug trap (SINGLE_STEP_HANDLERS)
         # (pc, Method*, ConstMethod*, bcp, metadata generation) -> interpreted frame: the line lookup and
         # the frame object once per position (the Method* itself is validated by _method)
         self._interpreted_frames: LRUCache[tuple[int, int, int, int, int], PhysicalFrame] = LRUCache(
@@ -215,8 +230,11 @@ class Unwinder:
             return tuple(frames)
         reader = _StackReader(sample, self.r, self.stats)
         walk = _Walk(sample)
-        trap = bool(self._trap_ips) and not self._trap_ips.isdisjoint(sample.kernel_ips)
-        cursor: Optional[_Cursor] = _Cursor(sample.ip, sample.sp, sample.bp, after_trap=trap)
+        kernel_ips = sample.kernel_ips
+        trap = bool(self._trap_ips) and not self._trap_ips.isdisjoint(kernel_ips)
+        step = bool(self._single_step_ips) and not self._single_step_ips.isdisjoint(kernel_ips)
+        cursor: Optional[_Cursor] = _Cursor(sample.ip, sample.sp, sample.bp, after_trap=trap,
+                                            single_step=step)
         for _ in range(MAX_DEPTH):
             if cursor is None:
                 break
@@ -240,8 +258,9 @@ class Unwinder:
             from_interpreter = cursor.blob is not None and cursor.blob.kind is BlobKind.INTERPRETER
             # an interpreted frame's link to its caller is HotSpot's own frame structure (also for frames
             # the deoptimizer built), not a guess: only the other steps' callers are checked
-            if not nxt.trusted and not from_interpreter and \
-                    not self._accept_caller(nxt.pc, sample.time_ns, nxt.blob):
+            if not nxt.trusted and not from_interpreter and (
+                    _native_caller_of_java(cursor.blob, nxt.pc, nxt.blob)
+                    or not self._accept_caller(nxt.pc, sample.time_ns, nxt.blob)):
                 # a compiled "caller" at a pc that is no call site of it: a stale or misread return
                 # address. Joining it would invent a caller chain; the stack ends here instead.
                 self.stats.rejected_callers += 1
@@ -304,9 +323,7 @@ class Unwinder:
                 walk.saw_java = True
             return frame, self._fp_step(cur, reader)
         if slot is not None:
-            # the top frame's prologue or epilogue: the return address is `slot` words above sp
-            ret = reader.word(cur.sp + WORD * slot)
-            nxt = _Cursor(ret, cur.sp + WORD * (slot + 1), cur.fp, top=False) if ret else None
+            nxt = _slot_caller(cur, reader, slot)
         else:
             sender_sp = cur.sp + frame_bytes
             ret = reader.word(sender_sp - WORD)
@@ -315,7 +332,7 @@ class Unwinder:
                 nxt = None
             else:
                 nxt = _Cursor(ret, sender_sp, saved_fp if saved_fp is not None else cur.fp, top=False)
-        if cur.top and nxt is not None and not self._return_strength(nxt.pc, time_ns):
+        if cur.top and nxt is not None and not self._java_caller_strength(blob, nxt.pc, time_ns):
             return None     # _java_step looks for another caller
         if is_java:
             walk.saw_java = True
@@ -328,7 +345,8 @@ class Unwinder:
         pc = cur.pc
         plan: tuple = _UNPLANNED
         if blob.kind is BlobKind.INTERPRETER or \
-                (not cur.top and blob.is_nmethod and blob.deopt_handler and pc == blob.deopt_handler):
+                (not cur.top and blob.is_nmethod and blob.deopt_handler and pc == blob.deopt_handler) or \
+                (cur.top and SUBTYPE_CHECK_STUB in blob.name):
             pass
         elif pc == self.call_stub_return:
             plan = (self._compiled_frame(blob, pc), 0, blob.is_nmethod, None)
@@ -357,10 +375,14 @@ class Unwinder:
 
     def _step(self, cursor: _Cursor, reader: _StackReader, sample: StackSample, walk: _Walk
               ) -> tuple[PhysicalFrame, Optional[_Cursor]]:
-        blob = cursor.blob if cursor.blob_known else self.lookup_blob(cursor.pc, sample.time_ns)
+        if not cursor.blob_known:
+            cursor.blob, cursor.blob_known = self.lookup_blob(cursor.pc, sample.time_ns), True
+        blob = cursor.blob
         if blob is not None:
             walk.saw_java |= blob.is_nmethod or blob.kind is BlobKind.INTERPRETER
             return self._java_step(blob, cursor, reader, sample)
+        if cursor.single_step and cursor.top and not self._is_native_code(cursor.pc):
+            return self._uprobe_step(cursor, reader, sample)
         frame, nxt, is_root = self._native_step(cursor, reader)
         if is_root:
             walk.reached_root = True
@@ -374,6 +396,14 @@ class Unwinder:
             if nxt.pc == 0:
                 nxt.pc = reader.word(nxt.sp - WORD) or 0
         return frame, nxt
+
+    def _uprobe_step(self, cur: _Cursor, reader: _StackReader, sample: StackSample
+                     ) -> tuple[PhysicalFrame, Optional[_Cursor]]:
+        """The top pc in a uprobe's out-of-line slot (pyprof's own probes on libjvm): the probed
+        function's first instruction has just run there, so its return address is at [sp] (or [sp+8]
+        after a `push rbp`); rbp is still the caller's and [rbp+8] would skip the caller."""
+        found = self._choose([], self._frameless_candidates(cur, reader), sample.time_ns, reader)
+        return PhysicalFrame(cur.pc, (UPROBE_STEP,)), found
 
     def _leaves_native(self, nxt: Optional[_Cursor], walk: _Walk, time_ns: int) -> bool:
         """Should the walk continue at the anchor instead of at `nxt` (the frame-pointer step)?"""
@@ -420,12 +450,18 @@ class Unwinder:
         frame = self._compiled_frame(blob, self._deoptimized_pc(blob, cur, reader))
         if cur.pc == self.call_stub_return:
             return frame, self._fp_step(cur, reader)
+        if cur.top and SUBTYPE_CHECK_STUB in blob.name:
+            return frame, self._subtype_check_caller(cur, reader, sample.time_ns)
         if blob.frame_size > 0:
             nxt = self._sized_step(blob, cur, reader)
-            if cur.top and nxt is not None and not self._return_strength(nxt.pc, sample.time_ns):
+            if cur.top and nxt is not None and not self._java_caller_strength(blob, nxt.pc, sample.time_ns):
                 # the top frame may be in code whose frame is not (yet, or no longer) laid out as its
-                # frame size says: an inline-cache miss path, a stub-like prologue
-                found = self._choose([], self._frameless_candidates(cur, reader), sample.time_ns, reader)
+                # frame size says: an inline-cache miss path, a stub-like prologue, a stub's epilogue
+                # (stubs, unlike compiled Java code, keep rbp as their frame pointer)
+                framed = [] if blob.is_nmethod else self._framed_candidates(cur, reader)
+                found = self._choose(framed, self._frameless_candidates(cur, reader), sample.time_ns, reader)
+                if found is None and blob.is_nmethod:
+                    found = self._pushed_word_caller(blob, cur, reader, sample.time_ns)
                 if found is None:
                     # no caller checks out: end the stack here rather than join a made-up one
                     self.stats.rejected_callers += 1
@@ -441,7 +477,7 @@ class Unwinder:
         [sp]), and an adapter may have pushed one word. Each candidate caller is accepted only at a real
         call site (see _return_strength)."""
         time_ns = sample.time_ns
-        framed = [c for c in (self._fp_step(cur, reader),) if c is not None]
+        framed = self._framed_candidates(cur, reader)
         if not cur.top:
             found = self._choose(framed, [], time_ns, reader)
         elif blob.kind is BlobKind.ADAPTER:
@@ -483,6 +519,47 @@ class Unwinder:
             return True
         ret = reader.word(cur.sp + WORD * blob.frame_size - WORD)
         return ret is not None and self._return_strength(ret, time_ns) > 0
+
+    def _pushed_word_caller(self, blob: CodeBlobInfo, cur: _Cursor, reader: _StackReader, time_ns: int
+                            ) -> Optional[_Cursor]:
+        """The caller of a top compiled frame that pushed one word inside its body (C2's String
+        compression intrinsic: `push len; ...; pop len`): its frame one word above sp. Taken only at a
+        call site whose own frame leads on to another call site."""
+        nxt = self._sized_step(blob, _Cursor(cur.pc, cur.sp + WORD, cur.fp, top=False), reader)
+        if nxt is None or self._java_caller_strength(blob, nxt.pc, time_ns) != STRONG \
+                or not self._frame_leads_on(nxt, reader, time_ns):
+            return None
+        return nxt
+
+    def _framed_candidates(self, cur: _Cursor, reader: _StackReader) -> list[_Cursor]:
+        """Callers of a stub with an rbp frame: the return address above the saved rbp, or one word
+        higher where the stub pushed a cookie (-1) before `enter()` (the nmethod entry barrier stub,
+        StubRoutines::method_entry_barrier, keeps that slot for deoptimization)."""
+        framed = self._fp_step(cur, reader)
+        if framed is None:
+            return []
+        if framed.pc != ENTRY_BARRIER_COOKIE:
+            return [framed]
+        ret = reader.word(cur.fp + 2 * WORD)
+        return [_Cursor(ret, cur.fp + 3 * WORD, framed.fp, top=False)] if ret else []
+
+    def _subtype_check_caller(self, cur: _Cursor, reader: _StackReader, time_ns: int) -> Optional[_Cursor]:
+        """C1's slow subtype check stub runs on a stack its caller pushed two arguments on (`push klass;
+        push super; call`), and pushes registers itself (4 on JDK 17, 4 and 4 more words on JDK 25):
+        its return address is the first of the top words that is a call site of an nmethod whose frame,
+        above those two arguments, leads on to another call site."""
+        for slot in range(SUBTYPE_CHECK_SLOTS):
+            ret = reader.word(cur.sp + WORD * slot)
+            if not ret:
+                continue
+            blob = self.lookup_blob(ret, time_ns)
+            if blob is None or not blob.is_nmethod or self._return_strength(ret, time_ns, blob) != STRONG:
+                continue
+            caller = _Cursor(ret, cur.sp + WORD * (slot + 1 + SUBTYPE_CHECK_ARGS), cur.fp, top=False)
+            if self._frame_leads_on(caller, reader, time_ns):
+                self.stats.stub_steps += 1
+                return caller
+        return None
 
     def _frameless_candidates(self, cur: _Cursor, reader: _StackReader) -> list[_Cursor]:
         out = []
@@ -545,15 +622,25 @@ class Unwinder:
             return STRONG if valid else 0
         if blob is not None and blob.is_nmethod and not blob.is_native_wrapper:
             # The PcDescs are read now, after the sample: in a deoptimization storm the nmethod may have
-            # been flushed and its memory reused, so a missing PcDesc alone does not reject a return
-            # address that follows a call instruction.
+            # been flushed and its memory reused, so where they cannot be read, a return address that
+            # follows a call instruction is taken. Where they can and none is there, only a leaf call
+            # (to a stub or the VM, which have no PcDesc) is: every Java call has one, and a stale
+            # return address after some other call was once joined (a frame skipped, a wrong caller).
             site = self.debug.is_call_site(blob, pc)
-            valid = bool(site) or self._leaf_call(pc, time_ns) or self._after_call(pc)
+            valid = bool(site) or self._leaf_call(pc, time_ns) or (site is None and self._after_call(pc))
         elif blob is not None or self._is_native_code(pc):
             valid = self._after_call(pc)
         else:
             valid = False
         return STRONG if self._call_sites.put(key, valid) else 0
+
+    def _java_caller_strength(self, callee: CodeBlobInfo, pc: int, time_ns: int) -> int:
+        """_return_strength of a candidate caller of `callee`'s frame; 0 for native code above an nmethod
+        (see _native_caller_of_java)."""
+        blob = self.lookup_blob(pc, time_ns)
+        if _native_caller_of_java(callee, pc, blob):
+            return 0
+        return self._return_strength(pc, time_ns, blob)
 
     def _leaf_call(self, pc: int, time_ns: int) -> bool:
         """Compiled code's calls without a PcDesc: leaf calls (no safepoint) into stubs or the VM, e.g.
@@ -581,10 +668,7 @@ class Unwinder:
         if cur.top:
             slot = self._partial_frame_slot(blob, cur.pc)
             if slot is not None:
-                # prologue or epilogue of the top frame: only the return address (and maybe rbp) is
-                # on the stack, `slot` words above sp
-                ret = reader.word(cur.sp + WORD * slot)
-                return _Cursor(ret, cur.sp + WORD * (slot + 1), cur.fp, top=False) if ret else None
+                return _slot_caller(cur, reader, slot)
         sender_sp = cur.sp + WORD * blob.frame_size
         ret = reader.word(sender_sp - WORD)
         saved_fp = reader.word(sender_sp - 2 * WORD)
@@ -593,8 +677,9 @@ class Unwinder:
         return _Cursor(ret, sender_sp, saved_fp if saved_fp is not None else cur.fp, top=False)
 
     def _partial_frame_slot(self, blob: CodeBlobInfo, pc: int) -> Optional[int]:
-        """Where the return address is when the top frame is not complete: 0 ([sp]), 1 ([sp+8]), or
-        None (the frame is complete: use its frame size). Decided from the code bytes, cached per pc."""
+        """Where the return address is when the top frame is not as its frame size says: 0 ([sp]), 1
+        ([sp+8]) in a prologue or epilogue, frame_size with a spill word pushed (is_stack_pop), or None
+        (use the frame size). Decided from the code bytes, cached per pc."""
         key = (pc, blob.address, blob.compile_id)
         found, cached = self._partial_slots.lookup(key)
         if found:
@@ -603,7 +688,10 @@ class Unwinder:
             if pc < blob.code_begin + max(blob.frame_complete_offset, 0):
                 slot = self._prologue_slot(blob, pc)
             else:
-                slot = epilogue_slot(self.r.bytes(pc, 16))
+                code = self.r.bytes(pc, 16)
+                slot = epilogue_slot(code)
+                if slot is None and is_stack_pop(code):
+                    slot = blob.frame_size      # a whole frame and one word pushed on it
         except MemoryReadError:
             slot = None
         return self._partial_slots.put(key, slot)
@@ -611,9 +699,10 @@ class Unwinder:
     def _prologue_slot(self, blob: CodeBlobInfo, pc: int) -> Optional[int]:
         """C1/C2 prologue (x86_64 MacroAssembler::verified_entry / build_frame): the inline-cache check
         before the verified entry, stack bangs `mov [rsp-N], eax` (89 84 24 disp32), `push rbp`, then
-        `sub rsp, N` completes the frame. Up to and including the push, the return address is at [sp].
-        C2 without a stack bang allocates the frame first (`sub rsp, N; mov [rsp+N], rbp`, no push):
-        after that sub the frame size applies (None)."""
+        `sub rsp, N` allocates the frame. Up to and including the push, the return address is at [sp];
+        after the push, at [sp+8]; after the sub the frame size applies (None), also before
+        frame_complete_offset (JDK 21+'s nmethod entry barrier comes after the sub). C2 without a stack
+        bang allocates the frame first (`sub rsp, N; mov [rsp+N], rbp`, no push)."""
         if blob.code_begin <= pc < blob.verified_entry:
             return 0    # the inline-cache check (`cmp; jne ic_miss`) pushes nothing
         entry = blob.verified_entry if blob.code_begin <= blob.verified_entry <= pc else blob.code_begin
@@ -625,10 +714,19 @@ class Unwinder:
         i = 0
         while code[i:i + 3] == b"\x89\x84\x24":
             i += 7
-        if code[i:i + 3] in (b"\x48\x81\xec", b"\x48\x83\xec"):
+        if pc <= entry + i:
+            return 0        # the stack bangs push nothing: up to the `push rbp` (or `sub rsp`), [sp]
+        if _sub_rsp_length(code[i:]):
             return None     # `sub rsp, N` before any push: past it, the frame is allocated
-        push_rbp = entry + i if code[i:i + 1] == b"\x55" else entry - 1
-        return 0 if pc <= push_rbp else 1
+        if code[i:i + 1] != b"\x55":
+            return 1        # an unknown prologue: as before, one word pushed
+        sub = _sub_rsp_length(code[i + 1:])
+        if sub and pc >= entry + i + 1 + sub:
+            # past `push rbp; sub rsp, N` the frame is allocated, though not yet "complete": JDK 21+
+            # puts the nmethod entry barrier (`cmp dword [r15+N], imm; jne slow`) before
+            # frame_complete_offset
+            return None
+        return 1
 
     def _deoptimized_pc(self, blob: CodeBlobInfo, cur: _Cursor, reader: _StackReader) -> int:
         """A caller frame being deoptimized returns to the nmethod's deopt handler; HotSpot saved the
@@ -755,6 +853,8 @@ class Unwinder:
             name = self.kernel.lookup(ip) if self.kernel is not None else None
             if name in BREAKPOINT_HANDLERS:
                 self._trap_ips.add(ip)
+            elif name in SINGLE_STEP_HANDLERS:
+                self._single_step_ips.add(ip)
             frame = self._kernel_frames.put(
                 ip, PhysicalFrame(ip, (LogicalFrame(name or f"[kernel 0x{ip:x}]", FrameKind.KERNEL),)))
         return frame
@@ -810,13 +910,20 @@ class Unwinder:
         ret = reader.word(cfa - WORD)
         if ret is None:
             return None
-        fp = cur.fp
-        if rule.fp_offset:
-            saved = reader.word(cfa + rule.fp_offset)
-            if saved is None:
-                return None
-            fp = saved
-        return _Cursor(ret, cfa, fp, top=False)
+        fp = self._cfi_saved_fp(rule, cur, cfa, reader)
+        return _Cursor(ret, cfa, fp, top=False) if fp is not None else None
+
+    @staticmethod
+    def _cfi_saved_fp(rule: cfi.Rule, cur: _Cursor, cfa: int, reader: _StackReader) -> Optional[int]:
+        """The caller's rbp by the CFI rule: unchanged, or saved at CFA + fp_offset. A slot below sp was
+        popped already (the epilogue after `pop rbp`/`leave`, where GCC's CFI still says "saved"; the copy
+        starts at sp): rbp holds the caller's value again."""
+        if not rule.fp_offset:
+            return cur.fp
+        slot = cfa + rule.fp_offset
+        if slot < cur.sp:
+            return cur.fp
+        return reader.word(slot)
 
     def _native_frame(self, lookup_pc: int, pc: int) -> tuple[PhysicalFrame, bool]:
         cached = self._native_frames.get(pc)
@@ -842,6 +949,27 @@ class Unwinder:
         return self._native_frames.put(pc, result)
 
 
+def _slot_caller(cur: _Cursor, reader: _StackReader, slot: int) -> Optional[_Cursor]:
+    """The caller of a top frame in its prologue or epilogue (Unwinder._partial_frame_slot): only the
+    return address (and maybe rbp) is on the stack, `slot` words above sp. The caller's rbp is the word
+    below the return address once it was pushed (after `push rbp`, at `pop rbp`: rbp itself is not the
+    caller's there; a whole frame under a pushed spill word); at slot 0 rbp is the caller's (not pushed
+    yet, or popped). The planned and the full step both take it from here."""
+    ret = reader.word(cur.sp + WORD * slot)
+    if not ret:
+        return None
+    fp = reader.word(cur.sp + WORD * (slot - 1)) if slot >= 1 else cur.fp
+    return _Cursor(ret, cur.sp + WORD * (slot + 1), fp if fp is not None else cur.fp, top=False)
+
+
+def _native_caller_of_java(callee: Optional[CodeBlobInfo], pc: int, caller: Optional[CodeBlobInfo]) -> bool:
+    """Is this a compiled Java frame returning into native code? Never real: native code enters Java
+    through the call stub (JavaCalls), so a return address outside the code cache above an nmethod frame
+    is a stale word (a libc or libjvm return address left on the stack by an earlier call). A zero
+    return address is the end of the stack, not a caller."""
+    return pc != 0 and caller is None and callee is not None and callee.is_nmethod
+
+
 _UNPLANNED: tuple = ("unplanned",)   # a planned-step entry: this pc's step is _step's to decide
 _ROOT = object()     # a planned native step: the stack's root end
 MAX_PLANS = 200_000
@@ -860,9 +988,11 @@ def _bounded_put(memo: dict, key, value):
 
 
 def _frameless_kind(blob: CodeBlobInfo) -> bool:
-    """Stubs that never build an rbp frame: their return address is at [sp] while they run."""
+    """Stubs that never build an rbp frame: their return address is at [sp] while they run. Also an
+    nmethod without a frame size: a method handle intrinsic (`MethodHandle.invokeBasic`, `linkTo*`) only
+    jumps on, and compiled code's rbp is no frame pointer (a stale [rbp+8] was joined before [sp])."""
     return blob.kind in (BlobKind.VTABLE, BlobKind.ADAPTER, BlobKind.METHOD_HANDLES) \
-        or blob.name.startswith("jni_fast_")
+        or blob.name.startswith("jni_fast_") or blob.is_nmethod
 
 
 def ends_with_call(code: bytes) -> bool:
@@ -909,18 +1039,53 @@ def _ff2_length(rest: bytes) -> int:
     return length
 
 
+def _sub_rsp_length(code: bytes) -> int:
+    """Length of the `sub rsp, imm8` (48 83 ec) or `sub rsp, imm32` (48 81 ec) that `code` starts with;
+    0 when it starts with something else."""
+    if code[:3] == b"\x48\x83\xec":
+        return 4
+    if code[:3] == b"\x48\x81\xec":
+        return 7
+    return 0
+
+
+def _poll_then_ret(code: bytes) -> bool:
+    """Does `code` start with a return safepoint poll followed by `ret`? The polls, by JDK:
+    17, 21: `cmp rsp, [r15+disp32]` (49 3b a7), `ja slow` (0f 87 rel32);
+    25:     `cmp rsp, [r15+disp8]` (49 3b 67: the polling word is within 128 bytes of the JavaThread), `ja`;
+    11:     `mov r10, [r15+disp]` (4d 8b 97 disp32 / 4d 8b 57 disp8), `test [r10], eax` (41 85 02), the
+            thread-local polling page; or, with a global polling page, `test eax, [rip+disp32]` (85 05)."""
+    if code[:3] in (b"\x49\x3b\xa7", b"\x49\x3b\x67"):
+        after = 7 if code[2] == 0xA7 else 4
+        return code[after:after + 2] == b"\x0f\x87" and code[after + 6:after + 7] == b"\xc3"
+    if code[:3] in (b"\x4d\x8b\x97", b"\x4d\x8b\x57"):
+        after = 7 if code[2] == 0x97 else 4
+        return code[after:after + 4] == b"\x41\x85\x02\xc3"
+    return code[:2] == b"\x85\x05" and code[6:7] == b"\xc3"
+
+
+def is_stack_pop(code: bytes) -> bool:
+    """Does `code` start with `pop qword [rsp+disp]` (8f /0, SIB base rsp; REX.W optional)? C2 moves a
+    64-bit spill slot to another with `push [rsp+a]; pop [rsp+b]`: between the two, one word more is on
+    the stack than the frame size says."""
+    i = 1 if code[:1] == b"\x48" else 0
+    return code[i:i + 1] == b"\x8f" and code[i + 1:i + 2] in (b"\x04", b"\x44", b"\x84") \
+        and code[i + 2:i + 3] == b"\x24"
+
+
 def epilogue_slot(code: bytes) -> Optional[int]:
     """The return-address slot when `code` (the bytes at the top frame's pc) is the end of a compiled
-    method's epilogue: `add rsp, N; pop rbp; [cmp rsp, [r15+poll]; ja slow;] ret` (x86_64
-    MacroAssembler::remove_frame + the return safepoint poll). After `add rsp` only rbp and the return
-    address are left; after `pop rbp` only the return address. None: not in an epilogue."""
-    if code[:1] == b"\xc3":
+    method's epilogue: `add rsp, N; pop rbp; [return poll;] ret` (x86_64 MacroAssembler::remove_frame +
+    the return safepoint poll, see _poll_then_ret), or `add rsp, N; pop rbp; jmp stub` (a tail jump, e.g.
+    to the rethrow stub). After `add rsp` only rbp and the return address are left; after `pop rbp` only
+    the return address. None: not in an epilogue."""
+    if code[:1] == b"\xc3" or _poll_then_ret(code):
         return 0
-    if code[:2] == b"\x0f\x87" and code[6:7] == b"\xc3":
+    if code[:2] == b"\x0f\x87" and code[6:7] == b"\xc3":      # at the `ja` of a 17+ poll
         return 0
-    if code[:3] == b"\x49\x3b\xa7" and code[7:9] == b"\x0f\x87" and code[13:14] == b"\xc3":
+    if code[:4] == b"\x41\x85\x02\xc3":                       # at the `test` of JDK 11's poll
         return 0
-    if code[:1] == b"\x5d" and (code[1:2] == b"\xc3" or code[1:4] == b"\x49\x3b\xa7"):
+    if code[:1] == b"\x5d" and (code[1:2] in (b"\xc3", b"\xe9") or _poll_then_ret(code[1:])):
         return 1
     return None
 
@@ -943,16 +1108,21 @@ class _StackReader:
         self.exhausted = False
         self.used_live = False
         self._overlap_ok: Optional[bool] = None
+        self.copy_reads: list[int] = []     # addresses the walk read in the copy (its frames' slots)
 
     def _live_matches_copy(self) -> bool:
         """The second read: the live stack is used only when its last OVERLAP bytes of the copied range
         still hold what the copy holds, i.e. the thread has not returned below the end of the copy since
-        the sample (had it, the frames beyond would be other calls' and the walk would join them)."""
+        the sample (had it, the frames beyond would be other calls' and the walk would join them); or,
+        where those bytes changed, when the last frame slots the walk read in the copy (return
+        addresses, saved rbp) did not: a thread still running in those frames or deeper changes locals
+        (C2's compiler threads keep 30+ KiB of them), not the links of the frames above."""
         if self._overlap_ok is None:
             n = min(OVERLAP, len(self.stack) - len(self.stack) % WORD)
             start = self.base + len(self.stack) - n
             try:
-                self._overlap_ok = n > 0 and self.live.bytes(start, n) == self.stack[len(self.stack) - n:]
+                self._overlap_ok = n > 0 and (self.live.bytes(start, n) == self.stack[len(self.stack) - n:]
+                                              or self._links_unchanged())
             except MemoryReadError:
                 self._overlap_ok = False
             self.stats.live_reads += 1
@@ -960,9 +1130,20 @@ class _StackReader:
                 self.stats.live_refused += 1
         return self._overlap_ok
 
+    def _links_unchanged(self) -> bool:
+        """Do the last words the walk read in the copy still hold the same values in live memory?"""
+        if not self.copy_reads:
+            return False
+        for address in self.copy_reads[-COPY_LINKS:]:
+            off = address - self.base
+            if self.live.bytes(address, WORD) != self.stack[off:off + WORD]:
+                return False
+        return True
+
     def word(self, address: int) -> Optional[int]:
         off = address - self.base
         if 0 <= off <= self.last:
+            self.copy_reads.append(address)
             return _U64.unpack_from(self.stack, off)[0]
         if off < 0 or address % WORD:
             return None

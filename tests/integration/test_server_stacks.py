@@ -64,7 +64,10 @@ def impossible_chains(profile: ProfileData) -> Counter:
             allowed = ALLOWED_CALLERS.get(callee)
             if allowed is not None and caller not in allowed:
                 bad[f"{callee} <- {caller}"] += n
-        if key.thread_name.startswith("load-") and names and f"{P}.load" not in names and _complete(key):
+        # a load thread runs load() from its Runnable lambda; only while that call is being made (the
+        # lambda the innermost Java frame: an i2c/c2i adapter, call resolution in the VM) is load() absent
+        if key.thread_name.startswith("load-") and names and f"{P}.load" not in names and _complete(key) \
+                and not names[0].startswith(f"{P}.lambda$main$"):
             bad[f"{key.thread_name} without {P}.load: {names[-3:]}"] += n
     return bad
 
@@ -103,10 +106,11 @@ def test_server_stacks_are_complete_and_never_joined_wrongly(jdk, java_workload,
     unwind = summary["unwind"]
     require(unwind["java_samples"] >= MIN_JAVA_SAMPLES // 3, f"too few samples on this machine: {summary}")
     profile = read_pprof(str(out))
-    # THEN >= 99 % of the Java threads' stacks reach their root (thread entry). The goal is 99.5 %:
-    # measured 99.3-99.9 % on JDK 17/21/25 on a loaded 2-core machine (the rest: top frames in compiled
-    # code at points whose frame layout is not yet decoded); before CFI and stub unwinding it was ~97 %.
-    assert unwind["java_stacks_complete_percent"] >= 99.0, unwind
+    # THEN >= 99.5 % of the Java threads' stacks reach their root (thread entry): measured 99.8-100 % on
+    # JDK 17/21/25 (5 runs each, a loaded 2-core machine) once the top frame's prologue (JDK 21+'s entry
+    # barrier), epilogue (JDK 25's return poll), C2's spill pushes, C1's subtype-check stub and native
+    # epilogues were decoded (before: 99.2-100 %, 99.5-99.7 % on JDK 17; before CFI and stubs ~97 %)
+    assert unwind["java_stacks_complete_percent"] >= 99.5, unwind
     # AND <= 0.1 % of the frames are unknown
     assert summary["unknown_frames"] <= 0.001 * summary["frames"], summary
     # AND no stack joins a caller that cannot call its callee

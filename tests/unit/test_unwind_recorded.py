@@ -20,6 +20,7 @@ import pytest
 
 from pyprof.model import FrameKind, PhysicalFrame, display_name
 from pyprof.sampling.unwind import UnwindStats
+from tests.integration.test_recursion import ALLOWED_CALLERS as RECURSION_CALLERS
 from tests.integration.test_workloads import java_source, marker_line
 from tests.unit.data.unwind_fixture import (
     RecordedSample,
@@ -33,8 +34,9 @@ from tests.unit.data.unwind_fixture import (
 PHASES_OF = {jdk: load(fixture_path("Phases", jdk)) for jdk in (17, 21, 25)}
 PHASES = PHASES_OF[21]
 ZOO = load(fixture_path("JitZoo", 21))
+RECURSION_OF = {jdk: load(fixture_path("Recursion", jdk)) for jdk in (11, 21, 25)}
 RECORDINGS = {"phases-jdk17": PHASES_OF[17], "phases-jdk21": PHASES, "phases-jdk25": PHASES_OF[25],
-              "jitzoo-jdk21": ZOO}
+              "jitzoo-jdk21": ZOO, **{f"recursion-jdk{jdk}": rec for jdk, rec in RECURSION_OF.items()}}
 CALL_STUB_BLOB = {17: "[StubRoutines (1)]", 21: "[StubRoutines (initial stubs)]",
                   25: "[StubRoutines (initialstubs)]"}
 
@@ -397,3 +399,36 @@ def test_frame_being_deoptimized_is_named_at_its_original_pc() -> None:
             assert lines(frames)[at] == marker_line("JitZoo", "victim-deflate")
             assert "java.util.zip.Deflater.deflateBytesBytes [jni]" in got[:at]
         assert got[-len(ZOO_THREAD):] == ZOO_THREAD
+
+
+# ---- the top frame's code: prologues, epilogues, native epilogues (Recursion: fib inlined into itself) -
+JAVA_KINDS = (FrameKind.INTERPRETED, FrameKind.C1, FrameKind.C2, FrameKind.INLINED, FrameKind.NATIVE_METHOD)
+CODE_FEATURES = {
+    # at `push rbp` / `sub rsp`; at `pop rbp`, the return poll (JDK 11: the polling page; 21: disp32; 25:
+    # disp8), `ret`; native code after `leave` (its CFI's rbp slot below sp)
+    11: ("code:prologue", "code:epilogue-pop-rbp", "code:epilogue-poll", "code:epilogue-ret",
+         "code:native-popped-rbp"),
+    # and JDK 21+'s nmethod entry barrier, after `sub rsp` but before frame_complete_offset
+    21: ("code:prologue", "code:entry-barrier", "code:epilogue-pop-rbp", "code:epilogue-poll",
+         "code:epilogue-ret", "code:native-popped-rbp"),
+    25: ("code:prologue", "code:entry-barrier", "code:epilogue-pop-rbp", "code:epilogue-poll",
+         "code:epilogue-ret", "code:native-popped-rbp"),
+}
+
+
+@pytest.mark.parametrize("jdk, feature", [(jdk, f) for jdk, fs in CODE_FEATURES.items() for f in fs])
+def test_top_frame_laid_out_by_its_code_reaches_the_root_with_its_callers(jdk: int, feature: str) -> None:
+    rec = RECURSION_OF[jdk]
+    for s in samples(rec, feature):
+        # GIVEN a sample whose top frame is where only its code bytes (or CFI) say where the return
+        # address is (JDK 25 lost fib's caller there, or took a stale Deflater.end for it)
+        frames, stats = replayed(rec, s)
+        # THEN the stack reaches the thread's entry, nothing unknown ...
+        assert stats == counters(frames, anchor_used=stats["anchor_used"]), (feature, names(frames))
+        # ... each Java frame's caller is one the source allows, and run() is the outermost Java frame
+        java = [lf.name for f in frames for lf in f.frames if lf.kind in JAVA_KINDS]
+        assert java and java[-1] == "pyproftest.Recursion.run", names(frames)
+        for callee, caller in zip(java, java[1:]):
+            assert caller in RECURSION_CALLERS.get(callee, {caller}), (feature, callee, caller, names(frames))
+        if feature != "code:native-popped-rbp":
+            assert names(frames)[0].endswith("[C2]") or names(frames)[0].endswith("[C1]"), names(frames)

@@ -30,6 +30,7 @@ from pyprof.hotspot.method import MethodInfo, MethodResolver
 from pyprof.model import FrameKind, Mapping, PhysicalFrame, display_name
 from pyprof.sampling.sampler import RawSample
 from pyprof.sampling.unwind import (
+    ENTRY_BARRIER_COOKIE,
     LIVE_CHUNK,
     LIVE_READ_LIMIT,
     MAX_DEPTH,
@@ -37,6 +38,8 @@ from pyprof.sampling.unwind import (
     Unwinder,
     UnwindStats,
 )
+from pyprof.symbols import cfi
+from pyprof.symbols.kernel import KernelSymbols
 from pyprof.symbols.native import NativeSymbol
 from tests.unit.data.unwind_fixture import RecordedThreads, fixture_path, load, stats_of
 from tests.unit.test_hostile_memory import ReplayMemory
@@ -60,6 +63,7 @@ JA = b"\x0f\x87\x10\x00\x00\x00"
 RET = b"\xc3"
 SUB_RSP_IMM32 = b"\x48\x81\xec\x28\x00\x00\x00"      # sub rsp, 0x28 (C2 without a stack bang)
 MOV_RBP = b"\x48\x89\x6c\x24\x20"                   # mov [rsp+0x20], rbp
+ENTRY_BARRIER = b"\x41\x81\x7f\x20\x01\x00\x00\x00\x0f\x85\x00\x01\x00\x00"  # cmpl [r15+0x20], 1; jne
 UEP = b"\x48\x3b\x46\x08\x0f\x85\x00\x00\x00\x00\x66\x90"   # inline-cache check: cmp; jne ic_miss; nop
 CALL_REL32 = 0xE8                                  # call rel32: 5 bytes, the return address right after
 
@@ -122,12 +126,15 @@ def nmethod_code(begin: int, prologue: bytes = STACK_BANG + PUSH_RBP + SUB_RSP) 
 HOT = nmethod(CODE + 0x1000, "hot", 4, frame_size=6, compile_id=11)             # C2
 NO_BANG = nmethod(CODE + 0x4000, "nobang", 4, frame_size=6, compile_id=14)      # C2, small frame: no bang
 CALLER = nmethod(CODE + 0x2000, "caller", 3, frame_size=4, compile_id=12)        # C1
+# JDK 21+: the nmethod entry barrier after `push rbp; sub rsp`, before frame_complete_offset
+BARRIER = dataclasses.replace(nmethod(CODE + 0x5000, "barrier", 4, frame_size=6, compile_id=15),
+                              frame_complete_offset=FRAME_COMPLETE + len(ENTRY_BARRIER))
 DEOPTEE = nmethod(CODE + 0x3000, "deoptee", 4, frame_size=8, compile_id=13, orig_pc_offset=0x18)
 CALL_STUB = stub(CODE + 0x8000, "StubRoutines (initial stubs)", BlobKind.STUBS, frame_size=0)
 INTERPRETER = stub(CODE + 0xA000, "Interpreter", BlobKind.INTERPRETER, frame_size=0)
 RUNTIME_STUB = stub(CODE + 0x9000, "_new_array_Java", BlobKind.RUNTIME_STUB, frame_size=2)
 CALL_STUB_RETURN = CALL_STUB.code_begin + 0x40     # after the call stub's call of the Java entry
-BLOBS = (HOT, CALLER, DEOPTEE, NO_BANG, CALL_STUB, RUNTIME_STUB, INTERPRETER)
+BLOBS = (HOT, CALLER, DEOPTEE, NO_BANG, BARRIER, CALL_STUB, RUNTIME_STUB, INTERPRETER)
 
 NATIVE_FUNCTIONS = {      # name -> (start, end, library)
     "thread_native_entry": (LIBJVM + 0x1000, LIBJVM + 0x1100, "/synthetic/libjvm.so"),
@@ -167,9 +174,13 @@ class Natives:
                 return NativeSymbol(name, name, library, Mapping(start & ~0xFFFFFF, end, 0, library))
         return None
 
-    def unwind_rule(self, pc: int) -> tuple[bool, None]:
-        """The synthetic libraries have no CFI: frame pointers only."""
-        return self.symbolize(pc) is not None, None
+    def unwind_rule(self, pc: int) -> tuple[bool, Optional[cfi.Rule]]:
+        """The synthetic libraries have no CFI (frame pointers only), but for functions in CFI_RULES."""
+        found = self.symbolize(pc)
+        return found is not None, CFI_RULES.get(found.symbol) if found is not None else None
+
+
+CFI_RULES: dict[str, cfi.Rule] = {}     # function name -> its CFI rule at every pc (tests set them)
 
 
 class Stack:
@@ -211,6 +222,9 @@ def unwinder(live_stack: Optional[Stack] = None, extra_regions: Optional[dict[in
     for blob in BLOBS:
         if blob is NO_BANG:
             regions[blob.code_begin] = nmethod_code(blob.code_begin, SUB_RSP_IMM32 + MOV_RBP)
+        elif blob is BARRIER:
+            regions[blob.code_begin] = nmethod_code(blob.code_begin,
+                                                    STACK_BANG + PUSH_RBP + SUB_RSP + ENTRY_BARRIER)
         elif blob.is_nmethod:
             regions[blob.code_begin] = nmethod_code(blob.code_begin)
         else:
@@ -378,6 +392,64 @@ def test_stub_routine_without_frame_size_follows_rbp() -> None:
     assert stats == counters_of()
 
 
+def test_entry_barrier_stub_with_its_cookie_above_rbp_returns_to_the_nmethod() -> None:
+    # GIVEN StubRoutines::method_entry_barrier (called from C2 `hot`'s entry barrier: `push -1` as a
+    # cookie, then `enter()`), which called libjvm (BarrierSetNMethod::nmethod_stub_entry_barrier)
+    stack = Stack()
+    stub_pc, work_fp, stub_fp = CALL_STUB.code_begin + 0x30, SP + 0x40, SP + 0x80
+    stack.put(work_fp, stub_fp).put(work_fp + WORD, stub_pc)
+    stack.put(stub_fp, 0xD3A0_23B9).put(stub_fp + WORD, ENTRY_BARRIER_COOKIE).put(stub_fp + 2 * WORD,
+                                                                                  at(HOT, 0x90))
+    compiled_frame(stack, stub_fp + 3 * WORD, HOT, CALL_STUB_RETURN, saved_rbp=ENTRY_FP)
+    bottom = java_entry(stack)
+    # WHEN sampled in libjvm
+    frames, stats = unwound(sample(stack, ip=native("SharedRuntime::runtime_work"), bp=work_fp))
+    # THEN the stub's caller is the nmethod above the cookie, then the rest of the stack
+    assert frames == [(native("SharedRuntime::runtime_work"), "SharedRuntime::runtime_work"),
+                      (stub_pc, "[StubRoutines (initial stubs)]"),
+                      (at(HOT, 0x90), "pyproftest.Synth.hot [C2]"), *bottom]
+    assert stats == counters_of()
+
+
+SUBTYPE_CHECK = stub(CODE + 0xB000, "C1 Runtime slow_subtype_check_blob", BlobKind.RUNTIME_STUB, frame_size=0)
+
+
+def test_slow_subtype_check_stub_returns_above_its_pushes_and_its_callers_arguments() -> None:
+    # GIVEN C1's slow subtype check stub at the top: its caller (C1 `caller`) pushed two arguments and
+    # called it; it pushed four registers, one of which holds a return address of `hot` (a decoy whose
+    # frame leads nowhere)
+    stack = Stack()
+    stack.put(SP, 0x6_9000_1000).put(SP + WORD, at(HOT, 0x200)).put(SP + 2 * WORD, 0x11)
+    stack.put(SP + 4 * WORD, at(CALLER, 0x120)).put(SP + 5 * WORD, 0x6_9000_2000).put(SP + 6 * WORD,
+                                                                                       0x6_9000_3000)
+    compiled_frame(stack, SP + 7 * WORD, CALLER, CALL_STUB_RETURN, saved_rbp=ENTRY_FP)
+    bottom = java_entry(stack)
+    u, _ = unwinder(blobs=BLOBS + (SUBTYPE_CHECK,))
+    # WHEN unwound
+    frames = u.unwind(sample(stack, ip=SUBTYPE_CHECK.code_begin + 0x44))
+    # THEN the caller is found above the pushed registers, its frame above its two arguments
+    assert described(frames) == [(SUBTYPE_CHECK.code_begin + 0x44, "[C1 Runtime slow_subtype_check_blob]"),
+                                 (at(CALLER, 0x120), "pyproftest.Synth.caller [C1]"), *bottom]
+    assert stats_of(u.stats) == counters(frames=len(frames))
+
+
+def test_runtime_stub_in_its_epilogue_is_left_by_its_frame_pointer() -> None:
+    # GIVEN a RuntimeStub (enter(): an rbp frame) sampled in its epilogue, its frame partly popped (the
+    # frame size no longer leads to a return address), rbp still its frame pointer
+    stack = Stack()
+    stack.put(SP, 0x5).put(SP + WORD, 0x77)
+    stub_fp = SP + 2 * WORD
+    stack.put(stub_fp, 0x1F).put(stub_fp + WORD, at(HOT, 0x90))
+    compiled_frame(stack, stub_fp + 2 * WORD, HOT, CALL_STUB_RETURN, saved_rbp=ENTRY_FP)
+    bottom = java_entry(stack)
+    # WHEN unwound
+    frames, stats = unwound(sample(stack, ip=RUNTIME_STUB.code_begin + 0x30, bp=stub_fp))
+    # THEN the caller is the one rbp frames
+    assert frames == [(RUNTIME_STUB.code_begin + 0x30, "[_new_array_Java]"),
+                      (at(HOT, 0x90), "pyproftest.Synth.hot [C2]"), *bottom]
+    assert stats == counters_of()
+
+
 def test_call_stub_is_an_rbp_frame_whatever_its_blob_says() -> None:
     # GIVEN C1 `caller` returning into the call stub, in a blob that claims a frame size (the blob holding
     # the call stub differs between JDKs: only StubRoutines::_call_stub_return_address says which pc it is)
@@ -412,6 +484,10 @@ def prologue_case(blob: CodeBlobInfo, offset: int, slot: Optional[int], why: str
     prologue_case(NO_BANG, VERIFIED, 0, "C2 without stack bang, at sub rsp (its verified entry)"),
     prologue_case(NO_BANG, VERIFIED + len(SUB_RSP_IMM32), None, "C2 without stack bang, after sub rsp"),
     prologue_case(NO_BANG, FRAME_COMPLETE + 0x10, None, "C2 without stack bang, in the body"),
+    prologue_case(BARRIER, VERIFIED + len(STACK_BANG), 0, "JDK 21+: at push rbp"),
+    prologue_case(BARRIER, VERIFIED + len(STACK_BANG + PUSH_RBP), 1, "JDK 21+: after push rbp, at sub rsp"),
+    prologue_case(BARRIER, FRAME_COMPLETE, None, "JDK 21+: at the entry barrier, after sub rsp"),
+    prologue_case(BARRIER, FRAME_COMPLETE + 8, None, "JDK 21+: at the entry barrier's jne"),
 ])
 def test_top_frame_in_prologue_or_epilogue_finds_the_return_address_by_the_code(
         blob: CodeBlobInfo, offset: int, slot: Optional[int], why: str) -> None:
@@ -430,6 +506,43 @@ def test_top_frame_in_prologue_or_epilogue_finds_the_return_address_by_the_code(
     assert frames == [(at(blob, offset), f"pyproftest.Synth.{blob.method.name} [C2]"),
                       (at(CALLER, 0x120), "pyproftest.Synth.caller [C1]")], why
     assert stats == counters_of(), why
+
+
+def test_top_compiled_frame_with_a_word_pushed_in_its_body_finds_its_caller_above_it() -> None:
+    # GIVEN C2 `hot` at the top, in its body, with one word pushed on its frame (C2's String compression
+    # intrinsic pushes a register inside the method body), called by C1 `caller`, called by the call stub
+    stack = Stack()
+    stack.put(SP, 0x6_9000_1000)
+    caller_sp = compiled_frame(stack, SP + WORD, HOT, at(CALLER, 0x120), saved_rbp=0)
+    compiled_frame(stack, caller_sp, CALLER, CALL_STUB_RETURN, saved_rbp=ENTRY_FP)
+    bottom = java_entry(stack)
+    # WHEN unwound (the frame size from sp leads to hot's saved rbp slot: no return address)
+    frames, stats = unwound(sample(stack, ip=at(HOT, 0x80)))
+    # THEN the caller is found one word higher, and the stack is complete
+    assert frames == [(at(HOT, 0x80), "pyproftest.Synth.hot [C2]"),
+                      (at(CALLER, 0x120), "pyproftest.Synth.caller [C1]"), *bottom]
+    assert stats == counters_of()
+
+
+INVOKE_BASIC = nmethod(CODE + 0x6000, "invokeBasic", 0, frame_size=0, compile_id=16)    # no frame
+
+
+def test_method_handle_intrinsic_without_a_frame_returns_to_sp_not_to_a_stale_rbp() -> None:
+    # GIVEN a method handle intrinsic (an nmethod without a frame: it only jumps on) at the top, called by
+    # C1 `caller`; rbp is no frame pointer there and frames a stale return address of `hot`
+    stack = Stack()
+    stack.put(SP, at(CALLER, 0x120))
+    compiled_frame(stack, SP + WORD, CALLER, CALL_STUB_RETURN, saved_rbp=ENTRY_FP)
+    stale_fp = SP + 0x100
+    stack.put(stale_fp, 0).put(stale_fp + WORD, at(HOT, 0x90))
+    bottom = java_entry(stack)
+    u, _ = unwinder(blobs=BLOBS + (INVOKE_BASIC,))
+    # WHEN unwound
+    frames = u.unwind(sample(stack, ip=INVOKE_BASIC.code_begin + 0x10, bp=stale_fp))
+    # THEN its caller is the return address at [sp]
+    assert described(frames) == [(INVOKE_BASIC.code_begin + 0x10, "pyproftest.Synth.invokeBasic [jni]"),
+                                 (at(CALLER, 0x120), "pyproftest.Synth.caller [C1]"), *bottom]
+    assert stats_of(u.stats) == counters(frames=len(frames))
 
 
 def test_prologue_and_epilogue_rules_apply_to_the_top_frame_only() -> None:
@@ -534,6 +647,19 @@ def test_interpreted_frame_between_compiled_frames_continues_at_its_sender_sp() 
     assert stats == counters_of()
 
 
+def test_top_frame_at_pop_rbp_gives_its_interpreted_caller_the_saved_rbp() -> None:
+    # GIVEN the same stack, C2 `hot` sampled at its epilogue's `pop rbp`: sp at the saved rbp (the
+    # interpreted caller's frame pointer), rbp itself still hot's own junk
+    stack = interpreted_stack(recorded_method("pyproftest.Phases.loop"))
+    sp = SP + WORD * (HOT.frame_size - 2)
+    frames, stats = unwound(sample(stack, ip=at(HOT, EPILOGUE + len(ADD_RSP)), sp=sp, bp=0xBAD0))
+    # THEN the interpreted frame is found by the saved rbp at [sp], and the rest as before
+    assert frames == [(at(HOT, EPILOGUE + len(ADD_RSP)), "pyproftest.Synth.hot [C2]"),
+                      (INTERPRETER.code_begin + 0x40, "pyproftest.Phases.loop [interp]"),
+                      (at(CALLER, 0x120), "pyproftest.Synth.caller [C1]")]
+    assert stats == counters_of()
+
+
 def test_interpreted_frame_with_an_unreadable_method_is_a_counted_unknown() -> None:
     # GIVEN the same stack with a Method* that points nowhere
     frames, stats = unwound(sample(interpreted_stack(0x7F50_DEAD_0000), ip=at(HOT, 0x80)))
@@ -568,6 +694,43 @@ def test_native_frames_with_frame_pointers_reach_the_thread_entry() -> None:
                       (native("JavaCalls::call_helper", 0x40), "JavaCalls::call_helper"),
                       (native("thread_native_entry", 0x30), "thread_native_entry")]
     assert stats == counters_of()
+
+
+def test_native_epilogue_whose_rbp_slot_was_popped_keeps_rbp(monkeypatch) -> None:
+    # GIVEN libjvm's runtime_work sampled after its `leave`, before its `ret`: GCC's CFI there says
+    # "CFA = rsp + 8, caller's rbp saved at CFA - 16", a slot below sp (popped: not in the stack copy)
+    monkeypatch.setitem(CFI_RULES, "SharedRuntime::runtime_work", cfi.Rule(cfi.CFA_RSP, 8, -16))
+    stack = Stack()
+    stack.put(HELPER_FP, 0).put(HELPER_FP + WORD, native("thread_native_entry", 0x30))
+    stack.put(SP, native("JavaCalls::call_helper", 0x40))
+    # WHEN sampled there, rbp already restored to call_helper's frame
+    frames, stats = unwound(sample(stack, ip=native("SharedRuntime::runtime_work"), bp=HELPER_FP))
+    # THEN the CFI step finds the return address at [sp] and keeps rbp (the caller's): the walk goes on by
+    # call_helper's frame pointer down to the root
+    assert frames == [(native("SharedRuntime::runtime_work"), "SharedRuntime::runtime_work"),
+                      (native("JavaCalls::call_helper", 0x40), "JavaCalls::call_helper"),
+                      (native("thread_native_entry", 0x30), "thread_native_entry")]
+    assert stats == counters_of()
+
+
+def test_uprobe_single_step_slot_returns_to_the_probed_functions_caller() -> None:
+    # GIVEN a sample in the debug trap of a uprobe's single-step (pyprof's own probes on libjvm): the user
+    # pc is in the uprobe's out-of-line page (no file), the probed function's `push rbp` just ran; rbp is
+    # still call_helper's frame, whose [rbp+8] is call_helper's own caller
+    stack = Stack()
+    stack.put(SP, HELPER_FP).put(SP + WORD, native("JavaCalls::call_helper", 0x40))
+    stack.put(HELPER_FP, 0).put(HELPER_FP + WORD, native("thread_native_entry", 0x30))
+    u, _ = unwinder()
+    u.kernel = KernelSymbols([0xFFFF_FFFF_8100_0000], ["asm_exc_debug"])
+    xol = 0x7FFF_FFFF_E000       # the [uprobes] page
+    # WHEN unwound
+    frames = described(u.unwind(dataclasses.replace(sample(stack, ip=xol, bp=HELPER_FP),
+                                                    kernel_ips=(0xFFFF_FFFF_8100_0010,))))
+    # THEN the slot is named, not unknown, and its caller is the probed function's: call_helper, at [sp+8]
+    assert frames == [(0xFFFF_FFFF_8100_0010, "asm_exc_debug"), (xol, "[uprobe single-step]"),
+                      (native("JavaCalls::call_helper", 0x40), "JavaCalls::call_helper"),
+                      (native("thread_native_entry", 0x30), "thread_native_entry")]
+    assert u.stats.unknown_total == 0 and u.stats.reached_root == 1
 
 
 def jni_stack() -> tuple[Stack, tuple[int, int, int], list[tuple[int, str]]]:
@@ -692,10 +855,11 @@ def test_reads_beyond_the_copied_stack_are_bounded() -> None:
     assert u.stats.truncated_stacks == 1
 
 
-def test_live_stack_that_changed_since_the_sample_is_not_used() -> None:
-    # GIVEN the same chain, but the thread has run on: the live stack no longer holds the copy's end
+def test_live_stack_whose_frames_changed_since_the_sample_is_not_used() -> None:
+    # GIVEN the same chain, but the thread has run on: returned from the frame at the copy's end and
+    # called something else there (a new return address where the walk read call_helper's)
     stack = fp_chain_stack(300, step=LIVE_CHUNK)
-    live = fp_chain_stack(300, step=LIVE_CHUNK).put(SP + 0x30, 0x5EED)
+    live = fp_chain_stack(300, step=LIVE_CHUNK).put(SP + 0x18, native("SharedRuntime::runtime_work", 0x30))
     u, memory = unwinder(live_stack=live)
     # WHEN unwound from a 64-byte copy
     frames = described(u.unwind(sample(stack, ip=native("SharedRuntime::runtime_work"), bp=SP + 0x10,
@@ -704,6 +868,20 @@ def test_live_stack_that_changed_since_the_sample_is_not_used() -> None:
     assert frames == [(native("SharedRuntime::runtime_work"), "SharedRuntime::runtime_work"),
                       (native("JavaCalls::call_helper", 0x40), "JavaCalls::call_helper"), (0, "[truncated]")]
     assert (u.stats.live_reads, u.stats.live_refused, u.stats.truncated_stacks) == (1, 1, 1)
+
+
+def test_live_stack_whose_locals_changed_but_not_its_frame_links_is_used() -> None:
+    # GIVEN the same chain, the thread still running deeper than the copy's end: a local near the copy's
+    # end changed (the strict comparison of the copy's tail fails), the frame slots the walk read did not
+    stack = fp_chain_stack(300, step=LIVE_CHUNK)
+    live = fp_chain_stack(300, step=LIVE_CHUNK).put(SP + 0x30, 0x5EED)
+    u, memory = unwinder(live_stack=live)
+    # WHEN unwound from a 64-byte copy
+    frames = described(u.unwind(sample(stack, ip=native("SharedRuntime::runtime_work"), bp=SP + 0x10,
+                                       copied=64)))
+    # THEN the live stack is used (up to the read budget), nothing refused
+    assert len(frames) == 2 + LIVE_READ_LIMIT + 1 and frames[-1] == (0, "[truncated]")
+    assert (u.stats.live_refused, u.stats.truncated_stacks) == (0, 1)
 
 
 def test_rbp_below_sp_ends_the_walk() -> None:
@@ -736,17 +914,40 @@ def test_anchor_below_the_sampled_sp_is_ignored() -> None:
 
 
 def test_anchor_below_a_caller_frame_is_dropped() -> None:
-    # GIVEN C2 `hot` that called into libjvm code whose rbp is garbage, and a stale anchor whose sp lies
-    # inside hot's frame (below the libjvm frame's sp: the walk is already past it)
+    # GIVEN a stub with a frame size returning into libjvm code whose rbp is garbage, and a stale anchor
+    # whose sp lies inside the stub's frame (below the libjvm frame's sp: the walk is already past it)
+    # (a stub: a compiled Java frame's caller is never native code, see the next test)
     stack = Stack()
-    compiled_frame(stack, SP, HOT, native("SharedRuntime::runtime_work"), saved_rbp=0x1F)
-    stack.put(SP + 0x8, at(HOT, 0x60))
+    compiled_frame(stack, SP, RUNTIME_STUB, native("SharedRuntime::runtime_work"), saved_rbp=0x1F)
+    stack.put(SP, at(HOT, 0x60))
     # WHEN unwound
-    frames, stats = unwound(sample(stack, ip=at(HOT, 0x80), anchor=(SP + 0x10, 0, 0)))
+    frames, stats = unwound(sample(stack, ip=RUNTIME_STUB.code_begin + 0x10, anchor=(SP + 0x8, 0, 0)))
     # THEN the anchor is not taken: the walk ends at the libjvm frame, incomplete
-    assert frames == [(at(HOT, 0x80), "pyproftest.Synth.hot [C2]"),
+    assert frames == [(RUNTIME_STUB.code_begin + 0x10, "[_new_array_Java]"),
                       (native("SharedRuntime::runtime_work"), "SharedRuntime::runtime_work")]
     assert stats == counters_of(reached_root=0, java_reached_root=0)
+
+
+@pytest.mark.parametrize("top", [True, False], ids=["top", "deeper"])
+def test_compiled_frame_never_returns_into_native_code(top: bool) -> None:
+    # GIVEN C2 `hot` whose return address slot holds a libc/libjvm return address (a stale word: native
+    # code calls Java only through the call stub), and no other plausible return address near sp
+    stack = Stack()
+    hot_sp = SP
+    if not top:
+        hot_sp = compiled_frame(stack, SP, CALLER, at(HOT, 0x90), saved_rbp=0)
+    compiled_frame(stack, hot_sp, HOT, native("SharedRuntime::runtime_work"), saved_rbp=0x1F)
+    # WHEN unwound
+    frames, stats = unwound(sample(stack, ip=at(CALLER if not top else HOT, 0x80)))
+    # THEN hot is not joined to the native code: the walk ends there, incomplete, with no made-up caller
+    assert native("SharedRuntime::runtime_work") not in [address for address, _name in frames]
+    assert frames[-2 if not top else -1][1] == "pyproftest.Synth.hot [C2]"
+    if top:
+        assert stats == counters_of(reached_root=0, java_reached_root=0)
+    else:
+        assert frames[-1][1] == "[unknown]"
+        assert stats == counters_of(reached_root=0, java_reached_root=0,
+                                    unknown_frames={"return address is no call site": 1})
 
 
 def test_frame_larger_than_a_mebibyte_is_refused() -> None:

@@ -23,6 +23,10 @@ Record (as root, from the repository root; rewrites tests/unit/data/unwind-<work
     .venv/bin/python -m tests.unit.data.unwind_fixture Phases 21
     .venv/bin/python -m tests.unit.data.unwind_fixture JitZoo 21
     .venv/bin/python -m tests.unit.data.unwind_fixture Phases 17   (and 25)
+    .venv/bin/python -m tests.unit.data.unwind_fixture Recursion 25   (and 11, 21)
+The Java samples whose stacks did not reach their root, for finding and testing what breaks a walk
+(rewrites unwind-<workload>-jdk<N>-incomplete.json.gz; the workload's arguments follow its JDK):
+    .venv/bin/python -m tests.unit.data.unwind_fixture --incomplete HttpServerLoad 17 4 4 900
 """
 
 from __future__ import annotations
@@ -48,8 +52,8 @@ from pyprof.hotspot.vmstructs import FieldEntry, TypeEntry, VMStructs
 from pyprof.model import FrameKind, LogicalFrame, Mapping, PhysicalFrame
 from pyprof.procfs.memory import Reader
 from pyprof.sampling.sampler import RawSample
-from pyprof.sampling.unwind import Unwinder, UnwindStats
-from pyprof.symbols.cfi import Rule
+from pyprof.sampling.unwind import Unwinder, UnwindStats, epilogue_slot, is_stack_pop
+from pyprof.symbols.cfi import CFA_RSP, Rule
 from pyprof.symbols.kernel import KernelSymbols
 from pyprof.symbols.native import NativeSymbol
 
@@ -58,10 +62,12 @@ FORMAT = 2      # 2: CFI rules recorded
 SAMPLES_PER_FEATURE = 3
 MAX_SAMPLES = 60
 WORKLOAD_FLAGS = {"JitZoo": ("-XX:+UnlockDiagnosticVMOptions", "-XX:+DebugNonSafepoints")}
+WORKLOAD_ARGS = {"Recursion": ("2",)}
 
 
-def fixture_path(workload: str, jdk: int) -> Path:
-    return DATA / f"unwind-{workload.lower()}-jdk{jdk}.json.gz"
+def fixture_path(workload: str, jdk: int, kind: str = "") -> Path:
+    """kind "incomplete": the recording of only the Java samples whose stacks did not reach their root."""
+    return DATA / f"unwind-{workload.lower()}-jdk{jdk}{'-' + kind if kind else ''}.json.gz"
 
 
 # ---- what a replay is made of -------------------------------------------------------------------------
@@ -153,6 +159,38 @@ def stats_of(stats: UnwindStats) -> dict[str, Any]:
     return d
 
 
+def code_features(raw: RawSample, rec: _Recorder) -> tuple[str, ...]:
+    """Where the sample's top frame stands in its code, for the cases the unwinder decodes from the code
+    bytes: "code:prologue" (an nmethod before frame_complete_offset), "code:entry-barrier" (the same,
+    after `sub rsp`), "code:epilogue-<pop-rbp|poll|ret>" (where in its epilogue), "code:spill-push"
+    (C2's `push [rsp]; pop [rsp+d]`), "code:subtype-check-stub" (C1's slow subtype check stub),
+    "code:native-popped-rbp" (native code whose CFI puts the saved rbp below sp: after `leave`)."""
+    out = []
+    blob = rec.lookup_blob(raw.ip) if not raw.kernel_ips else None
+    try:
+        if blob is not None and blob.is_nmethod:
+            code = rec.jvm.reader.bytes(raw.ip, 16)
+            if blob.verified_entry < raw.ip < blob.code_begin + blob.frame_complete_offset:
+                # JDK 21+'s nmethod entry barrier (`cmp dword [r15+d], imm; jne`): after `sub rsp`
+                barrier = code[:3] == b"\x41\x81\x7f" or code[:2] == b"\x0f\x85"
+                out.append("code:entry-barrier" if barrier else "code:prologue")
+            elif epilogue_slot(code) is not None:
+                at = {0x5D: "pop-rbp", 0xC3: "ret"}.get(code[0], "poll")
+                out.append(f"code:epilogue-{at}")
+            elif is_stack_pop(code):
+                out.append("code:spill-push")
+        elif blob is not None and "slow_subtype_check" in blob.name:
+            out.append("code:subtype-check-stub")
+        elif blob is None and not raw.kernel_ips:
+            _mapped, rule = rec.unwind_rule(raw.ip)
+            cfa = raw.sp + rule.cfa_offset if rule is not None and rule.kind == CFA_RSP else 0
+            if rule is not None and rule.fp_offset and cfa and cfa + rule.fp_offset < raw.sp:
+                out.append("code:native-popped-rbp")
+    except MemoryReadError:
+        pass
+    return tuple(out)
+
+
 def features_of(frames: tuple[PhysicalFrame, ...], stats: UnwindStats) -> tuple[str, ...]:
     """What a sample exercises, for picking samples and for tests to find them."""
     kinds = [f.frames[0].kind for f in frames]
@@ -174,6 +212,8 @@ def features_of(frames: tuple[PhysicalFrame, ...], stats: UnwindStats) -> tuple[
         out.add("live_reads")
     if stats.reached_root:
         out.add("root")
+    if stats.java_samples and not stats.java_reached_root:
+        out.add("incomplete")
     if any(f.frames[0].osr for f in frames):
         out.add("osr")
     if any(len(f.frames) > 1 for f in frames):
@@ -372,14 +412,17 @@ def _pick(samples: list[RecordedSample]) -> list[RecordedSample]:
     return chosen
 
 
-def record(workload: str, jdk: int, seconds: float = 60.0, rate_hz: int = 499, enough: int = 3000
-           ) -> Recording:
+def record(workload: str, jdk: int, seconds: float = 60.0, rate_hz: int = 499, enough: int = 3000,
+           args: tuple[str, ...] = (), only_incomplete: bool = False) -> Recording:
+    """Samples of the workload (started with `args`) picked per feature, or with `only_incomplete` every
+    Java sample whose stack did not reach its root (up to MAX_SAMPLES), for as long as `seconds`."""
     from pyprof.hotspot.threads import JavaThreads
     from pyprof.sampling.sampler import Sampler
     from pyprof.symbols.native import NativeSymbolizer
     from tests.conftest import start_java
 
-    java = start_java(jdk, workload, jvm_flags=WORKLOAD_FLAGS.get(workload, ()))
+    java = start_java(jdk, workload, *(args or WORKLOAD_ARGS.get(workload, ())),
+                      jvm_flags=WORKLOAD_FLAGS.get(workload, ()))
     sampler = None
     try:
         time.sleep(1.0)   # past "ready": the steady state
@@ -396,7 +439,8 @@ def record(workload: str, jdk: int, seconds: float = 60.0, rate_hz: int = 499, e
         sampler.set_java_threads(threads.anchor_addresses())
         taken: list[RecordedSample] = []
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and len(taken) < enough:
+        while time.monotonic() < deadline and len(taken) < enough and not (
+                only_incomplete and sum("incomplete" in s.features for s in taken) >= MAX_SAMPLES):
             for raw in sampler.poll(50):
                 stats = unwinder.stats
                 before = dataclasses.replace(stats, unknown_frames=Counter(stats.unknown_frames))
@@ -404,8 +448,10 @@ def record(workload: str, jdk: int, seconds: float = 60.0, rate_hz: int = 499, e
                 for variant in variants(raw):
                     other.unwind(variant)
                 delta = _delta(unwinder.stats, before)
-                taken.append(RecordedSample(raw, frames, stats_of(delta), features_of(frames, delta)))
-        chosen = _pick(taken)
+                features = tuple(sorted(features_of(frames, delta) + code_features(raw, rec)))
+                taken.append(RecordedSample(raw, frames, stats_of(delta), features))
+        chosen = [s for s in taken if "incomplete" in s.features][:MAX_SAMPLES] if only_incomplete \
+            else _pick(taken)
         print(f"{len(taken)} samples, kept {len(chosen)}: "
               f"{dict(Counter(f for s in chosen for f in s.features))}", file=sys.stderr)
         java_tids = frozenset(s.raw.tid for s in chosen if threads.is_java_thread(s.raw.tid))
@@ -448,14 +494,17 @@ def _needed_regions(rec: Recording) -> list[tuple[int, bytes]]:
 
 
 def main(argv: list[str]) -> int:
-    workload, jdk = argv[0], int(argv[1])
-    rec = record(workload, jdk)
+    only_incomplete = "--incomplete" in argv
+    argv = [a for a in argv if a != "--incomplete"]
+    workload, jdk, args = argv[0], int(argv[1]), tuple(argv[2:])
+    rec = record(workload, jdk, args=args, only_incomplete=only_incomplete,
+                 seconds=120 if only_incomplete else 60, enough=1 << 30 if only_incomplete else 3000)
     bad = verify(rec)
     if bad:
         print(f"{len(bad)} samples replay differently; dropped", file=sys.stderr)
         rec.samples = [s for s in rec.samples if s not in bad]
     rec.regions = _needed_regions(rec)
-    path = fixture_path(workload, jdk)
+    path = fixture_path(workload, jdk, "incomplete" if only_incomplete else "")
     save(rec, path)
     again = load(path)
     assert not verify(again), "a saved recording must replay exactly"
