@@ -8,6 +8,7 @@ load error) or PermissionDenied (not root / no CAP_BPF).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -44,8 +45,23 @@ def _compile(**kwargs):
 
 
 def load_bpf(filename: str, cflags: Sequence[str] = ()):
-    """Compile and load bpf/<filename>."""
-    return _compile(src_file=str(BPF_DIR / filename), cflags=list(cflags))
+    """Compile and load bpf/<filename>, its `#include "x.h"` of bpf/ files inlined: bcc turns only the
+    functions of the main file into programs (and rewrites map calls only there), so an event's program
+    in bpf/wall.h must become part of the main file's text."""
+    return _compile(text=inline_local_includes(BPF_DIR / filename), cflags=list(cflags))
+
+
+_LOCAL_INCLUDE = re.compile(r'^#include "([A-Za-z0-9_]+\.h)"[ \t]*$', re.MULTILINE)
+
+
+def inline_local_includes(path: Path) -> str:
+    """The text of `path` with each `#include "name.h"` of a file next to it replaced by that file's text
+    (one level: the headers include nothing of their own)."""
+    def replace(match: re.Match) -> str:
+        header = path.parent / match.group(1)
+        return header.read_text() if header.is_file() else match.group(0)
+
+    return _LOCAL_INCLUDE.sub(replace, path.read_text())
 
 
 def load_bpf_text(text: str, cflags: Sequence[str] = ()):
