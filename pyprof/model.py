@@ -139,6 +139,7 @@ class ProfileData:
     counts: dict[StackKey, int] = field(default_factory=dict)
     event: str = "cpu"                   # a key of EVENT_SAMPLE_TYPES (pyprof.sampling.programs.EVENTS)
     weights: dict[StackKey, int] = field(default_factory=dict)
+    counted: str = ""                    # "wall/nanoseconds": what counts hold when read by sample type
     period_ns: int = 10_101_010          # cpu-clock period: 1e9 / rate
     start_time_ns: int = 0               # wall clock, ns since the epoch
     duration_ns: int = 0
