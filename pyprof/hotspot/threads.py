@@ -28,7 +28,7 @@ callers cache it), so they are safe on the per-sample path.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Iterable, Optional
 
 from pyprof.errors import MemoryReadError, NoSuchProcess
 from pyprof.hotspot.jvm import HotSpotJvm
@@ -210,12 +210,19 @@ class JavaThreads:
         os = osthread + lay.offset("OSThread._state") if osthread and lay.has("OSThread._state") else 0
         return java, os
 
-    def state_name(self, state: int) -> str:
+    def state_name(self, state: int, frame_names: Iterable[str] = ()) -> str:
         """The name of a state the wall program read (_thread_state | OSThread::_state << 16): "java",
         "native", "vm", "sleeping", "waiting" (Object.wait), "blocked" (monitor entry), "parked" (a
         condition variable: LockSupport.park and the VM's own monitors), "blocked" otherwise; "" when
-        nothing was read (not a Java thread, or fields not published)."""
-        return self._state_names(state & 0xFFFF, state >> 16)
+        nothing was read (not a Java thread, or fields not published).
+
+        Thread.sleep waits on a condition variable like park does (os::sleep / JavaThread::sleep set
+        CONDVAR_WAIT over JVM_Sleep's SLEEPING on 11 to 25), so a "parked" thread with Thread.sleep in
+        its stack (`frame_names`, the sample's function names) is "sleeping"."""
+        name = self._state_names(state & 0xFFFF, state >> 16)
+        if name == "parked" and any(n.startswith(_SLEEP_METHOD) for n in frame_names):
+            return "sleeping"
+        return name
 
     def _anchor_fields(self, thread: int) -> tuple[int, int, int]:
         lay = self.lay
@@ -226,6 +233,7 @@ class JavaThreads:
 
 # JavaThreadState (globalDefinitions.hpp; odd values are the transitions "..._trans") and OSThread's
 # ThreadState (osThread.hpp): named by the JVM's VMStructs constants, these defaults where not published.
+_SLEEP_METHOD = "java.lang.Thread.sleep"   # sleep (11-19), sleep0 / sleepNanos (21+)
 _JAVA_STATES = {"_thread_in_native": 4, "_thread_in_vm": 6, "_thread_in_Java": 8, "_thread_blocked": 10}
 _OS_STATES = {"MONITOR_WAIT": 3, "CONDVAR_WAIT": 4, "OBJECT_WAIT": 5, "SLEEPING": 7}
 _BLOCKED_WHY = {"MONITOR_WAIT": "blocked", "CONDVAR_WAIT": "parked", "OBJECT_WAIT": "waiting",

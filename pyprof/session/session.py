@@ -151,8 +151,11 @@ class JvmTarget:
     def description(self) -> str:
         return self.jvm.description
 
-    def state_label(self, state: int) -> tuple[tuple[str, str], ...]:
-        name = self.threads.state_name(state) if state else ""
+    def state_label(self, state: int, key: StackKey) -> tuple[tuple[str, str], ...]:
+        """The `thread_state` label of a record's state (wall: the JavaThread's at the switch)."""
+        if not state:
+            return ()
+        name = self.threads.state_name(state, (lf.name for f in key.frames for lf in f.frames))
         return ((THREAD_STATE_LABEL, name),) if name else ()
 
     def stack_key(self, sample: RawSample) -> StackKey:
@@ -330,6 +333,13 @@ class ProfileSession:
         events = self.plan.routes.get(sample.event, ())
         if not events:
             return
+        program = self.plan.program_for(sample.event)
+        pair = getattr(program, "pair", None)   # a program whose event spans two records (wall)
+        if pair is not None:
+            paired = pair(sample)
+            if paired is None:
+                return
+            sample = paired
         key = self.target.stack_key(sample)
         if sample.event == EVENT_CPU:
             for event in events:
@@ -342,14 +352,13 @@ class ProfileSession:
                     labelled = _with_labels(key, ((THREAD_STATE_LABEL, ON_CPU_STATE),))
                     self.profiles[event].add(labelled, 1, self.profiles[event].period_ns)
             return
-        program = self.plan.program_for(sample.event)
         if program is None:
             return
         count, weight = program.values(sample)
         leaf = program.leaf_frames(sample, self.target.jvm)
         if leaf:
             key = StackKey((PhysicalFrame(0, leaf), *key.frames), key.thread_name, key.tid, key.labels)
-        key = _with_labels(key, (*program.labels(sample), *self.target.state_label(sample.state)))
+        key = _with_labels(key, (*program.labels(sample), *self.target.state_label(sample.state, key)))
         for event in events:
             self.profiles[event].add(key, count, weight)
 
@@ -427,6 +436,9 @@ class ProfileSession:
         """Drain what is left, close everything, fill in the profile's totals. Safe to call twice."""
         if self._final is not None:
             return self.profile
+        # The profile's window ends at the last drain: what the programs send while it is unwound is
+        # never read (off-CPU time would be missing from a window that also covered it).
+        ended = time.monotonic()
         try:
             if self.sampler is not None and self.target is not None:
                 self.step(0)
@@ -459,7 +471,7 @@ class ProfileSession:
         if event_counters:
             self.profile.comments.append(" ".join(f"{k}={v}" for k, v in event_counters.items()))
         for profile in self.profiles.values():
-            profile.duration_ns = int((time.monotonic() - since) * 1e9)
+            profile.duration_ns = int((ended - since) * 1e9)
             profile.lost_samples = final.lost
             profile.unknown_frames = final.unknown_frames
             profile.frames = final.frames

@@ -12,7 +12,7 @@ import java.net.Socket;
  * One thread, "offcpu-main", cycling through four phases of known length: on CPU, then off CPU in
  * three known places (the wall-clock and off-CPU ground truth of `-e wall` / `-e offcpu`).
  *
- * Usage: OffCpu [SPIN_MS,SLEEP_MS,WAIT_MS,READ_MS] (default 40,40,40,40).
+ * Usage: OffCpu [SPIN_MS,SLEEP_MS,WAIT_MS,READ_MS] (default 20,20,20,20).
  *
  * GROUND TRUTH, per cycle of thread "offcpu-main":
  *   phaseSpin:  busy-waits SPIN_MS against System.nanoTime (on CPU; no syscall that blocks).
@@ -21,16 +21,19 @@ import java.net.Socket;
  *   phaseRead:  a blocking read of one byte from a loopback socket; the peer thread "offcpu-server"
  *               answers READ_MS after the request (off CPU in native code: JavaThread _thread_in_native
  *               on 11, where the JDK reads in socketRead0; blocked/parked in Net.poll on 13+).
- * Each phase's time is measured by the thread itself (System.nanoTime around the phase; the spin phase
- * by the thread's CPU time, ThreadMXBean, since a preempted spinner is on the run queue, not on CPU).
+ * Each phase's wall time is measured by the thread itself (System.nanoTime around the phase), and the
+ * spin phase's CPU time too (ThreadMXBean): on a busy machine a preempted spinner waits on the run queue,
+ * which is wall time off CPU.
  *
- * stdout: "ready" after one warm-up second, then every 200 ms "totals SPIN SLEEP WAIT READ CYCLES" (ns
- * since ready, cycles completed), so a test takes the totals at the two ends of its profiling window.
+ * stdout: "ready" after one warm-up second, then every 100 ms "totals EPOCH_MS SPIN SLEEP WAIT READ CYCLES
+ * SPIN_CPU" (the wall clock, then wall ns of each phase since ready, updated as each phase ends, cycles
+ * completed, CPU ns of the spin phase), so a test takes the totals at the two ends of its profiling
+ * window (a profile's start time and duration).
  */
 public final class OffCpu implements Runnable {
     static volatile long sink;
     static final Object MONITOR = new Object();
-    static final long[] totals = new long[5];   // spin cpu ns, sleep, wait, read wall ns, cycles
+    static final long[] totals = new long[6];   // spin, sleep, wait, read wall ns, cycles, spin cpu ns
 
     final long spinMs, sleepMs, waitMs, readMs;
     final InputStream in;
@@ -70,28 +73,33 @@ public final class OffCpu implements Runnable {
         return in.read();
     }
 
+    static void add(int phase, long ns, int other, long value) {
+        synchronized (totals) {
+            totals[phase] += ns;
+            totals[other] += value;
+        }
+    }
+
     @Override
     public void run() {
         ThreadMXBean mx = ManagementFactory.getThreadMXBean();
         try {
             while (true) {
                 long c0 = mx.getCurrentThreadCpuTime();
+                long t0 = System.nanoTime();
                 phaseSpin(spinMs);
                 long t1 = System.nanoTime();
                 long c1 = mx.getCurrentThreadCpuTime();
+                add(0, t1 - t0, 5, c1 - c0);
                 phaseSleep(sleepMs);
                 long t2 = System.nanoTime();
+                add(1, t2 - t1, 4, 0);
                 phaseWait(waitMs);
                 long t3 = System.nanoTime();
+                add(2, t3 - t2, 4, 0);
                 phaseRead(in, out);
                 long t4 = System.nanoTime();
-                synchronized (totals) {
-                    totals[0] += c1 - c0;
-                    totals[1] += t2 - t1;
-                    totals[2] += t3 - t2;
-                    totals[3] += t4 - t3;
-                    totals[4] += 1;
-                }
+                add(3, t4 - t3, 4, 1);
             }
         } catch (Exception e) {
             e.printStackTrace();
@@ -115,7 +123,7 @@ public final class OffCpu implements Runnable {
     }
 
     public static void main(String[] args) throws Exception {
-        long[] ms = {40, 40, 40, 40};
+        long[] ms = {20, 20, 20, 20};
         if (args.length > 0) {
             String[] parts = args[0].split(",");
             for (int i = 0; i < 4; i++) {
@@ -138,10 +146,10 @@ public final class OffCpu implements Runnable {
         System.out.println("ready");
         System.out.flush();
         while (true) {
-            Thread.sleep(200);
+            Thread.sleep(100);
             synchronized (totals) {
-                System.out.println("totals " + totals[0] + " " + totals[1] + " " + totals[2] + " " + totals[3]
-                        + " " + totals[4]);
+                System.out.println("totals " + System.currentTimeMillis() + " " + totals[0] + " " + totals[1] + " " + totals[2] + " " + totals[3]
+                        + " " + totals[4] + " " + totals[5]);
             }
             System.out.flush();
         }
