@@ -1,9 +1,10 @@
 """What `-e wall` costs a server: throughput side by side with no profiling and with `-e cpu` alone.
 
 A JVM runs tests/java HttpServerLoad (an HTTP server on loopback with worker and client threads in the
-same JVM: thousands of context switches a second, "requests N" printed every second). Windows alternate,
-repeated: unprofiled, `pyprof attach -e cpu`, `pyprof attach -e cpu,wall`. Each profiled window's
-throughput (after pyprof's start-up) is compared with the median of the unprofiled ones.
+same JVM, -Dsun.net.httpserver.nodelay=true: thousands of context switches a second, "requests N"
+printed every second). Windows alternate, repeated: unprofiled, `pyprof attach -e cpu`, `pyprof attach
+-e cpu,wall`. Each profiled window's throughput while sampling (after pyprof's start-up, before its
+final drain and write) is compared with the median of the unprofiled ones.
 
 Printed per mode: throughput ratio, the target's context switches per second seen by the wall program
 (switch-outs: blocked intervals sent or skipped, unmatched, preemptions), wall records per second,
@@ -69,14 +70,17 @@ def unprofiled(log: RequestLog, pid: int, seconds: float) -> tuple[float, float]
     return log.rate(start + 0.5, end), (cpu_seconds(pid) - cpu) / (end - start)
 
 
-def profiled(log: RequestLog, pid: int, events: str, seconds: float) -> dict:
+def profiled(log: RequestLog, pid: int, events: str, seconds: float, wall_interval: str) -> dict:
     started = time.monotonic()
+    interval = ["--wall-interval", wall_interval] if wall_interval and "wall" in events else []
     done = subprocess.run([sys.executable, "-m", "pyprof.cli.main", "attach", str(pid), "-d", str(seconds),
-                           "-e", events, "-o", "/tmp/pyprof-bench-wall.pb.gz", "--json"],
+                           "-e", events, *interval, "-o", "/tmp/pyprof-bench-wall.pb.gz", "--json"],
                           capture_output=True, text=True, cwd=ROOT, check=True)
-    ended = time.monotonic()
     summary = json.loads(done.stdout)
-    summary["throughput"] = log.rate(started + summary["startup_s"] + 0.5, ended)
+    # the sampling window only: not pyprof's start-up, nor its end (draining, writing the file), which
+    # compete for CPU once per run, not per switch
+    sampling_from = started + summary["startup_s"]
+    summary["throughput"] = log.rate(sampling_from + 0.5, sampling_from + seconds)
     return summary
 
 
@@ -85,9 +89,15 @@ def main() -> None:
     parser.add_argument("--jdk", type=int, default=21, choices=(17, 21, 25))
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--window", type=float, default=8.0, help="seconds per window")
+    parser.add_argument("--wall-interval", default="", metavar="MS",
+                        help="attach's --wall-interval (1000: nearly every interval skipped, which leaves "
+                             "the cost of the tracepoints themselves)")
     args = parser.parse_args()
     java = JDK_HOMES[args.jdk] / "bin" / "java"
-    proc = subprocess.Popen([str(java), "-cp", str(CLASSES), "pyproftest.HttpServerLoad"],
+    # nodelay: the server's replies are not held back by Nagle against the client's delayed ACKs (else
+    # the loopback server idles at ~80 requests/s, latency-bound)
+    proc = subprocess.Popen([str(java), "-Dsun.net.httpserver.nodelay=true", "-cp", str(CLASSES),
+                             "pyproftest.HttpServerLoad"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
     while not proc.stdout.readline().startswith("ready"):
@@ -103,15 +113,16 @@ def main() -> None:
                 rate, cpu = unprofiled(log, proc.pid, args.window)
                 baseline.append(rate)
                 cpu_use.append(cpu)
-                runs[mode].append(profiled(log, proc.pid, mode, args.window))
+                runs[mode].append(profiled(log, proc.pid, mode, args.window, args.wall_interval))
         rate, cpu = unprofiled(log, proc.pid, args.window)
         baseline.append(rate)
         cpu_use.append(cpu)
     finally:
         proc.kill()
     base, used = statistics.median(baseline), statistics.median(cpu_use)
-    print(f"JDK {args.jdk}, HttpServerLoad, {args.rounds} rounds of {args.window:.0f} s windows: unprofiled "
-          f"median {base:,.0f} requests/s, target CPU {used:.2f} s/s")
+    interval = f", --wall-interval {args.wall_interval}" if args.wall_interval else ""
+    print(f"JDK {args.jdk}, HttpServerLoad{interval}, {args.rounds} rounds of {args.window:.0f} s windows: "
+          f"unprofiled median {base:,.0f} requests/s, target CPU {used:.2f} s/s")
     print(f"{'events':>9} {'ratio':>7} {'switches/s':>11} {'records/s':>10} {'us/record':>10} "
           f"{'ns lost/switch':>15}")
     for mode, results in runs.items():

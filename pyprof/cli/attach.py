@@ -55,7 +55,7 @@ def _common_options(f):
     f = events_option(f)
     f = click.option("--wall-interval", type=click.FloatRange(0.1, 1000), default=None, metavar="MS",
                      help="wall/offcpu: off-CPU intervals shorter than this are sampled (probability "
-                          "length/interval, weight one interval) [default: one cpu-clock period]")(f)
+                          "length/interval, weight one interval) [default: 50]")(f)
     f = click.option("--no-progress", is_flag=True, help="no progress line")(f)
     f = click.option("-v", "--verbose", is_flag=True,
                      help="also report the caches (entries, hits, misses, evictions) in the summary")(f)

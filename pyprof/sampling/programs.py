@@ -38,17 +38,23 @@ EVENTS: dict[str, EventSpec] = {spec.name: spec for spec in (
 )}
 
 
+# Off-CPU waits shorter than this are sampled (bpf/wall.h). Each record kept costs pyprof an unwind: at
+# 10 ms a loopback HTTP server's ~20 threads sent 2,000 records a second and lost 31 % of its throughput
+# on the 2-core test machine (bench/wall.py), at 50 ms see docs/performance.md.
+DEFAULT_WALL_INTERVAL_NS = 50_000_000
+
+
 @dataclass(frozen=True)
 class EventOptions:
     """What the programs' factories may need from the command line."""
 
     rate_hz: int = 99
-    wall_interval_ns: int = 0            # 0: one cpu-clock period (1e9 / rate)
+    wall_interval_ns: int = 0            # 0: DEFAULT_WALL_INTERVAL_NS
     alloc_interval_bytes: int = 512 * 1024
 
     @property
     def wall_period_ns(self) -> int:
-        return self.wall_interval_ns or int(1e9 / self.rate_hz)
+        return self.wall_interval_ns or DEFAULT_WALL_INTERVAL_NS
 
 
 PROGRAM_FACTORIES: dict[str, Callable[[EventOptions], EventProgram]] = {

@@ -57,7 +57,7 @@ class ProfileOptions:
     force: bool = False          # sample even on kernels with the known BPF copy freeze
     agent: bool = False          # label samples with the Java agent's thread states and GC pauses
     events: tuple[str, ...] = ("cpu",)   # pyprof.sampling.programs.EVENTS keys; the first is the default
-    wall_interval_ns: int = 0    # the wall program's sampling period (0: one cpu-clock period)
+    wall_interval_ns: int = 0    # the wall program's sampling period (0: programs.DEFAULT_WALL_INTERVAL_NS)
 
     def event_plan(self) -> EventPlan:
         return plan(self.events, EventOptions(rate_hz=self.rate_hz, wall_interval_ns=self.wall_interval_ns))

@@ -42,11 +42,12 @@ def test_parse_events_keeps_order_and_refuses_unknown_repeated_or_unavailable() 
 
 
 def test_plan_shares_one_wall_program_and_routes_records() -> None:
-    p = plan(("cpu", "wall", "offcpu"), EventOptions(rate_hz=100))
+    p = plan(("cpu", "wall", "offcpu"), EventOptions(rate_hz=100, wall_interval_ns=PERIOD))
     assert list(p.programs) == ["wall"] and p.cpu_clock
     assert p.routes[EVENT_CPU] == ("cpu", "wall") and p.routes[EVENT_WALL] == ("wall", "offcpu")
     assert not plan(("offcpu",), EventOptions()).cpu_clock   # off-CPU alone needs no cpu-clock event
     assert p.programs["wall"].period_ns == PERIOD
+    assert plan(("wall",), EventOptions()).programs["wall"].period_ns == 50_000_000   # the default
 
 
 def test_multi_type_pprof_has_every_type_and_reads_back_by_type() -> None:
