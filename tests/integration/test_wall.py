@@ -11,6 +11,7 @@ time) per phase must match those measurements within 5 points, each phase carry 
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Optional
@@ -35,11 +36,14 @@ PHASE_FRAMES = {"spin": ("OffCpu.phaseSpin",), "sleep": ("OffCpu.phaseSleep",),
 EXPECTED_STATE = {"sleep": "sleeping", "wait": "waiting", "read": "native"}
 
 
-def totals_lines(jvm: JavaProcess) -> list[list[int]]:
-    """Every "totals" line the workload printed so far (every 100 ms): the wall clock in ms, wall ns of
-    each phase, cycles, spin CPU ns."""
-    while jvm.read_line(0.2) is not None:
-        pass
+def totals_lines(jvm: JavaProcess, until_ms: float) -> list[list[int]]:
+    """The "totals" lines the workload printed (every 100 ms) up to one after `until_ms`: the wall clock
+    in ms, wall ns of each phase, cycles, spin CPU ns."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        line = jvm.read_line(1.0)
+        if line is not None and line.startswith("totals ") and int(line.split()[1]) > until_ms:
+            break
     return [[int(x) for x in line.split()[1:]] for line in jvm.lines if line.startswith("totals ")]
 
 
@@ -60,8 +64,9 @@ def attach_measured(jvm: JavaProcess, out: Path, events: str) -> tuple[dict, lis
     assert done.returncode == 0, done.stderr
     profile = read_pprof(out)
     start_ms = profile.start_time_ns / 1e6
-    lines = totals_lines(jvm)
-    before, after = at(lines, start_ms), at(lines, start_ms + profile.duration_ns / 1e6)
+    end_ms = start_ms + profile.duration_ns / 1e6
+    lines = totals_lines(jvm, end_ms)
+    before, after = at(lines, start_ms), at(lines, end_ms)
     return json.loads(done.stdout), [b - a for a, b in zip(before, after)]
 
 
