@@ -51,14 +51,13 @@ EVENT_SYMBOLS: dict[str, dict[str, str]] = {
 def event_lines() -> list[Line]:
     """Which events (-e) this kernel serves: cpu (the perf-event line above), wall and offcpu."""
     from pyprof.kernel import features
-    from pyprof.kernel.requirements import upstream_version
-    from pyprof.sampling.wall import PREV_STATE_ARG_SINCE
+    from pyprof.kernel.requirements import SCHED_SWITCH_PREV_STATE, upstream_version
 
     missing = features.raw_tracepoints_present(("sched_switch", "sys_exit"))
     if missing:
         return [Line("event wall/offcpu", "warn", f"no raw tracepoint {', '.join(missing)}",
                      "-e wall/offcpu need the sched_switch and sys_exit tracepoints", required=False)]
-    if upstream_version()[0] < PREV_STATE_ARG_SINCE:
+    if upstream_version()[0] < SCHED_SWITCH_PREV_STATE:
         return [Line("event wall/offcpu", "warn", "sched_switch, sys_exit; before 5.18 sched_switch has no "
                      "prev_state: a thread rescheduled on its way back to user mode is counted, not timed",
                      "", required=False)]

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from pyprof.sampling.sampler import RawSample
 
 C_WALL_SENT, C_WALL_SKIPPED, C_WALL_UNMATCHED, C_WALL_PREEMPTED = 4, 5, 6, 7
-PREV_STATE_ARG_SINCE = (5, 18, 0)
 FLAG_WALL_PENDING, FLAG_WALL_COMPLETION = 4, 8   # bpf/wall.h: a preempted thread's stack, its wait's end
 MAX_PENDING = 65_536       # preempted threads waiting for their completion (one per thread at most)
 THREAD_STATE = "thread_state"
@@ -67,10 +66,10 @@ class WallProgram:
         return sample
 
     def cflags(self) -> list[str]:
-        from pyprof.kernel.requirements import upstream_version
+        from pyprof.kernel.requirements import SCHED_SWITCH_PREV_STATE, upstream_version
 
         flags = ["-DEVENT_WALL_PROGRAM", f"-DWALL_PERIOD_NS={self.period_ns}"]
-        if upstream_version()[0] >= PREV_STATE_ARG_SINCE:   # sched_switch's prev_state argument
+        if upstream_version()[0] >= SCHED_SWITCH_PREV_STATE:   # sched_switch's prev_state argument
             flags.append("-DWALL_PREV_STATE_ARG")
         return flags
 
