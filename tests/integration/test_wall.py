@@ -77,12 +77,14 @@ def phase_of(names: list[str]) -> Optional[str]:
     return None
 
 
-def phase_shares(profile: ProfileData) -> tuple[dict[str, float], dict[str, Counter]]:
-    """Per phase: its percentage of the thread's wall time in the profile, and its thread_state labels."""
+def phase_shares(profile: ProfileData, thread: Optional[str] = THREAD
+                 ) -> tuple[dict[str, float], dict[str, Counter]]:
+    """Per phase: its percentage of the thread's wall time in the profile, and its thread_state labels
+    (thread None: the phases' frames alone find the thread, whatever it is named)."""
     weights: Counter = Counter()
     states: dict[str, Counter] = {phase: Counter() for phase in PHASES}
     for key, value in profile.counts.items():
-        if key.thread_name != THREAD:
+        if thread is not None and key.thread_name != thread:
             continue
         phase = phase_of([lf.name for frame in key.frames for lf in frame.frames])
         if phase is None:
