@@ -33,6 +33,8 @@
 //   Then (JDK 21+, else 0) the OopStorage slots of JavaThread::_vthread and _threadObj and the offset of
 //   java.lang.Thread.tid: a carrier remounts another virtual thread within microseconds, so which one is
 //   mounted is read here too. _vthread holds the carrier's own Thread when none is mounted.
+//   Then the addresses of JavaThread::_thread_state and OSThread::_state (the wall program reads the
+//   thread's state at the switch there; 0 when VMStructs does not publish them).
 // Array `counters` (per CPU), index:
 //   0 LOST        a sample of the target did not fit in the ring buffer
 //   1 TRUNCATED   the stack is deeper than the copy (only known for Java threads, whose base is known)
@@ -125,6 +127,8 @@ struct anchor_addresses {
     u64 vthread_slot;
     u64 thread_obj_slot;
     u64 tid_offset;
+    u64 thread_state;   // &JavaThread::_thread_state (u32): read by the wall program (wall.h), else 0
+    u64 os_state;       // &OSThread::_state (u32: sleeping, object wait, monitor wait...), else 0
 };
 BPF_HASH(java_threads, u32, struct anchor_addresses, 65536);
 

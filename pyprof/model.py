@@ -134,6 +134,7 @@ class SampleType(NamedTuple):
 EVENT_SAMPLE_TYPES: dict[str, tuple[SampleType, SampleType]] = {
     "cpu": (SampleType("samples", "count"), SampleType("cpu", "nanoseconds")),
     "wall": (SampleType("wall_samples", "count"), SampleType("wall", "nanoseconds")),
+    "offcpu": (SampleType("offcpu_samples", "count"), SampleType("offcpu", "nanoseconds")),
     "alloc": (SampleType("alloc_objects", "count"), SampleType("alloc_space", "bytes")),
     "lock": (SampleType("contentions", "count"), SampleType("delay", "nanoseconds")),
 }
@@ -147,8 +148,9 @@ class ProfileData:
     second (ns, bytes). A CPU profile leaves `weights` empty: its second value is counts x period."""
 
     counts: dict[StackKey, int] = field(default_factory=dict)
-    event: str = "cpu"                   # a key of EVENT_SAMPLE_TYPES
+    event: str = "cpu"                   # a key of EVENT_SAMPLE_TYPES (pyprof.sampling.programs.EVENTS)
     weights: dict[StackKey, int] = field(default_factory=dict)
+    counted: str = ""                    # "wall/nanoseconds": what counts hold when read by sample type
     period_ns: int = 10_101_010          # cpu-clock period: 1e9 / rate
     start_time_ns: int = 0               # wall clock, ns since the epoch
     duration_ns: int = 0

@@ -15,12 +15,20 @@ from typing import Any, Optional
 
 import click
 
-from pyprof.cli.common import PID, allow_unsafe_kernel_option, emit_json, require_privileges, resolve_output
+from pyprof.cli.common import (
+    PID,
+    allow_unsafe_kernel_option,
+    emit_json,
+    events_option,
+    parse_events_option,
+    require_privileges,
+    resolve_output,
+)
 from pyprof.errors import MemoryReadError, PyprofError, UsageError
 from pyprof.lru import cache_stats
 from pyprof.model import ProfileData
 from pyprof.output import FILE_FORMAT_NAMES
-from pyprof.reporters import write_report
+from pyprof.reporters import write_reports
 from pyprof.sampling.unwind import UnwindStats
 from pyprof.session.runloop import DURATION, StopSignals, run_until_stopped
 from pyprof.session.session import ProfileOptions, ProfileSession
@@ -44,6 +52,10 @@ def _common_options(f):
                      help="bytes of user stack copied per sample")(f)
     f = click.option("--json", "as_json", is_flag=True, help="print the summary as JSON on stdout")(f)
     f = allow_unsafe_kernel_option(f)
+    f = events_option(f)
+    f = click.option("--wall-interval", type=click.FloatRange(0.1, 1000), default=None, metavar="MS",
+                     help="wall/offcpu: off-CPU intervals shorter than this are sampled (probability "
+                          "length/interval, weight one interval) [default: 50]")(f)
     f = click.option("--no-progress", is_flag=True, help="no progress line")(f)
     f = click.option("-v", "--verbose", is_flag=True,
                      help="also report the caches (entries, hits, misses, evictions) in the summary")(f)
@@ -108,7 +120,8 @@ def summarize(session: ProfileSession, profile: ProfileData, output: str, fmt: s
     """The run's summary (what `--json` prints): counters, completeness, timings, top self functions."""
     c, t = session.counters(), session.timings
     events, events_lost = session.code_events()
-    top = [{"function": name, "samples": n, "percent": round(100.0 * n / max(c.samples, 1), 2)}
+    total = c.samples if session.plan.events == ("cpu",) else profile.total_samples
+    top = [{"function": name, "samples": n, "percent": round(100.0 * n / max(total, 1), 2)}
            for name, n in profile.self_counts().most_common(10)]
     summary: dict[str, Any] = {
         "output": output, "format": fmt, "ended": why, "samples": c.samples, "lost": c.lost,
@@ -124,6 +137,11 @@ def summarize(session: ProfileSession, profile: ProfileData, output: str, fmt: s
         "cpu_us_per_sample": round(1e6 * t.sampling_cpu_s / c.samples, 1) if c.samples else None,
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
+    if session.plan.events != ("cpu",):
+        summary["events"] = {event: {"samples": p.total_samples,
+                                     p.sample_types[1].type: sum(p.weight(k) for k in p.counts)}
+                             for event, p in session.profiles.items()}
+        summary["event_counters"] = session.event_counters()
     if session.agent is not None:
         summary["agent"] = session.agent.summary()
     if session.target is not None:   # virtual-thread samples labelled #<tid>: the name was unreadable
@@ -136,7 +154,7 @@ def summarize(session: ProfileSession, profile: ProfileData, output: str, fmt: s
 def write_and_summarize(session: ProfileSession, output: str, fmt: str, as_json: bool, why: str,
                         verbose: bool = False) -> None:
     profile = session.finish()
-    write_report(profile, output, fmt)
+    write_reports(list(session.profiles.values()), output, fmt)
     summary = summarize(session, profile, output, fmt, why, verbose)
     if as_json:
         emit_json(summary)
@@ -147,6 +165,10 @@ def write_and_summarize(session: ProfileSession, output: str, fmt: str, as_json:
     err.write(f"  {c.samples} samples in {summary['duration_s']} s, {c.lost} lost, "
               f"{c.truncated} truncated stacks, unknown frames {c.unknown_percent:.2f}% "
               f"({c.unknown_frames}/{c.frames})\n")
+    for event, totals in summary.get("events", {}).items():
+        err.write(f"  {event}: " + ", ".join(f"{k} {v:,}" for k, v in totals.items()) + "\n")
+    if summary.get("event_counters"):
+        err.write("  " + ", ".join(f"{k} {v:,}" for k, v in summary["event_counters"].items()) + "\n")
     complete = summary["unwind"].get("java_stacks_complete_percent")
     if complete is not None:
         err.write(f"  {complete:.2f}% of Java-thread stacks reach the thread's root frame\n")
@@ -167,8 +189,9 @@ def write_and_summarize(session: ProfileSession, output: str, fmt: str, as_json:
 def _announce(session: ProfileSession, duration: Optional[float]) -> None:
     """One line on stderr when sampling has begun (scripts may wait for it before sending signals)."""
     until = f"for {duration:g} s" if duration else "until Ctrl-C or the JVM exits"
-    click.echo(f"pyprof: sampling {session.pid} ({session.description}) at {session.options.rate_hz} Hz "
-               f"{until}", err=True)
+    events = "" if session.plan.events == ("cpu",) else f" ({','.join(session.plan.events)})"
+    click.echo(f"pyprof: sampling {session.pid} ({session.description}) at {session.options.rate_hz} Hz"
+               f"{events} {until}", err=True)
     for note in session.jvm_notes:   # what this JVM cannot decode
         click.echo(f"pyprof: note: {note}", err=True)
     if session.degraded_code_map:
@@ -188,10 +211,12 @@ def _announce(session: ProfileSession, duration: Optional[float]) -> None:
                    "and safepoint pauses); loads the agent into the JVM if it is not running")
 @_common_options
 def attach(pid: int, duration: Optional[float], use_agent: bool, output: Optional[str], fmt: Optional[str],
-           rate: int, stack_bytes: int, as_json: bool, force: bool, no_progress: bool, verbose: bool) -> None:
+           rate: int, stack_bytes: int, as_json: bool, force: bool, events: str,
+           wall_interval: Optional[float], no_progress: bool, verbose: bool) -> None:
     """Profile the running JVM PID: no agent needed, no JVM flags, the target never stops."""
     output, fmt = resolve_output(output, fmt, pid)
-    options = ProfileOptions(rate_hz=rate, stack_bytes=stack_bytes, force=force, agent=use_agent)
+    options = ProfileOptions(rate_hz=rate, stack_bytes=stack_bytes, force=force, agent=use_agent,
+                             events=parse_events_option(events), wall_interval_ns=_ns(wall_interval))
     require_privileges(pid)
     with StopSignals() as stop:
         session = ProfileSession.attach(pid, options)
@@ -208,8 +233,8 @@ def attach(pid: int, duration: Optional[float], use_agent: bool, output: Optiona
               help="start the JVM with the pyprof Java agent (-javaagent; see `pyprof agent --help`)")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def record(duration: Optional[float], output: Optional[str], fmt: Optional[str], rate: int,
-           stack_bytes: int, as_json: bool, force: bool, no_progress: bool, verbose: bool, java_agent: bool,
-           command: tuple[str, ...]) -> None:
+           stack_bytes: int, as_json: bool, force: bool, events: str, wall_interval: Optional[float],
+           no_progress: bool, verbose: bool, java_agent: bool, command: tuple[str, ...]) -> None:
     """Start `java ARGS...` and profile it from its first instruction; exits with the JVM's exit code.
 
     \b
@@ -217,6 +242,8 @@ def record(duration: Optional[float], output: Optional[str], fmt: Optional[str],
     """
     if not command:
         raise UsageError("record needs a command: pyprof record [options] -- java ARGS...")
+    options = ProfileOptions(rate_hz=rate, stack_bytes=stack_bytes, force=force,
+                             events=parse_events_option(events), wall_interval_ns=_ns(wall_interval))
     if shutil.which(command[0]) is None:
         raise UsageError(f"cannot start {command[0]}: no such command")
     if java_agent:
@@ -224,7 +251,7 @@ def record(duration: Optional[float], output: Optional[str], fmt: Optional[str],
 
         command = agent_command(command)
     require_privileges()
-    session = ProfileSession(0, ProfileOptions(rate_hz=rate, stack_bytes=stack_bytes, force=force))
+    session = ProfileSession(0, options)
     with StopSignals() as stop:
         # The sampler is compiled and attached *before* the JVM starts, so its first instruction is seen.
         session.start_sampler()
@@ -249,6 +276,10 @@ def record(duration: Optional[float], output: Optional[str], fmt: Optional[str],
         write_and_summarize(session, output, fmt, as_json, why, verbose)
     code = child.wait()
     raise click.exceptions.Exit(code if code >= 0 else 128 - code)
+
+
+def _ns(milliseconds: Optional[float]) -> int:
+    return int(milliseconds * 1e6) if milliseconds else 0
 
 
 def _spawn_gated(command: tuple[str, ...]) -> tuple[subprocess.Popen, int]:

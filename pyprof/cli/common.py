@@ -91,3 +91,32 @@ allow_unsafe_kernel_option = click.option(
     "--allow-unsafe-kernel", "--force", "force", is_flag=True,
     help="sample even on a kernel whose BPF user-memory reads can freeze it "
          "(5.19-6.3 without the fix; docs/kernels.md); --force is the old name")
+
+
+def events_option(f):
+    """-e/--event for attach, record, top and the daemon: pyprof.sampling.programs.EVENTS, comma-separated."""
+    return click.option(
+        "-e", "--event", "events", default="cpu", show_default=True, metavar="EVENTS",
+        help="what to profile, comma-separated: cpu (on-CPU samples), wall (on-CPU + off-CPU time per "
+             "thread), offcpu (off-CPU time only); several at once share one pprof file, one sample "
+             "type pair per event (the first is the default type)")(f)
+
+
+def parse_events_option(text: str) -> tuple[str, ...]:
+    from pyprof.sampling.programs import parse_events
+
+    return parse_events(text)
+
+
+def event_of_type(sample_type: Optional[str], events: tuple[str, ...]) -> str:
+    """`--type wall` / `--type wall_samples` / `--type cpu` -> the event of those asked for that has it
+    (default: the first event)."""
+    if sample_type is None:
+        return events[0]
+    from pyprof.model import EVENT_SAMPLE_TYPES
+
+    for event in events:
+        if sample_type == event or sample_type in (t.type for t in EVENT_SAMPLE_TYPES[event]):
+            return event
+    names = [t.type for event in events for t in EVENT_SAMPLE_TYPES[event]]
+    raise UsageError(f"--type {sample_type}: not a type of the events asked for ({', '.join(names)})")

@@ -40,6 +40,49 @@ def capability_lines() -> list[Line]:
                  check.fix, check.required) for check in features.capability_checks()]
 
 
+# libjvm's .symtab functions each event's uprobes need (issue #14's hook points): name -> mangled prefix
+EVENT_SYMBOLS: dict[str, dict[str, str]] = {
+    "alloc": {"AllocTracer::send_allocation_in_new_tlab": "_ZN11AllocTracer27send_allocation_in_new_tlab",
+              "AllocTracer::send_allocation_outside_tlab": "_ZN11AllocTracer28send_allocation_outside_tlab"},
+    "lock": {"ObjectMonitor::enter": "_ZN13ObjectMonitor5enter", "Parker::park": "_ZN6Parker4park"},
+}
+
+
+def event_lines() -> list[Line]:
+    """Which events (-e) this kernel serves: cpu (the perf-event line above), wall and offcpu."""
+    from pyprof.kernel import features
+    from pyprof.kernel.requirements import SCHED_SWITCH_PREV_STATE, upstream_version
+
+    missing = features.raw_tracepoints_present(("sched_switch", "sys_exit"))
+    if missing:
+        return [Line("event wall/offcpu", "warn", f"no raw tracepoint {', '.join(missing)}",
+                     "-e wall/offcpu need the sched_switch and sys_exit tracepoints", required=False)]
+    if upstream_version()[0] < SCHED_SWITCH_PREV_STATE:
+        return [Line("event wall/offcpu", "warn", "sched_switch, sys_exit; before 5.18 sched_switch has no "
+                     "prev_state: a thread rescheduled on its way back to user mode is counted, not timed",
+                     "", required=False)]
+    return [Line("event wall/offcpu", "ok", "raw tracepoints sched_switch, sys_exit", required=False)]
+
+
+def jvm_event_lines(jvm) -> list[Line]:
+    """alloc and lock: their libjvm symbols (uprobes), and whether this pyprof has their programs."""
+    from pyprof.sampling.programs import available_events
+
+    lines = []
+    for event, symbols in EVENT_SYMBOLS.items():
+        absent = [name for name, prefix in symbols.items() if jvm.symbols is None or next(
+            jvm.symbols.find(lambda symbol, prefix=prefix: symbol.startswith(prefix)), None) is None]
+        if absent:
+            lines.append(Line(f"event {event}", "warn", f"libjvm lacks {', '.join(absent)}",
+                              "a libjvm with its .symtab (not stripped)", required=False))
+        elif event not in available_events():
+            lines.append(Line(f"event {event}", "warn", f"libjvm has {', '.join(symbols)}; this pyprof has "
+                              f"no {event} program", "", required=False))
+        else:
+            lines.append(Line(f"event {event}", "ok", f"libjvm has {', '.join(symbols)}", required=False))
+    return lines
+
+
 def jvm_lines(pid: int) -> list[Line]:
     from pyprof.hotspot.codecache import CodeCache
     from pyprof.hotspot.jvm import TESTED_MAJORS, HotSpotJvm
@@ -76,6 +119,12 @@ def jvm_lines(pid: int) -> list[Line]:
         threads.refresh()
         lines.append(Line("Java threads", "ok" if threads.tids() else "warn",
                           f"{len(threads.tids())} JavaThreads readable", required=False))
+        states = jvm.layout.has("JavaThread._thread_state") and jvm.layout.has("OSThread._state")
+        lines.append(Line("thread states (wall)", "ok" if states else "warn",
+                          "JavaThread::_thread_state, OSThread::_state" if states else
+                          "VMStructs lacks JavaThread::_thread_state or OSThread::_state",
+                          "" if states else "wall samples get no thread_state label", required=False))
+        lines += jvm_event_lines(jvm)
     try:
         jcmd = find_jcmd(pid)
         lines.append(Line("jcmd fallback", "ok", jcmd, required=False))
@@ -120,6 +169,7 @@ def doctor(pid: Optional[int], as_json: bool) -> None:
     features.require_minimum_kernel()
     lines = system_lines()
     lines += capability_lines()
+    lines += event_lines()
     if pid is not None:
         lines += jvm_lines(pid)
     failed = [line for line in lines if line.status == "missing" and line.required]

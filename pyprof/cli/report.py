@@ -19,12 +19,12 @@ DIFF_FORMATS = ("top", "flamegraph")
 BINARY_OR_PAGE = ("flamegraph", "speedscope", "pprof")
 
 
-def _load(path: str) -> ProfileData:
+def _load(path: str, sample_type: Optional[str] = None) -> ProfileData:
     from pyprof.output.pprof import read_pprof
 
     if not os.path.exists(path):
         raise UsageError(f"no such profile: {path}")
-    return read_pprof(path)
+    return read_pprof(path, sample_type)
 
 
 def _pick_format(fmt: Optional[str], output: Optional[str], as_json: bool) -> str:
@@ -79,6 +79,9 @@ def _emit(text: str | bytes, output: Optional[str], fmt: str) -> None:
               help="merge a method's JIT tiers ([interp], [C1], [C2]) into one (always with --diff)")
 @click.option("--json", "as_json", is_flag=True, help="top/tree/diff as JSON, for scripts")
 @click.option("--title", default=None, help="flame graph title")
+@click.option("--type", "sample_type", default=None, metavar="TYPE",
+              help="the sample type to show from a profile of several events (-e cpu,wall): samples, cpu, "
+                   "wall_samples, wall, offcpu, alloc_space, delay, ... (default: the first count type)")
 @click.option("--service", default=None, help="store DIR: only this service's windows")
 @click.option("--pid", type=int, default=None, help="store DIR: only this pid's windows")
 @click.option("--since", default=None, metavar="TIME", help="store DIR: from TIME (10m, 2h, ISO, @UNIX)")
@@ -86,8 +89,8 @@ def _emit(text: str | bytes, output: Optional[str], fmt: str) -> None:
 def report(profiles: tuple[str, ...], fmt: Optional[str], output: Optional[str], diff: bool,
            thread: Optional[str], focus: Optional[str], limit: Optional[int], sort: str,
            min_percent: float, per_thread: bool, merge_threads: bool, no_tiers: bool, as_json: bool,
-           title: Optional[str], service: Optional[str], pid: Optional[int], since: Optional[str],
-           until: Optional[str]) -> None:
+           title: Optional[str], sample_type: Optional[str], service: Optional[str], pid: Optional[int],
+           since: Optional[str], until: Optional[str]) -> None:
     """Read a pprof PROFILE and show it: top, tree, collapsed, flamegraph (HTML), speedscope, pprof.
 
     \b
@@ -96,6 +99,7 @@ def report(profiles: tuple[str, ...], fmt: Optional[str], output: Optional[str],
       pyprof report cpu.pb.gz -o cpu.html              flame graph, one self-contained HTML file
       pyprof report cpu.pb.gz --format tree --thread '^http-'
       pyprof report cpu.pb.gz --focus 'HashMap' --json
+      pyprof report app.pb.gz --type wall -o wall.html  one event of a `-e cpu,wall` profile
       pyprof report --diff before.pb.gz after.pb.gz    what got slower (top; -o diff.html: flame graph)
       pyprof report /var/lib/pyprof --service orders --since 10m    a daemon's store, merged
       pyprof report /var/lib/pyprof --service orders --diff 2d..1d 1h..   two time ranges compared
@@ -122,7 +126,7 @@ def report(profiles: tuple[str, ...], fmt: Optional[str], output: Optional[str],
             raise UsageError("--diff needs two profiles: pyprof report --diff BASE NEW")
         if fmt not in DIFF_FORMATS:
             raise UsageError(f"--diff shows {' or '.join(DIFF_FORMATS)}, not {fmt}")
-        base, new = (_filtered(_load(p), thread, focus, tiers) for p in profiles)
+        base, new = (_filtered(_load(p, sample_type), thread, focus, tiers) for p in profiles)
         _report_diff(base, new, fmt, output, tiers, sort, limit, as_json, title)
         return
     if len(profiles) != 1:
@@ -136,7 +140,7 @@ def report(profiles: tuple[str, ...], fmt: Optional[str], output: Optional[str],
         loaded = load_merged(store_dir, service, pid, parse_time(since) if since else None,
                              parse_time(until) if until else None)
     else:
-        loaded = _load(profiles[0])
+        loaded = _load(profiles[0], sample_type)
     profile = _filtered(loaded, thread, focus, tiers)
     if fmt == "top":
         from pyprof.reporters import top
@@ -159,7 +163,8 @@ def report(profiles: tuple[str, ...], fmt: Optional[str], output: Optional[str],
         from pyprof.reporters import render_file
 
         name = os.path.basename(profiles[0])
-        label = title or (f"CPU flame graph: {name}" if fmt == "flamegraph" else name)
+        what = "CPU" if sample_type is None else sample_type
+        label = title or (f"{what} flame graph: {name}" if fmt == "flamegraph" else name)
         _emit(render_file(profile, fmt, tiers, label), output, fmt)
 
 def _load_range(directory: str, service: Optional[str], pid: Optional[int], text: str) -> ProfileData:

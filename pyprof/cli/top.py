@@ -18,9 +18,17 @@ from typing import Optional
 
 import click
 
-from pyprof.cli.common import PID, allow_unsafe_kernel_option, require_privileges, resolve_output
+from pyprof.cli.common import (
+    PID,
+    allow_unsafe_kernel_option,
+    event_of_type,
+    events_option,
+    parse_events_option,
+    require_privileges,
+    resolve_output,
+)
 from pyprof.model import ProfileData, StackKey
-from pyprof.reporters import write_report
+from pyprof.reporters import write_reports
 from pyprof.reporters.aggregate import FrameTable, compile_regex, thread_label, thread_matches
 from pyprof.reporters.top import TopRow
 from pyprof.session.runloop import StopSignals, run_until_stopped
@@ -260,9 +268,13 @@ def _render_plain(pid: int, rates: Rates, snap: LiveSnapshot, state: ViewState, 
 @click.option("--stack-bytes", type=click.IntRange(1024, 65536), default=32768, show_default=True,
               help="bytes of user stack copied per sample")
 @allow_unsafe_kernel_option
+@events_option
+@click.option("--type", "sample_type", default=None, metavar="TYPE",
+              help="which event's samples the view shows (cpu, wall, offcpu, or one of their sample types; "
+                   "default: the first event)")
 def top(pid: int, rate: int, duration: Optional[float], interval: float, sort: str, per_thread: bool,
         thread: Optional[str], limit: Optional[int], no_tiers: bool, output: Optional[str], stack_bytes: int,
-        force: bool) -> None:
+        force: bool, events: str, sample_type: Optional[str]) -> None:
     """Live view of the JVM PID's hottest methods: self and total %, sample rate, lost and unknown %.
 
     \b
@@ -273,18 +285,20 @@ def top(pid: int, rate: int, duration: Optional[float], interval: float, sort: s
         output, out_fmt = resolve_output(output, None, pid)
     live_top = LiveTop(tiers=not no_tiers, thread=thread)   # validates --thread before any BPF work
     state = ViewState(sort=sort, per_thread=per_thread)
-    options = ProfileOptions(rate_hz=rate, stack_bytes=stack_bytes, force=force)
+    event_list = parse_events_option(events)
+    shown = event_of_type(sample_type, event_list)
+    options = ProfileOptions(rate_hz=rate, stack_bytes=stack_bytes, force=force, events=event_list)
     require_privileges(pid)
     with StopSignals() as stop:
         session = ProfileSession.attach(pid, options)
         for note in session.jvm_notes:   # what this JVM cannot decode (stays above the live view)
             click.echo(f"pyprof: note: {note}", err=True)
         try:
-            why = _loop(session, live_top, state, stop, duration, interval, limit, sys.stdout.isatty())
+            why = _loop(session, live_top, state, stop, duration, interval, limit, sys.stdout.isatty(), shown)
         finally:
-            profile = session.finish()
+            session.finish()
     if output is not None:
-        write_report(profile, output, out_fmt)
+        write_reports(list(session.profiles.values()), output, out_fmt)
     c = session.counters()
     err = click.get_text_stream("stderr")
     saved = f", profile written to {output}" if output is not None else ""
@@ -314,7 +328,8 @@ class _Screen:
 
 
 def _loop(session: ProfileSession, live_top: LiveTop, state: ViewState, stop: StopSignals,
-          duration: Optional[float], interval: float, limit: Optional[int], tty: bool) -> str:
+          duration: Optional[float], interval: float, limit: Optional[int], tty: bool,
+          shown: str = "cpu") -> str:
     started = time.monotonic()
     last = {"refresh": started, "samples": 0, "rate": 0.0}
     redraw = [True]
@@ -328,7 +343,7 @@ def _loop(session: ProfileSession, live_top: LiveTop, state: ViewState, stop: St
             return "q"
         now = time.monotonic()
         if now - last["refresh"] >= interval:
-            live_top.update(session.profile)
+            live_top.update(session.profiles[shown])
             last["rate"] = (session.samples - last["samples"]) / (now - last["refresh"])
             last["samples"], last["refresh"] = session.samples, now
             redraw[0] = True

@@ -160,6 +160,7 @@ FIELD_SPECS: dict[str, tuple[tuple[str, str], ...]] = {
     "JavaFrameAnchor._last_Java_pc": _in("JavaFrameAnchor", "_last_Java_pc"),
     "JavaFrameAnchor._last_Java_fp": _in("JavaFrameAnchor", "_last_Java_fp"),
     "OSThread._thread_id": _in("OSThread", "_thread_id"),
+    "OSThread._state": _in("OSThread", "_state"),   # ThreadState: SLEEPING, OBJECT_WAIT, MONITOR_WAIT...
     "OopHandle._obj": _in("OopHandle", "_obj"),
     # compressed oops: 25 flat statics, 17 and 21 the NarrowPtrStruct members, 11 Universe's
     "CompressedOops._base": (_in("CompressedOops", "_base", "_narrow_oop._base")

@@ -15,6 +15,12 @@ point at OopStorage slots that stay put for the thread's life (mounting rewrites
 updates it), so the BPF sampler is given the two slot addresses and compares what they hold at sample
 time; with java.lang.Thread.tid's offset it also reads the mounted virtual thread's id there.
 
+Thread states (the wall-clock profile's `thread_state` label): JavaThread::_thread_state says where the
+thread is (in Java, in native code, in the VM, blocked) and OSThread::_state why a blocked thread
+waits (sleeping, Object.wait, monitor entry, a parker's or VM monitor's condition variable). The BPF
+wall program reads both at the switch through the addresses in anchor_addresses(); state_name() names
+the pair with the JVM's own VMStructs constants.
+
 Whoever owns a JavaThreads refreshes it (the profiling session, every 0.5 s); a refresh of an unchanged
 thread set reads one pointer. Lookups never read the target (name() reads one thread's name, and its
 callers cache it), so they are safe on the per-sample path.
@@ -22,7 +28,7 @@ callers cache it), so they are safe on the per-sample path.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Iterable, Optional
 
 from pyprof.errors import MemoryReadError, NoSuchProcess
 from pyprof.hotspot.jvm import HotSpotJvm
@@ -48,6 +54,8 @@ class JavaThreads:
         self._list: Optional[list[int]] = None          # the JavaThread*s of the last refresh
         self._list_address = 0                          # the SMR ThreadsList they came from
         self._anchors: dict[int, tuple[int, ...]] = {}
+        self._osthreads: dict[int, int] = {}            # JavaThread* -> its OSThread*
+        self._state_names = _state_names(jvm)
         self.changes = 0                                # bumped whenever the thread set changes
         # A JVM in its own pid namespace (a container) knows its threads by that namespace's tids; the
         # kernel, BPF and /proc speak host tids.
@@ -91,9 +99,10 @@ class JavaThreads:
         readable = [(thread, osthread) for thread, osthread in zip(threads, osthreads) if osthread]
         tids = self.r.many([osthread + lay.offset("OSThread._thread_id") for _, osthread in readable], 4,
                            signed=True)
-        for (thread, _), tid in zip(readable, tids):
+        for (thread, osthread), tid in zip(readable, tids):
             if tid is not None and tid > 0:
                 by_ns_tid[tid] = thread
+                self._osthreads[thread] = osthread
         by_tid = self._to_host_tids(by_ns_tid) if self._namespaced else by_ns_tid
         bases = {tid: self._stack_bases[tid] for tid, thread in by_tid.items()
                  if self._tid_of.get(thread) == tid and tid in self._stack_bases}
@@ -108,8 +117,11 @@ class JavaThreads:
         self._by_tid = by_tid
         self._tid_of = {thread: tid for tid, thread in by_tid.items()}
         self._stack_bases = bases
+        self._osthreads = {thread: self._osthreads[thread] for thread in by_tid.values()
+                           if thread in self._osthreads}
         self._anchors = {tid: old[tid] if tid in kept else
-                         (*self._anchor_fields(thread), bases.get(tid, 0), *self._vthread_slots(thread))
+                         (*self._anchor_fields(thread), bases.get(tid, 0), *self._vthread_slots(thread),
+                          *self._state_addresses(thread))
                          for tid, thread in by_tid.items()}
         self.changes += 1
 
@@ -178,8 +190,9 @@ class JavaThreads:
 
     def anchor_addresses(self) -> dict[int, tuple[int, ...]]:
         """tid -> addresses of its JavaThread's _last_Java_sp, _pc and _fp, its stack base, the OopStorage
-        slots of its _vthread and _threadObj and the offset of java.lang.Thread.tid (the last three 0
-        where virtual threads are not readable) for the BPF sampler, which reads the anchor and the
+        slots of its _vthread and _threadObj and the offset of java.lang.Thread.tid (these three 0
+        where virtual threads are not readable), then of its _thread_state and OSThread::_state (0 when
+        not published) for the BPF sampler, which reads the anchor and the
         mounted virtual thread at the moment of each sample and copies the stack up to the base."""
         return self._anchors
 
@@ -198,8 +211,61 @@ class JavaThreads:
             return 0, 0, 0
         return vthread, carrier, self.objects.thread_tid_offset()
 
+    def _state_addresses(self, thread: int) -> tuple[int, int]:
+        """(&JavaThread::_thread_state, &OSThread::_state), 0 for what VMStructs does not publish."""
+        lay = self.lay
+        java = thread + lay.offset("JavaThread._thread_state") if lay.has("JavaThread._thread_state") else 0
+        osthread = self._osthreads.get(thread, 0)
+        os = osthread + lay.offset("OSThread._state") if osthread and lay.has("OSThread._state") else 0
+        return java, os
+
+    def state_name(self, state: int, frame_names: Iterable[str] = ()) -> str:
+        """The name of a state the wall program read (_thread_state | OSThread::_state << 16): "java",
+        "native", "vm", "sleeping", "waiting" (Object.wait), "blocked" (monitor entry), "parked" (a
+        condition variable: LockSupport.park and the VM's own monitors), "blocked" otherwise; "" when
+        nothing was read (not a Java thread, or fields not published).
+
+        Thread.sleep waits on a condition variable like park does (os::sleep / JavaThread::sleep set
+        CONDVAR_WAIT over JVM_Sleep's SLEEPING on 11 to 25), so a "parked" thread with Thread.sleep in
+        its stack (`frame_names`, the sample's function names) is "sleeping"."""
+        name = self._state_names(state & 0xFFFF, state >> 16)
+        if name == "parked" and any(n.startswith(_SLEEP_METHOD) for n in frame_names):
+            return "sleeping"
+        return name
+
     def _anchor_fields(self, thread: int) -> tuple[int, int, int]:
         lay = self.lay
         anchor = thread + lay.offset("JavaThread._anchor")
         return tuple(anchor + lay.offset(f"JavaFrameAnchor._last_Java_{k}")  # type: ignore[return-value]
                      for k in ("sp", "pc", "fp"))
+
+
+# JavaThreadState (globalDefinitions.hpp; odd values are the transitions "..._trans") and OSThread's
+# ThreadState (osThread.hpp): named by the JVM's VMStructs constants, these defaults where not published.
+_SLEEP_METHOD = "java.lang.Thread.sleep"   # sleep (11-19), sleep0 / sleepNanos (21+)
+_JAVA_STATES = {"_thread_in_native": 4, "_thread_in_vm": 6, "_thread_in_Java": 8, "_thread_blocked": 10}
+_OS_STATES = {"MONITOR_WAIT": 3, "CONDVAR_WAIT": 4, "OBJECT_WAIT": 5, "SLEEPING": 7}
+_BLOCKED_WHY = {"MONITOR_WAIT": "blocked", "CONDVAR_WAIT": "parked", "OBJECT_WAIT": "waiting",
+                "SLEEPING": "sleeping"}
+_WHERE = {"_thread_in_native": "native", "_thread_in_vm": "vm", "_thread_in_Java": "java"}
+
+
+def _state_names(jvm: HotSpotJvm):
+    """A function (java state, os state) -> name, built from this JVM's constants."""
+    vm = jvm.layout.vm
+    java = {vm.constant(name) if vm.constant(name) is not None else value: name
+            for name, value in _JAVA_STATES.items()}
+    os = {vm.constant(name) if vm.constant(name) is not None else value: name
+          for name, value in _OS_STATES.items()}
+
+    def name(java_state: int, os_state: int) -> str:
+        if not java_state:
+            return ""
+        why = _BLOCKED_WHY.get(os.get(os_state, ""))
+        if why is not None:   # the OSThread state says why it waits, whatever the Java-level state
+            return why
+        where = java.get(java_state & ~1)   # a transition state counts as the state it leaves
+        if where == "_thread_blocked":
+            return "blocked"
+        return _WHERE.get(where or "", "other")
+    return name

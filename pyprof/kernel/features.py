@@ -234,3 +234,28 @@ def uprobes_permitted() -> bool:
             os.close(fd)
         _uprobes_permitted = fd >= 0 or ctypes.get_errno() not in (1, 13)   # EPERM, EACCES
     return _uprobes_permitted
+
+
+def raw_tracepoints_present(names: tuple[str, ...]) -> list[str]:
+    """Which of the tracepoints `names` ("sched_switch", "sys_exit") a BPF raw tracepoint can attach to
+    is missing: each has a `__bpf_trace_<name>` in /proc/kallsyms (names are listed even where
+    kptr_restrict hides the addresses), else a `btf_trace_<name>` type in the kernel's BTF."""
+    wanted = {f"__bpf_trace_{name}": name for name in names}
+    found: set[str] = set()
+    try:
+        with open("/proc/kallsyms") as f:
+            for line in f:
+                symbol = line.rstrip("\n").rpartition(" ")[2]
+                if symbol in wanted:
+                    found.add(wanted[symbol])
+    except OSError:
+        pass
+    missing = [name for name in names if name not in found]
+    if missing and os.path.exists("/sys/kernel/btf/vmlinux"):
+        try:
+            with open("/sys/kernel/btf/vmlinux", "rb") as f:
+                btf = f.read(64 << 20)
+        except OSError:
+            return missing
+        missing = [name for name in missing if f"btf_trace_{name}\0".encode() not in btf]
+    return missing

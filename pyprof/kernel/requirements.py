@@ -46,6 +46,12 @@ FEATURES: tuple[KernelFeature, ...] = (
                   "user registers of a thread sampled while in the kernel (a syscall, a page fault)"),
 )
 
+# -e wall/offcpu (bpf/wall.h) use raw tracepoints (4.17) on sched_switch and sys_exit; sched_switch has
+# passed prev_state since 5.18 (commit fa2c3254d7cf): before, a thread rescheduled on its way back to user
+# mode (a schedule() with preempt false while still runnable) cannot be told from one that blocks, and its
+# interval ends as unmatched instead of as a preemption.
+SCHED_SWITCH_PREV_STATE: Version = (5, 18, 0)
+
 # The oldest kernel with every required feature: the minimum pyprof supports (README, `pyprof doctor`).
 MIN_KERNEL: Version = max(f.since for f in FEATURES if f.required)
 

@@ -1,7 +1,11 @@
 """pprof (profile.proto, gzip-compressed): the writer, and a reader for pyprof's and other tools' files.
 
 What the writer puts in, and why:
-- two sample types, `samples/count` and `cpu/nanoseconds` ([n, n * period]); the default is `cpu`;
+- two sample types per event: CPU's `samples/count` and `cpu/nanoseconds` ([n, n * period]), wall's
+  `wall_samples/count` and `wall/nanoseconds`, ... (pyprof.model.EVENT_SAMPLE_TYPES). Several events
+  (`-e cpu,wall`) share one file: their types follow each other in the order asked for, a stack's
+  sample carries every type's value (0 where that event has none), and the default type is the first
+  event's second (`cpu` for a CPU profile, as before);
 - every native library as a Mapping flagged as already symbolized, so `go tool pprof` never tries (and
   warns about failing) to re-symbolize it from files that may not exist on the reading machine;
 - one Location per machine frame, with one Line per logical frame (innermost first, pprof's order for
@@ -21,10 +25,11 @@ from __future__ import annotations
 import gzip
 import os
 import re
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 from pyprof.errors import UsageError
 from pyprof.model import (
+    EVENT_SAMPLE_TYPES,
     FrameKind,
     LogicalFrame,
     Mapping,
@@ -81,12 +86,18 @@ def _sample_order(key: StackKey) -> tuple:
 
 
 class _Encoder:
-    def __init__(self, profile: ProfileData, tiers: bool) -> None:
-        self.profile = profile
+    def __init__(self, profiles: Sequence[ProfileData], tiers: bool) -> None:
+        if not profiles or len({p.event for p in profiles}) != len(profiles):
+            raise ValueError("one profile per event")
+        self.profiles = tuple(profiles)
+        self.profile = profiles[0]
         self.tiers = tiers
         self.pb = profile_pb2.Profile()
         self.s = _Strings()
-        self.keys = sorted(profile.counts, key=_sample_order)
+        keys = set(self.profile.counts)
+        for other in self.profiles[1:]:
+            keys.update(other.counts)
+        self.keys = sorted(keys, key=_sample_order)
         self.mapping_ids: dict[Mapping, int] = {}
         self.function_ids: dict[tuple[str, str, str], int] = {}
         self.location_ids: dict[PhysicalFrame, int] = {}
@@ -98,7 +109,7 @@ class _Encoder:
         self._header()
         self._mappings()
         for key in self.keys:
-            self._sample(key, self.profile.counts[key])
+            self._sample(key, self._values(key))
         self._comments()
         self.pb.string_table.extend(self.s.table)
         # mtime=0: the same profile gives the same bytes
@@ -106,14 +117,24 @@ class _Encoder:
 
     def _header(self) -> None:
         pb, s = self.pb, self.s
-        pb.sample_type.add(type=s("samples"), unit=s("count"))
-        pb.sample_type.add(type=s("cpu"), unit=s("nanoseconds"))
-        pb.period_type.type = s("cpu")
-        pb.period_type.unit = s("nanoseconds")
+        for profile in self.profiles:
+            for sample_type in profile.sample_types:
+                pb.sample_type.add(type=s(sample_type.type), unit=s(sample_type.unit))
+        # the period is the cpu-clock's (wall: what one on-CPU sample is worth), in the first type's terms
+        first = self.profile.sample_types[1]
+        pb.period_type.type = s(first.type)
+        pb.period_type.unit = s(first.unit)
         pb.period = self.profile.period_ns
         pb.time_nanos = self.profile.start_time_ns
         pb.duration_nanos = self.profile.duration_ns
-        pb.default_sample_type = s("cpu")
+        pb.default_sample_type = s(first.type)
+
+    def _values(self, key: StackKey) -> list[int]:
+        values: list[int] = []
+        for profile in self.profiles:
+            count = profile.counts.get(key, 0)
+            values += (count, profile.weight(key)) if count else (0, 0)
+        return values
 
     def _mappings(self) -> None:
         """Every mapping some frame is in, sorted by address (ids do not depend on sample order)."""
@@ -127,11 +148,11 @@ class _Encoder:
                                 build_id=self.s(m.build_id), has_functions=True, has_filenames=True,
                                 has_line_numbers=True, has_inline_frames=True)
 
-    def _sample(self, key: StackKey, count: int) -> None:
+    def _sample(self, key: StackKey, values: list[int]) -> None:
         sample = self.pb.sample.add()
         known = self.location_by_identity
         sample.location_id.extend([known.get(id(frame)) or self._location(frame) for frame in key.frames])
-        sample.value.extend((count, count * self.profile.period_ns))
+        sample.value.extend(values)
         sample.label.add(key=self.s("thread"), str=self.s(key.thread_name))
         sample.label.add(key=self.s("tid"), num=key.tid)
         for name, value in key.labels:
@@ -170,7 +191,13 @@ class _Encoder:
 
 def encode(profile: ProfileData, tiers: bool = True) -> bytes:
     """The profile as gzip-compressed profile.proto."""
-    return _Encoder(profile, tiers).encode()
+    return _Encoder((profile,), tiers).encode()
+
+
+def encode_events(profiles: Sequence[ProfileData], tiers: bool = True) -> bytes:
+    """Several events' profiles (one per event, sharing one stack space) as one pprof with their sample
+    types side by side; the first profile's second type is the default."""
+    return _Encoder(profiles, tiers).encode()
 
 
 # ---- reading ---------------------------------------------------------------------------------------
@@ -233,14 +260,44 @@ class _Decoder:
         """A string-table entry; a bad index (a broken writer) reads as ""."""
         return self.strings[index] if 0 <= index < len(self.strings) else ""
 
-    def decode(self) -> ProfileData:
+    def decode(self, sample_type: Optional[str] = None) -> ProfileData:
+        """The profile's samples; `sample_type` (a type's name: "wall", "alloc_space") picks the value
+        the profile's counts hold, else the first count-like type (a CPU profile's sample count)."""
         profile = ProfileData()
         self._header(profile)
+        if sample_type is not None:
+            return self._decode_type(profile, sample_type)
         count_index, ns_index = self._value_indexes()
         for sample in self.pb.sample:
             count = self._count(sample, count_index, ns_index, profile.period_ns)
             if count > 0:
                 profile.add(self._key(sample), count)
+        return profile
+
+    def sample_type_names(self) -> list[str]:
+        return [self._s(vt.type) for vt in self.pb.sample_type]
+
+    def _decode_type(self, profile: ProfileData, sample_type: str) -> ProfileData:
+        """counts = the values of `sample_type`; event and weights from pyprof's events when the type is
+        one of theirs (weights: the event's second value, so a re-written profile keeps it)."""
+        names = self.sample_type_names()
+        if sample_type not in names:
+            raise UsageError(f"no sample type {sample_type!r} in this profile (types: {', '.join(names)})")
+        index = names.index(sample_type)
+        profile.counted = f"{sample_type}/{self._s(self.pb.sample_type[index].unit)}"
+        weight_index = None
+        for event, types in EVENT_SAMPLE_TYPES.items():
+            if sample_type in (types[0].type, types[1].type) and types[1].type in names:
+                profile.event = event
+                weight_index = names.index(types[1].type)
+                break
+        for sample in self.pb.sample:
+            values = sample.value
+            value = values[index] if index < len(values) else 0
+            if value > 0:
+                has_weight = weight_index is not None and weight_index < len(values)
+                weight = values[weight_index] if has_weight else 0
+                profile.add(self._key(sample), value, weight if profile.event != "cpu" else 0)
         return profile
 
     def _header(self, profile: ProfileData) -> None:
@@ -345,7 +402,14 @@ class _Decoder:
         return self.model_mappings[mapping_id]
 
 
-def read_pprof(source: Union[str, os.PathLike, bytes]) -> ProfileData:
-    """A ProfileData from a pprof file (gzip-compressed or raw profile.proto) or its bytes."""
+def read_pprof(source: Union[str, os.PathLike, bytes], sample_type: Optional[str] = None) -> ProfileData:
+    """A ProfileData from a pprof file (gzip-compressed or raw profile.proto) or its bytes; its counts
+    are the values of `sample_type` (`pyprof report --type wall`), by default the first count type."""
     data, what = _load(source)
-    return _Decoder(_parse(data, what)).decode()
+    return _Decoder(_parse(data, what)).decode(sample_type)
+
+
+def read_sample_types(source: Union[str, os.PathLike, bytes]) -> list[str]:
+    """The names of a pprof file's sample types, in order ("samples", "cpu", "wall_samples", ...)."""
+    data, what = _load(source)
+    return _Decoder(_parse(data, what)).sample_type_names()

@@ -8,7 +8,7 @@ renderer (text, JSON, HTML).
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 from pyprof.errors import UsageError
 from pyprof.model import ProfileData
@@ -39,3 +39,14 @@ def render_file(profile: ProfileData, fmt: str, tiers: bool = True, title: Optio
 def write_report(profile: ProfileData, path: str, fmt: str, tiers: bool = True) -> None:
     """Write `profile` to `path` atomically in any file format (attach/record/top's -o)."""
     write_atomically(path, render_file(profile, fmt, tiers))
+
+
+def write_reports(profiles: Sequence[ProfileData], path: str, fmt: str, tiers: bool = True) -> None:
+    """Several events' profiles (`-e cpu,wall`) to `path`: pprof holds them all as sample types of one
+    file; the other formats show one type only, the first event's."""
+    if len(profiles) > 1 and fmt == "pprof":
+        from pyprof.output.pprof import encode_events
+
+        write_atomically(path, encode_events(profiles, tiers))
+    else:
+        write_report(profiles[0], path, fmt, tiers)

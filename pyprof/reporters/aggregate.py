@@ -124,7 +124,8 @@ def filter_profile(profile: ProfileData, thread: Optional[str] = None, focus: Op
     focus_re = compile_regex(focus, "--focus")
     if thread_re is None and focus_re is None:
         return profile
-    out = ProfileData(period_ns=profile.period_ns, start_time_ns=profile.start_time_ns,
+    out = ProfileData(event=profile.event, counted=profile.counted, period_ns=profile.period_ns,
+                      start_time_ns=profile.start_time_ns,
                       duration_ns=profile.duration_ns, comments=list(profile.comments),
                       lost_samples=profile.lost_samples, unknown_frames=profile.unknown_frames)
     matched: dict[str, bool] = {}
@@ -158,6 +159,7 @@ class ProfileSummary:
     lost_samples: int
     unknown_frames: int       # physical frames nobody could name, weighted by samples
     frames: int               # all physical frames, weighted by samples
+    counted: str = ""         # what `samples` counts when not CPU samples ("wall/nanoseconds")
 
     @property
     def cpu_seconds(self) -> float:
@@ -181,7 +183,10 @@ class ProfileSummary:
     def line(self) -> str:
         duration = f" in {self.duration_ns / 1e9:.2f} s" if self.duration_ns else ""
         threads = f"{self.threads} thread{'' if self.threads == 1 else 's'}"
-        return (f"{self.samples} samples ({self.cpu_seconds:.2f} s CPU){duration}, {threads}; "
+        what = f"{self.samples} samples ({self.cpu_seconds:.2f} s CPU)"
+        if self.counted:
+            what = f"{self.samples:,} {self.counted}"
+        return (f"{what}{duration}, {threads}; "
                 f"lost {self.lost_samples} ({self.lost_percent:.2f}%), "
                 f"unknown frames {self.unknown_percent:.2f}%")
 
@@ -205,7 +210,7 @@ def summarize(profile: ProfileData, table: Optional[FrameTable] = None) -> Profi
         if unknown_ids and not unknown_ids.isdisjoint(map(id, key.frames)):
             unknown += count * sum(1 for physical in key.frames if id(physical) in unknown_ids)
     return ProfileSummary(samples, profile.period_ns, profile.duration_ns, len(threads), profile.lost_samples,
-                          unknown, frames)
+                          unknown, frames, profile.counted)
 
 
 # ---- the call tree ---------------------------------------------------------------------------------

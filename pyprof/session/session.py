@@ -25,8 +25,10 @@ from pyprof.hotspot.codecache import CodeCache
 from pyprof.hotspot.jvm import HotSpotJvm
 from pyprof.hotspot.method import MethodResolver
 from pyprof.hotspot.threads import JavaThreads
-from pyprof.model import VIRTUAL_THREAD_LABEL, ProfileData, StackKey
+from pyprof.model import VIRTUAL_THREAD_LABEL, PhysicalFrame, ProfileData, StackKey
 from pyprof.procfs.process import is_running
+from pyprof.sampling.events import EVENT_CPU
+from pyprof.sampling.programs import EventOptions, EventPlan, plan
 from pyprof.sampling.sampler import (
     RINGBUF_SECONDS,
     STARTUP_RINGBUF_SECONDS,
@@ -44,6 +46,8 @@ if TYPE_CHECKING:
 
 MAX_EARLY_SAMPLES = 2_000   # raw samples kept while a recorded JVM boots: 2000 x 32 KiB = 64 MiB at most
 THREADS_REFRESH_S = 0.5     # how often the JavaThreads list (tids, anchors for the BPF program) is re-read
+THREAD_STATE_LABEL = "thread_state"   # wall/offcpu: the JavaThread's state at the switch ("running" on CPU)
+ON_CPU_STATE = "running"
 
 
 @dataclass
@@ -52,6 +56,11 @@ class ProfileOptions:
     stack_bytes: int = 32768
     force: bool = False          # sample even on kernels with the known BPF copy freeze
     agent: bool = False          # label samples with the Java agent's thread states and GC pauses
+    events: tuple[str, ...] = ("cpu",)   # pyprof.sampling.programs.EVENTS keys; the first is the default
+    wall_interval_ns: int = 0    # the wall program's sampling period (0: programs.DEFAULT_WALL_INTERVAL_NS)
+
+    def event_plan(self) -> EventPlan:
+        return plan(self.events, EventOptions(rate_hz=self.rate_hz, wall_interval_ns=self.wall_interval_ns))
 
 
 @dataclass(frozen=True)
@@ -142,6 +151,13 @@ class JvmTarget:
     def description(self) -> str:
         return self.jvm.description
 
+    def state_label(self, state: int, key: StackKey) -> tuple[tuple[str, str], ...]:
+        """The `thread_state` label of a record's state (wall: the JavaThread's at the switch)."""
+        if not state:
+            return ()
+        name = self.threads.state_name(state, (lf.name for f in key.frames for lf in f.frames))
+        return ((THREAD_STATE_LABEL, name),) if name else ()
+
     def stack_key(self, sample: RawSample) -> StackKey:
         try:
             frames = self.unwinder.unwind(sample)
@@ -164,7 +180,11 @@ class ProfileSession:
     def __init__(self, pid: int, options: Optional[ProfileOptions] = None) -> None:
         self.pid = pid
         self.options = options or ProfileOptions()
-        self.profile = ProfileData(period_ns=int(1e9 / self.options.rate_hz))
+        self.plan = self.options.event_plan()
+        period_ns = int(1e9 / self.options.rate_hz)
+        # one profile per event, keyed by its name; `profile` is the first (the default sample type)
+        self.profiles = {event: ProfileData(event=event, period_ns=period_ns) for event in self.plan.events}
+        self.profile = self.profiles[self.plan.events[0]]
         self.timings = Timings()
         self.sampler: Optional[Sampler] = None
         self.target: Optional[JvmTarget] = None
@@ -179,6 +199,7 @@ class ProfileSession:
         self._pushed_changes = -1        # the JavaThreads.changes last pushed to the BPF map
         self._final: Optional[Counters] = None
         self._final_code_events = (0, 0)
+        self._final_event_counters: dict[str, int] = {}
 
     # ---- life cycles -----------------------------------------------------------------------------
     @classmethod
@@ -206,11 +227,13 @@ class ProfileSession:
         built: nothing drains it during the walk)."""
         buffer_s = RINGBUF_SECONDS if self.pid else STARTUP_RINGBUF_SECONDS
         self.sampler = Sampler(self.pid, rate_hz=self.options.rate_hz, stack_bytes=self.options.stack_bytes,
-                               force=self.options.force, buffer_seconds=buffer_s)
+                               force=self.options.force, buffer_seconds=buffer_s, cpu=self.plan.cpu_clock,
+                               programs=tuple(self.plan.programs.values()))
         self.sampler.start()
         # The profile covers the time samples were taken: from now (not from pyprof's own start-up).
         self._sampling_since = time.monotonic()
-        self.profile.start_time_ns = time.time_ns()
+        for profile in self.profiles.values():
+            profile.start_time_ns = time.time_ns()
 
     def retarget(self, pid: int) -> None:
         """Sample `pid` from now on (record: the sampler runs before the JVM exists)."""
@@ -227,6 +250,8 @@ class ProfileSession:
             f"pid {self.pid}, cpu-clock at {self.options.rate_hz} Hz, "
             f"{stack_window(self.options.stack_bytes)} B stack copies",
         ]
+        if self.plan.events != ("cpu",):
+            self.profile.comments.append(f"events {','.join(self.plan.events)}")
         self._push_threads()
         self._process(self.early.take())
         if self.sampler is not None:   # record: the sampler ran while the JVM booted
@@ -278,6 +303,19 @@ class ProfileSession:
         if not raw:
             return
         assert self.target is not None
+        if self.plan.events == ("cpu",):
+            self._process_cpu(raw)
+        else:
+            for sample in raw:
+                self._route(sample)
+            if self.agent is not None:
+                self.agent.refresh()
+                self._add_labelled(time.monotonic_ns())
+        self.samples += len(raw)
+
+    def _process_cpu(self, raw: list[RawSample]) -> None:
+        """CPU alone (the common case), without the routing."""
+        assert self.target is not None
         stack_key = self.target.stack_key
         if self.agent is None:
             add = self.profile.add
@@ -288,12 +326,47 @@ class ProfileSession:
                 self.agent.hold(sample.time_ns, stack_key(sample))
             self.agent.refresh()
             self._add_labelled(time.monotonic_ns())
-        self.samples += len(raw)
+
+    def _route(self, sample: RawSample) -> None:
+        """One record into every requested event it feeds (pyprof.sampling.programs.EVENTS)."""
+        assert self.target is not None
+        events = self.plan.routes.get(sample.event, ())
+        if not events:
+            return
+        program = self.plan.program_for(sample.event)
+        pair = getattr(program, "pair", None)   # a program whose event spans two records (wall)
+        if pair is not None:
+            paired = pair(sample)
+            if paired is None:
+                return
+            sample = paired
+        key = self.target.stack_key(sample)
+        if sample.event == EVENT_CPU:
+            for event in events:
+                if event == "cpu":
+                    if self.agent is not None:
+                        self.agent.hold(sample.time_ns, key)
+                    else:
+                        self.profiles[event].add(key)
+                else:   # wall: an on-CPU sample is one period of the thread's wall-clock time
+                    labelled = _with_labels(key, ((THREAD_STATE_LABEL, ON_CPU_STATE),))
+                    self.profiles[event].add(labelled, 1, self.profiles[event].period_ns)
+            return
+        if program is None:
+            return
+        count, weight = program.values(sample)
+        leaf = program.leaf_frames(sample, self.target.jvm)
+        if leaf:
+            key = StackKey((PhysicalFrame(0, leaf), *key.frames), key.thread_name, key.tid, key.labels)
+        key = _with_labels(key, (*program.labels(sample), *self.target.state_label(sample.state, key)))
+        for event in events:
+            self.profiles[event].add(key, count, weight)
 
     def _add_labelled(self, now_ns: Optional[int]) -> None:
         assert self.agent is not None
+        cpu = self.profiles.get("cpu", self.profile)
         for key in self.agent.release(now_ns):
-            self.profile.add(key)
+            cpu.add(key)
 
     # ---- what views need -------------------------------------------------------------------------
     @property
@@ -330,6 +403,23 @@ class ProfileSession:
         return Counters(self.samples, lost + self.early.dropped, truncated, no_regs, u.unknown_total,
                         u.frames)
 
+    def event_counters(self) -> dict[str, int]:
+        """The event programs' own counters (wall: intervals sent, skipped, unmatched; preemptions)."""
+        if self._final is not None:
+            return self._final_event_counters
+        if self.sampler is None or not self.plan.programs:
+            return {}
+        try:
+            raw = self.sampler.raw_counters()
+        except Exception:  # noqa: BLE001 - the BPF maps may already be gone
+            return {}
+        out: dict[str, int] = {}
+        for program in self.plan.programs.values():
+            counters = getattr(program, "counters", None)   # optional in the EventProgram protocol
+            if counters is not None:
+                out.update(counters(raw))
+        return out
+
     def code_events(self) -> tuple[int, int]:
         """(code-cache events applied, events lost)."""
         if self._final is not None:
@@ -346,6 +436,9 @@ class ProfileSession:
         """Drain what is left, close everything, fill in the profile's totals. Safe to call twice."""
         if self._final is not None:
             return self.profile
+        # The profile's window ends at the last drain: what the programs send while it is unwound is
+        # never read (off-CPU time would be missing from a window that also covered it).
+        ended = time.monotonic()
         try:
             if self.sampler is not None and self.target is not None:
                 self.step(0)
@@ -358,6 +451,7 @@ class ProfileSession:
             self.early.drop_all()
         final = self.counters()
         code_events = self.code_events()
+        event_counters = self.event_counters()
         if self.timings.startup_s:
             self.timings.sampling_cpu_s = (time.process_time() - self._started_cpu
                                            - self.timings.startup_cpu_s)
@@ -369,12 +463,24 @@ class ProfileSession:
                     pass
         self._final = final
         self._final_code_events = code_events
+        self._final_event_counters = event_counters
         since = self._sampling_since or self._started_monotonic
-        self.profile.duration_ns = int((time.monotonic() - since) * 1e9)
-        self.profile.lost_samples = final.lost
-        self.profile.unknown_frames = final.unknown_frames
-        self.profile.frames = final.frames
         self.profile.comments.append(
             f"samples {final.samples}, lost {final.lost}, truncated stacks {final.truncated}, "
             f"unknown frames {final.unknown_frames} of {final.frames}")
+        if event_counters:
+            self.profile.comments.append(" ".join(f"{k}={v}" for k, v in event_counters.items()))
+        for profile in self.profiles.values():
+            profile.duration_ns = int((ended - since) * 1e9)
+            profile.lost_samples = final.lost
+            profile.unknown_frames = final.unknown_frames
+            profile.frames = final.frames
+            if profile is not self.profile:
+                profile.comments = list(self.profile.comments)
         return self.profile
+
+
+def _with_labels(key: StackKey, labels: tuple[tuple[str, str], ...]) -> StackKey:
+    if not labels:
+        return key
+    return StackKey(key.frames, key.thread_name, key.tid, tuple(sorted((*key.labels, *labels))))

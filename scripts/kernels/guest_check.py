@@ -8,7 +8,8 @@ and the failed checks (an empty "failed" list is a PASS). Thresholds are the sui
 
 Steps: the kernel headers of this release exposed to bcc; `pyprof doctor --json`; the kernel-safety
 decision (and the code check on the real copy_from_user_nofault, whatever the version says); `attach` on
-the Phases ground truth (shares +-3 points, completeness); `record` keeping the exit code; the code-cache
+the Phases ground truth (shares +-3 points, completeness); `attach -e cpu,wall` on OffCpu (the wall
+program loads, each off-CPU phase has its thread state); `record` keeping the exit code; the code-cache
 map against `jcmd Compiler.codelist`; the live uprobes (`codecache watch` sees a fresh compile).
 On a kernel below pyprof's minimum (--expect below-minimum) only doctor and record run, and both must
 refuse in one line with exit 7.
@@ -196,6 +197,32 @@ def attach(run: Run, tmp: Path) -> None:
               f"lost {summary['lost']} of {summary['samples']}")
 
 
+def wall(run: Run, tmp: Path) -> None:
+    """`attach -e cpu,wall` on OffCpu: the sched_switch/sys_exit programs load and attach on this kernel,
+    and each off-CPU phase is found with its thread state (shares are the suite's check, test_wall.py)."""
+    from tests.integration.test_wall import EXPECTED_STATE, phase_shares
+
+    jvm = start_jvm("OffCpu")
+    try:
+        out = tmp / "wall.pb.gz"
+        done = pyprof("attach", str(jvm.pid), "-d", str(ATTACH_SECONDS), "-e", "cpu,wall", "--wall-interval",
+                      "10", "-o", str(out), "--json", timeout=ATTACH_SECONDS + 600)
+        run.check(done.returncode == 0, f"attach -e cpu,wall exit {done.returncode}: {done.stderr[-300:]}")
+        if done.returncode != 0:
+            return
+        summary = json.loads(done.stdout)
+    finally:
+        jvm.stop()
+    run.figures["wall_counters"] = summary.get("event_counters", {})
+    run.check(summary.get("event_counters", {}).get("offcpu_sent", 0) > 0, "no off-CPU interval sent")
+    # by the phases' frames, not the thread's name (a slow guest may name threads late: tid-N)
+    shares, states = phase_shares(read_pprof(str(out), "wall"), thread=None)
+    run.figures["wall_shares"] = "/".join(f"{shares[p]:.1f}" for p in shares)
+    for phase, state in EXPECTED_STATE.items():
+        found = states[phase].most_common(1)[0][0] if states[phase] else "none"
+        run.check(found == state, f"wall: {phase} is {found}, not {state}")
+
+
 def sampling_refused(run: Run) -> None:
     """`record` starts the sampler before anything else (attach would first refuse a non-JVM with 4)."""
     done = pyprof("record", "-o", "/tmp/pyprof-refused.pb.gz", "--", "sleep", "1", timeout=600)
@@ -284,6 +311,7 @@ def main() -> int:
     if supported:
         run.step("safety", lambda: kernel_safety(run))
         run.step("attach", lambda: attach(run, tmp))
+        run.step("wall", lambda: wall(run, tmp))
         run.step("record", lambda: record(run, tmp))
         run.step("codecache", lambda: codecache_and_uprobes(run))
     else:

@@ -25,6 +25,8 @@ def test_doctor_on_a_ready_machine_is_all_ok() -> None:
         assert names[name]["status"] == "ok", names[name]
     # AND the kernel lines say the minimum and why this kernel is safe (6.18: by its version)
     assert "minimum 5.15.0" in names["kernel"]["detail"]
+    # AND -e wall/offcpu's tracepoints are there
+    assert names["event wall/offcpu"]["status"] == "ok", names["event wall/offcpu"]
     assert "outside the affected versions" in names["kernel safety (BPF reads)"]["detail"]
 
 
@@ -40,6 +42,11 @@ def test_doctor_describes_a_jvm(jdk, java_workload) -> None:
     assert "G1 GC" in report["HotSpot JVM"]["detail"]
     assert report["code cache (attach-free)"]["status"] == "ok"
     assert report["live code-cache updates"]["status"] == "ok"
+    # AND the events' needs: the thread-state fields (wall) and the alloc/lock libjvm symbols, found
+    assert report["thread states (wall)"]["status"] == "ok"
+    assert "AllocTracer::send_allocation_outside_tlab" in report["event alloc"]["detail"]
+    assert "Parker::park" in report["event lock"]["detail"]
+    assert "lacks" not in report["event alloc"]["detail"] + report["event lock"]["detail"]
 
 
 def test_doctor_on_a_process_that_is_not_a_jvm_fails_with_the_fix() -> None:

@@ -1,0 +1,154 @@
+"""`-e wall` / `-e offcpu` against ground truth, and several events in one pprof.
+
+Workload OffCpu (tests/java/src/pyproftest/OffCpu.java): thread "offcpu-main" cycles through a spin
+phase (on CPU), Thread.sleep, Object.wait and a blocking loopback socket read (off CPU), measuring each
+phase's wall time itself (and the spin phase's CPU time: a spinner preempted on this shared machine
+waits on the run queue, off CPU). The profile's shares of the thread's wall time (and of its off-CPU
+time) per phase must match those measurements within 5 points, each phase carry its thread state, and
+`go tool pprof` must read the multi-type file and pick types.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+from pyprof.model import ProfileData
+from pyprof.output.pprof import read_pprof, read_sample_types
+from tests.conftest import JavaProcess, go_pprof, pyprof
+
+pytestmark = [pytest.mark.jvm, pytest.mark.bpf, pytest.mark.usefixtures("root_and_bpf")]
+THREAD = "offcpu-main"
+PHASES = ("spin", "sleep", "wait", "read")
+SECONDS = 4
+TOLERANCE_POINTS = 5.0
+# where each phase is: its own method in OffCpu; JDK 11's socket read in native code (a 8 KiB stack buffer
+# of untouched pages ends the stack copy there) also by its JNI function
+PHASE_FRAMES = {"spin": ("OffCpu.phaseSpin",), "sleep": ("OffCpu.phaseSleep",),
+                "wait": ("OffCpu.phaseWait",),
+                "read": ("OffCpu.phaseRead", "Java_java_net_SocketInputStream_socketRead0")}
+# the spin phase is "running" on CPU and "runnable" while preempted (checked against its CPU time)
+EXPECTED_STATE = {"sleep": "sleeping", "wait": "waiting", "read": "native"}
+
+
+def totals_lines(jvm: JavaProcess, until_ms: float) -> list[list[int]]:
+    """The "totals" lines the workload printed (every 100 ms) up to one after `until_ms`: the wall clock
+    in ms, wall ns of each phase, cycles, spin CPU ns."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        line = jvm.read_line(1.0)
+        if line is not None and line.startswith("totals ") and int(line.split()[1]) > until_ms:
+            break
+    return [[int(x) for x in line.split()[1:]] for line in jvm.lines if line.startswith("totals ")]
+
+
+def at(lines: list[list[int]], epoch_ms: float) -> list[int]:
+    """The totals as of `epoch_ms` (the last line printed before it)."""
+    before = [line for line in lines if line[0] <= epoch_ms]
+    assert before, f"no totals before {epoch_ms}"
+    return before[-1][1:]
+
+
+def attach_measured(jvm: JavaProcess, out: Path, events: str) -> tuple[dict, list[int]]:
+    """`pyprof attach -e EVENTS` for SECONDS; the JSON summary and the workload's own phase times over
+    the profile's window (its start time and duration)."""
+    # 10 ms: the workload's 20 ms phases are then timed one by one (at the default 50 ms they would be
+    # sampled: unbiased, but too few samples in 4 s for a 5-point tolerance)
+    done = pyprof("attach", str(jvm.pid), "-d", str(SECONDS), "-e", events, "--wall-interval", "10", "-o",
+                  str(out), "--json", timeout=SECONDS + 90)
+    assert done.returncode == 0, done.stderr
+    profile = read_pprof(out)
+    start_ms = profile.start_time_ns / 1e6
+    end_ms = start_ms + profile.duration_ns / 1e6
+    lines = totals_lines(jvm, end_ms)
+    before, after = at(lines, start_ms), at(lines, end_ms)
+    return json.loads(done.stdout), [b - a for a, b in zip(before, after)]
+
+
+def phase_of(names: list[str]) -> Optional[str]:
+    for phase, markers in PHASE_FRAMES.items():
+        if any(marker in name for name in names for marker in markers):
+            return phase
+    return None
+
+
+def phase_shares(profile: ProfileData, thread: Optional[str] = THREAD
+                 ) -> tuple[dict[str, float], dict[str, Counter]]:
+    """Per phase: its percentage of the thread's wall time in the profile, and its thread_state labels
+    (thread None: the phases' frames alone find the thread, whatever it is named)."""
+    weights: Counter = Counter()
+    states: dict[str, Counter] = {phase: Counter() for phase in PHASES}
+    for key, value in profile.counts.items():
+        if thread is not None and key.thread_name != thread:
+            continue
+        phase = phase_of([lf.name for frame in key.frames for lf in frame.frames])
+        if phase is None:
+            continue
+        weights[phase] += value
+        states[phase][dict(key.labels).get("thread_state", "")] += value
+    total = sum(weights.values())
+    assert total > 0, "no samples of the thread"
+    return {phase: 100.0 * weights[phase] / total for phase in PHASES}, states
+
+
+def expected_shares(measured: list[int], off_cpu: bool = False) -> dict[str, float]:
+    """Each phase's share of the thread's wall time (off_cpu: of its time off CPU, where the spin phase
+    has its wall time less its CPU time)."""
+    assert measured[4] >= 10, f"too few cycles in the window: {measured}"
+    times = list(measured[:4])
+    if off_cpu:
+        times[0] = max(0, measured[0] - measured[5])
+    total = sum(times)
+    return {phase: 100.0 * times[i] / total for i, phase in enumerate(PHASES)}
+
+
+def test_wall_shares_and_states_match_the_workload(jdk, java_workload, tmp_path) -> None:
+    jvm = java_workload(jdk, "OffCpu")
+    out = tmp_path / "wall.pb.gz"
+    summary, measured = attach_measured(jvm, out, "cpu,wall")
+    assert read_sample_types(out) == ["samples", "cpu", "wall_samples", "wall"]
+    shares, states = phase_shares(read_pprof(out, "wall"))
+    expected = expected_shares(measured)
+    for phase in PHASES:
+        assert abs(shares[phase] - expected[phase]) <= TOLERANCE_POINTS, (phase, shares, expected, measured)
+    for phase, state in EXPECTED_STATE.items():
+        dominant = states[phase].most_common(1)[0][0]
+        assert dominant == state, (phase, states[phase])
+    # the spinner: on CPU ("running") for its CPU time, preempted ("runnable") for the rest
+    spin = states["spin"]
+    assert set(spin) <= {"running", "runnable"}, spin
+    on_cpu = 100.0 * spin["running"] / sum(sum(c.values()) for c in states.values())
+    on_cpu_expected = expected["spin"] * measured[5] / measured[0]
+    assert abs(on_cpu - on_cpu_expected) <= TOLERANCE_POINTS, (on_cpu, on_cpu_expected, measured)
+    # the CPU type of the same file holds the spin phase only (the thread is off CPU elsewhere)
+    cpu_shares, _ = phase_shares(read_pprof(out, "samples"))
+    assert cpu_shares["spin"] > 90, cpu_shares
+    counters = summary["event_counters"]
+    assert counters["offcpu_sent"] > 0 and counters["offcpu_unmatched"] <= counters["offcpu_sent"], counters
+    assert summary["events"]["wall"]["wall"] > 0
+
+
+def test_offcpu_alone_and_go_pprof_picks_types(java_workload, tmp_path) -> None:
+    jvm = java_workload(21, "OffCpu")
+    out = tmp_path / "offcpu.pb.gz"
+    _summary, measured = attach_measured(jvm, out, "offcpu,cpu")
+    shares, _ = phase_shares(read_pprof(out, "offcpu"))
+    off = expected_shares(measured, off_cpu=True)
+    for phase in PHASES:
+        assert abs(shares[phase] - off[phase]) <= TOLERANCE_POINTS, (phase, shares, off)
+    for index in ("offcpu", "samples"):
+        done = go_pprof(f"-sample_index={index}", "-top", "-nodecount=5", str(out))
+        assert done.returncode == 0, done.stderr
+        assert f"Type: {index}" in done.stdout, done.stdout
+    raw = go_pprof("-raw", str(out))
+    assert raw.returncode == 0, raw.stderr
+    assert "offcpu_samples/count offcpu/nanoseconds[dflt] samples/count cpu/nanoseconds" in raw.stdout, \
+        raw.stdout[:600]
+    # the default type is the first event's
+    default = go_pprof("-top", "-nodecount=3", str(out))
+    assert "Type: offcpu" in default.stdout, default.stdout
