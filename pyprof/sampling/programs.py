@@ -6,7 +6,7 @@ pair): cpu, wall, offcpu, alloc, lock. A *program* is BPF code compiled into the
 wall program's records). A record feeds every requested event listed for its record kind in `feeds`.
 
 To add an event's program: put its factory in PROGRAM_FACTORIES under the name its EventSpec uses,
-e.g. ``PROGRAM_FACTORIES["alloc"] = lambda o: AllocProgram(o.alloc_interval_bytes)``.
+as ``PROGRAM_FACTORIES["alloc"] = lambda o: AllocProgram(o.alloc_interval_bytes)`` does.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from pyprof.errors import UsageError
+from pyprof.sampling.alloc import AllocProgram
 from pyprof.sampling.events import EVENT_ALLOC, EVENT_CPU, EVENT_LOCK, EVENT_WALL, EventProgram
+from pyprof.sampling.lock import DEFAULT_THRESHOLD_NS, LockProgram
 from pyprof.sampling.wall import WallProgram
 
 
@@ -51,6 +53,7 @@ class EventOptions:
     rate_hz: int = 99
     wall_interval_ns: int = 0            # 0: DEFAULT_WALL_INTERVAL_NS
     alloc_interval_bytes: int = 512 * 1024
+    lock_threshold_ns: int = DEFAULT_THRESHOLD_NS
 
     @property
     def wall_period_ns(self) -> int:
@@ -59,6 +62,8 @@ class EventOptions:
 
 PROGRAM_FACTORIES: dict[str, Callable[[EventOptions], EventProgram]] = {
     "wall": lambda o: WallProgram(o.wall_period_ns),
+    "alloc": lambda o: AllocProgram(o.alloc_interval_bytes),
+    "lock": lambda o: LockProgram(o.lock_threshold_ns),
 }
 
 

@@ -77,9 +77,11 @@ def stack_window(requested: int) -> int:
     return 1 << (size - 1).bit_length()
 
 
-def ringbuf_pages(rate_hz: int, record_bytes: int, cpus: int, seconds: float = RINGBUF_SECONDS) -> int:
-    """A power of two of pages holding `seconds` of samples from every CPU (within the bounds)."""
-    want = rate_hz * cpus * record_bytes * seconds / 4096
+def ringbuf_pages(rate_hz: int, record_bytes: int, cpus: int, seconds: float = RINGBUF_SECONDS,
+                  other_records_per_second: int = 0) -> int:
+    """A power of two of pages holding `seconds` of samples from every CPU, plus the other events'
+    records (within the bounds)."""
+    want = (rate_hz * cpus + other_records_per_second) * record_bytes * seconds / 4096
     pages = 1 << max(0, int(want) - 1).bit_length()
     return max(MIN_RINGBUF_PAGES, min(MAX_RINGBUF_PAGES, pages))
 
@@ -142,6 +144,10 @@ class Sampler:
         self.targets: set[int] = set()
         self._java_threads: dict[int, tuple[int, ...]] = {}   # what the BPF map holds
 
+    def _ringbuf_pages(self, record: int, cpus: int) -> int:
+        others = sum(getattr(program, "records_per_second", 0) for program in self.programs)
+        return ringbuf_pages(self.rate_hz if self.cpu else 0, record, cpus, self.buffer_seconds, others)
+
     def start(self) -> None:
         """Compile, load and attach; samples flow once a target pid is set (the constructor's, or
         set_target() later: `record` attaches before it starts the JVM)."""
@@ -154,7 +160,7 @@ class Sampler:
         cpus = os.cpu_count() or 1
         cflags = [f"-DSTACK_BYTES={self.stack_bytes}",
                   f"-DKSTACK_DEPTH={KSTACK_DEPTH}",
-                  f"-DRINGBUF_PAGES={ringbuf_pages(self.rate_hz, record, cpus, self.buffer_seconds)}"]
+                  f"-DRINGBUF_PAGES={self._ringbuf_pages(record, cpus)}"]
         for program in self.programs:
             cflags += program.cflags()
         bpf = load_bpf("sampler.c", cflags)

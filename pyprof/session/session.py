@@ -27,7 +27,8 @@ from pyprof.hotspot.method import MethodResolver
 from pyprof.hotspot.threads import JavaThreads
 from pyprof.model import VIRTUAL_THREAD_LABEL, PhysicalFrame, ProfileData, StackKey
 from pyprof.procfs.process import is_running
-from pyprof.sampling.events import EVENT_CPU
+from pyprof.sampling.alloc import java_part
+from pyprof.sampling.events import EVENT_CPU, EVENT_WALL
 from pyprof.sampling.programs import EventOptions, EventPlan, plan
 from pyprof.sampling.sampler import (
     RINGBUF_SECONDS,
@@ -356,9 +357,13 @@ class ProfileSession:
             return
         count, weight = program.values(sample)
         leaf = program.leaf_frames(sample, self.target.jvm)
-        if leaf:
-            key = StackKey((PhysicalFrame(0, leaf), *key.frames), key.thread_name, key.tid, key.labels)
-        key = _with_labels(key, (*program.labels(sample), *self.target.state_label(sample.state, key)))
+        frames = java_part(key.frames) if getattr(program, "java_leaf_only", False) else key.frames
+        if leaf or frames is not key.frames:
+            key = StackKey(((PhysicalFrame(0, leaf),) if leaf else ()) + frames, key.thread_name, key.tid,
+                           key.labels)
+        # `state` is the JavaThread's state in wall records; alloc and lock use it for their own values
+        state = self.target.state_label(sample.state, key) if sample.event == EVENT_WALL else ()
+        key = _with_labels(key, (*program.labels(sample), *state))
         for event in events:
             self.profiles[event].add(key, count, weight)
 
