@@ -19,6 +19,8 @@ from pyprof.cli.common import (
     PID,
     allow_unsafe_kernel_option,
     emit_json,
+    event_tuning,
+    event_tuning_options,
     events_option,
     parse_events_option,
     require_privileges,
@@ -53,9 +55,7 @@ def _common_options(f):
     f = click.option("--json", "as_json", is_flag=True, help="print the summary as JSON on stdout")(f)
     f = allow_unsafe_kernel_option(f)
     f = events_option(f)
-    f = click.option("--wall-interval", type=click.FloatRange(0.1, 1000), default=None, metavar="MS",
-                     help="wall/offcpu: off-CPU intervals shorter than this are sampled (probability "
-                          "length/interval, weight one interval) [default: 50]")(f)
+    f = event_tuning_options(f)
     f = click.option("--no-progress", is_flag=True, help="no progress line")(f)
     f = click.option("-v", "--verbose", is_flag=True,
                      help="also report the caches (entries, hits, misses, evictions) in the summary")(f)
@@ -212,11 +212,13 @@ def _announce(session: ProfileSession, duration: Optional[float]) -> None:
 @_common_options
 def attach(pid: int, duration: Optional[float], use_agent: bool, output: Optional[str], fmt: Optional[str],
            rate: int, stack_bytes: int, as_json: bool, force: bool, events: str,
-           wall_interval: Optional[float], no_progress: bool, verbose: bool) -> None:
+           wall_interval: Optional[float], alloc_interval: int, lock_threshold: float, no_progress: bool,
+           verbose: bool) -> None:
     """Profile the running JVM PID: no agent needed, no JVM flags, the target never stops."""
     output, fmt = resolve_output(output, fmt, pid)
     options = ProfileOptions(rate_hz=rate, stack_bytes=stack_bytes, force=force, agent=use_agent,
-                             events=parse_events_option(events), wall_interval_ns=_ns(wall_interval))
+                             events=parse_events_option(events),
+                             **event_tuning(wall_interval, alloc_interval, lock_threshold))
     require_privileges(pid)
     with StopSignals() as stop:
         session = ProfileSession.attach(pid, options)
@@ -234,7 +236,8 @@ def attach(pid: int, duration: Optional[float], use_agent: bool, output: Optiona
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def record(duration: Optional[float], output: Optional[str], fmt: Optional[str], rate: int,
            stack_bytes: int, as_json: bool, force: bool, events: str, wall_interval: Optional[float],
-           no_progress: bool, verbose: bool, java_agent: bool, command: tuple[str, ...]) -> None:
+           alloc_interval: int, lock_threshold: float, no_progress: bool, verbose: bool, java_agent: bool,
+           command: tuple[str, ...]) -> None:
     """Start `java ARGS...` and profile it from its first instruction; exits with the JVM's exit code.
 
     \b
@@ -243,7 +246,8 @@ def record(duration: Optional[float], output: Optional[str], fmt: Optional[str],
     if not command:
         raise UsageError("record needs a command: pyprof record [options] -- java ARGS...")
     options = ProfileOptions(rate_hz=rate, stack_bytes=stack_bytes, force=force,
-                             events=parse_events_option(events), wall_interval_ns=_ns(wall_interval))
+                             events=parse_events_option(events),
+                             **event_tuning(wall_interval, alloc_interval, lock_threshold))
     if shutil.which(command[0]) is None:
         raise UsageError(f"cannot start {command[0]}: no such command")
     if java_agent:
@@ -276,10 +280,6 @@ def record(duration: Optional[float], output: Optional[str], fmt: Optional[str],
         write_and_summarize(session, output, fmt, as_json, why, verbose)
     code = child.wait()
     raise click.exceptions.Exit(code if code >= 0 else 128 - code)
-
-
-def _ns(milliseconds: Optional[float]) -> int:
-    return int(milliseconds * 1e6) if milliseconds else 0
 
 
 def _spawn_gated(command: tuple[str, ...]) -> tuple[subprocess.Popen, int]:

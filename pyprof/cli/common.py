@@ -98,8 +98,40 @@ def events_option(f):
     return click.option(
         "-e", "--event", "events", default="cpu", show_default=True, metavar="EVENTS",
         help="what to profile, comma-separated: cpu (on-CPU samples), wall (on-CPU + off-CPU time per "
-             "thread), offcpu (off-CPU time only); several at once share one pprof file, one sample "
+             "thread), offcpu (off-CPU time only), alloc (allocated bytes and objects by class), lock "
+             "(contended monitors and parking); several at once share one pprof file, one sample "
              "type pair per event (the first is the default type)")(f)
+
+
+def event_tuning_options(f):
+    """How often the other events record: --wall-interval, --alloc-interval, --lock-threshold."""
+    f = click.option("--lock-threshold", type=click.FloatRange(0, 10_000_000), default=10.0,
+                     show_default=True, metavar="US",
+                     help="lock: waits shorter than this many microseconds are not recorded (an "
+                          "uncontended monitor entry takes 1-10 us)")(f)
+    f = click.option("--alloc-interval", default="512k", show_default=True, metavar="BYTES",
+                     callback=_byte_count,
+                     help="alloc: one record per this many allocated bytes on average, per thread (512k, "
+                          "1m, 100000); each stands for what it sampled (totals estimate every byte)")(f)
+    f = click.option("--wall-interval", type=click.FloatRange(0.1, 1000), default=None, metavar="MS",
+                     help="wall/offcpu: off-CPU intervals shorter than this are sampled (probability "
+                          "length/interval, weight one interval) [default: 50]")(f)
+    return f
+
+
+def _byte_count(_ctx, _param, value: str) -> int:
+    from pyprof.sampling.alloc import parse_interval
+
+    try:
+        return parse_interval(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from e
+
+
+def event_tuning(wall_interval: Optional[float], alloc_interval: int, lock_threshold: float) -> dict:
+    """The tuning options as ProfileOptions fields."""
+    return {"wall_interval_ns": int(wall_interval * 1e6) if wall_interval else 0,
+            "alloc_interval_bytes": alloc_interval, "lock_threshold_ns": int(lock_threshold * 1000)}
 
 
 def parse_events_option(text: str) -> tuple[str, ...]:

@@ -22,6 +22,8 @@ from pyprof.cli.common import (
     PID,
     allow_unsafe_kernel_option,
     event_of_type,
+    event_tuning,
+    event_tuning_options,
     events_option,
     parse_events_option,
     require_privileges,
@@ -269,12 +271,14 @@ def _render_plain(pid: int, rates: Rates, snap: LiveSnapshot, state: ViewState, 
               help="bytes of user stack copied per sample")
 @allow_unsafe_kernel_option
 @events_option
+@event_tuning_options
 @click.option("--type", "sample_type", default=None, metavar="TYPE",
-              help="which event's samples the view shows (cpu, wall, offcpu, or one of their sample types; "
-                   "default: the first event)")
+              help="which event's samples the view shows (cpu, wall, offcpu, alloc, lock, or one of their "
+                   "sample types; default: the first event)")
 def top(pid: int, rate: int, duration: Optional[float], interval: float, sort: str, per_thread: bool,
         thread: Optional[str], limit: Optional[int], no_tiers: bool, output: Optional[str], stack_bytes: int,
-        force: bool, events: str, sample_type: Optional[str]) -> None:
+        force: bool, events: str, wall_interval: Optional[float], alloc_interval: int, lock_threshold: float,
+        sample_type: Optional[str]) -> None:
     """Live view of the JVM PID's hottest methods: self and total %, sample rate, lost and unknown %.
 
     \b
@@ -287,7 +291,8 @@ def top(pid: int, rate: int, duration: Optional[float], interval: float, sort: s
     state = ViewState(sort=sort, per_thread=per_thread)
     event_list = parse_events_option(events)
     shown = event_of_type(sample_type, event_list)
-    options = ProfileOptions(rate_hz=rate, stack_bytes=stack_bytes, force=force, events=event_list)
+    options = ProfileOptions(rate_hz=rate, stack_bytes=stack_bytes, force=force, events=event_list,
+                             **event_tuning(wall_interval, alloc_interval, lock_threshold))
     require_privileges(pid)
     with StopSignals() as stop:
         session = ProfileSession.attach(pid, options)

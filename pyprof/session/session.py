@@ -27,8 +27,10 @@ from pyprof.hotspot.method import MethodResolver
 from pyprof.hotspot.threads import JavaThreads
 from pyprof.model import VIRTUAL_THREAD_LABEL, PhysicalFrame, ProfileData, StackKey
 from pyprof.procfs.process import is_running
+from pyprof.sampling.alloc import DEFAULT_INTERVAL as DEFAULT_ALLOC_INTERVAL
 from pyprof.sampling.alloc import java_part
 from pyprof.sampling.events import EVENT_CPU, EVENT_WALL
+from pyprof.sampling.lock import DEFAULT_THRESHOLD_NS
 from pyprof.sampling.programs import EventOptions, EventPlan, plan
 from pyprof.sampling.sampler import (
     RINGBUF_SECONDS,
@@ -59,9 +61,13 @@ class ProfileOptions:
     agent: bool = False          # label samples with the Java agent's thread states and GC pauses
     events: tuple[str, ...] = ("cpu",)   # pyprof.sampling.programs.EVENTS keys; the first is the default
     wall_interval_ns: int = 0    # the wall program's sampling period (0: programs.DEFAULT_WALL_INTERVAL_NS)
+    alloc_interval_bytes: int = DEFAULT_ALLOC_INTERVAL   # the alloc program's mean sampling distance
+    lock_threshold_ns: int = DEFAULT_THRESHOLD_NS        # the lock program's shortest recorded wait
 
     def event_plan(self) -> EventPlan:
-        return plan(self.events, EventOptions(rate_hz=self.rate_hz, wall_interval_ns=self.wall_interval_ns))
+        return plan(self.events, EventOptions(rate_hz=self.rate_hz, wall_interval_ns=self.wall_interval_ns,
+                                              alloc_interval_bytes=self.alloc_interval_bytes,
+                                              lock_threshold_ns=self.lock_threshold_ns))
 
 
 @dataclass(frozen=True)
