@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pyprof.model import FrameKind, StackKey
 from pyprof.output.pprof import read_pprof
 from tests.conftest import pyprof, require
+from tests.integration.joins import java_names, wrong_callers
 
 pytestmark = [pytest.mark.jvm, pytest.mark.bpf, pytest.mark.usefixtures("root_and_bpf")]
 
@@ -20,11 +20,6 @@ D = "pyproftest.DeepStacks$Deep"
 ALLOWED_CALLERS = {f"{D}.a": {f"{D}.c", "pyproftest.DeepStacks.run"}, f"{D}.b": {f"{D}.a"},
                    f"{D}.c": {f"{D}.b"}, f"{D}.work": {f"{D}.a", f"{D}.b", f"{D}.c"}}
 RECURSION = {f"{D}.a", f"{D}.b", f"{D}.c"}
-
-
-def java_names(key: StackKey) -> list[str]:
-    return [lf.name for pf in key.frames for lf in pf.frames
-            if lf.kind in (FrameKind.INTERPRETED, FrameKind.C1, FrameKind.C2, FrameKind.INLINED)]
 
 
 def profile_deep(java_workload, tmp_path: Path, depth: int, *extra: str, jdk: int = 17):
@@ -41,13 +36,7 @@ def profile_deep(java_workload, tmp_path: Path, depth: int, *extra: str, jdk: in
 
 
 def check_chains(samples: dict) -> Counter:
-    bad: Counter = Counter()
-    for key, n in samples.items():
-        names = java_names(key)
-        for callee, caller in zip(names, names[1:]):
-            if callee in ALLOWED_CALLERS and caller not in ALLOWED_CALLERS[callee]:
-                bad[f"{callee} <- {caller}"] += n
-    return bad
+    return wrong_callers(samples, ALLOWED_CALLERS)
 
 
 def test_stack_deeper_than_the_copy_is_completed_exactly(jdk, java_workload, tmp_path) -> None:

@@ -19,6 +19,7 @@ from pyprof.model import FrameKind, StackKey
 from pyprof.output.pprof import read_pprof
 from pyprof.sampling.unwind import ROOT_SYMBOLS
 from tests.conftest import JDK_VERSIONS, pyprof, require
+from tests.integration.joins import java_names, wrong_callers
 
 pytestmark = [pytest.mark.jvm, pytest.mark.bpf, pytest.mark.usefixtures("root_and_bpf")]
 
@@ -36,20 +37,10 @@ ALLOWED_CALLERS = {
 MIN_SAMPLES = 300
 
 
-def java_names(key: StackKey) -> list[str]:
-    """The Java methods of a stack, leaf first (inlined frames included)."""
-    return [lf.name for pf in key.frames for lf in pf.frames
-            if lf.kind in (FrameKind.INTERPRETED, FrameKind.C1, FrameKind.C2, FrameKind.INLINED,
-                           FrameKind.NATIVE_METHOD)]
-
-
 def wrong_joins(samples: dict[StackKey, int]) -> Counter:
-    bad: Counter = Counter()
+    bad = wrong_callers(samples, ALLOWED_CALLERS)
     for key, n in samples.items():
         names = java_names(key)
-        for callee, caller in zip(names, names[1:]):
-            if callee in ALLOWED_CALLERS and caller not in ALLOWED_CALLERS[callee]:
-                bad[f"{callee} <- {caller}"] += n
         # a complete stack's outermost Java frame is run()
         if names and names[-1] != f"{R}.run" and complete(key):
             bad[f"{names[-1]} at the root"] += n
