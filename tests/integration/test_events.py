@@ -35,6 +35,7 @@ pytestmark = [pytest.mark.jvm, pytest.mark.bpf, pytest.mark.usefixtures("root_an
 SECONDS = 2.5
 DATA = Path(__file__).parent / "data"
 TOLERANCE = 5.0   # percentage points
+JFR_TOLERANCE = 2 * TOLERANCE   # JFR's sampled estimate against ours (see the alloc test)
 
 
 def start_jfr(version: int, pid: int, jfr_file: Path, seconds: float) -> None:
@@ -132,8 +133,11 @@ def test_alloc_sites_classes_and_shares(jdk, java_workload, tmp_path) -> None:
     theirs = shares(jfr)
     print(f"alloc jdk{jdk}: pyprof {ours} objects ratio {ratio:.0f}; JFR {theirs}; {run.stats}")
     assert len(events) >= 20, len(events)
+    # JFR throttles ObjectAllocationSample (150 a second by default: a few hundred in this window, the
+    # 6 MiB byte[]s a small number of them), so its own estimate strays further from the truth than
+    # ours: the two must agree within twice the tolerance (ours is held to the truth above)
     for site in (large, small):
-        assert abs(theirs.get(site, 0) - ours[site]) <= TOLERANCE, (site, ours, theirs)
+        assert abs(theirs.get(site, 0) - ours[site]) <= JFR_TOLERANCE, (site, ours, theirs)
 
 
 def test_alloc_weighting_at_a_coarse_interval(java_workload) -> None:
