@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from pyprof.errors import MemoryReadError
 from pyprof.hotspot.method import MethodResolver
-from pyprof.model import FrameKind, LogicalFrame, PhysicalFrame
+from pyprof.model import FrameKind, LogicalFrame
 from pyprof.sampling.events import EVENT_ALLOC
 from pyprof.sampling.uprobes import LibjvmUprobes
 
@@ -84,20 +84,6 @@ class ClassNames:
         self._resolvers.pop(pid, None)
 
 
-JAVA_KINDS = frozenset({FrameKind.INTERPRETED, FrameKind.C1, FrameKind.C2, FrameKind.INLINED,
-                        FrameKind.NATIVE_METHOD})
-
-
-def java_part(frames: tuple[PhysicalFrame, ...]) -> tuple[PhysicalFrame, ...]:
-    """The stack (leaf first) from its innermost Java frame on: what a program with `java_leaf_only`
-    keeps, its leaf frames then go right under the allocating Java method. A stack without Java frames
-    is kept whole."""
-    for i, frame in enumerate(frames):
-        if frame.frames and frame.frames[-1].kind in JAVA_KINDS:
-            return frames[i:]
-    return frames
-
-
 _FRAMES: dict[str, LogicalFrame] = {}
 
 
@@ -119,7 +105,7 @@ class AllocProgram:
 
     event = EVENT_ALLOC
     name = "alloc"
-    # Only the Java part of the stack is the allocation site (java_part()): the JVM's allocation path
+    # Only the Java part of the stack is the allocation site (events.java_part()): the JVM's allocation path
     # under it (OptoRuntime::new_array_C, MemAllocator, AllocTracer, ...) would stand between the
     # class and the method that allocated it, in a handful of variants per site.
     java_leaf_only = True

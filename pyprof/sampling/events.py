@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+from pyprof.model import FrameKind, PhysicalFrame
+
 if TYPE_CHECKING:
     from pyprof.hotspot.jvm import HotSpotJvm
     from pyprof.model import LogicalFrame
@@ -23,8 +25,27 @@ EVENT_CPU, EVENT_WALL, EVENT_ALLOC, EVENT_LOCK = 0, 1, 2, 3
 EVENT_NAMES = {EVENT_CPU: "cpu", EVENT_WALL: "wall", EVENT_ALLOC: "alloc", EVENT_LOCK: "lock"}
 
 
+JAVA_KINDS = frozenset({FrameKind.INTERPRETED, FrameKind.C1, FrameKind.C2, FrameKind.INLINED,
+                        FrameKind.NATIVE_METHOD})
+
+
+def java_part(frames: tuple[PhysicalFrame, ...]) -> tuple[PhysicalFrame, ...]:
+    """The stack (leaf first) from its innermost Java frame on: what a program with `java_leaf_only`
+    keeps, so that its leaf frames go right under the Java method (alloc: the allocating one, not the
+    JVM's allocation path). A stack without Java frames is kept whole (the same tuple)."""
+    for i, frame in enumerate(frames):
+        if frame.frames and frame.frames[-1].kind in JAVA_KINDS:
+            return frames[i:]
+    return frames
+
+
 class EventProgram(Protocol):
-    """One event's part of the sampler's BPF module (wall, alloc, lock)."""
+    """One event's part of the sampler's BPF module (wall, alloc, lock).
+
+    Optional members, read with getattr where used: `java_leaf_only` (bool: the session keeps only the
+    stack's java_part()), `records_per_second` (int: sizes the shared ring buffer), `pair(sample)`
+    (an event that spans two records: the joined record, or None while waiting for its other half) and
+    `counters(raw)` (the program's named counters for the summary)."""
 
     event: int          # EVENT_*: the records it sends
     name: str           # "wall", "alloc", "lock": the event's name on the command line and in outputs

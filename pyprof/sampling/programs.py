@@ -99,8 +99,12 @@ class EventPlan:
     programs: dict[str, EventProgram]          # program name -> instance (one per program)
     routes: dict[int, tuple[str, ...]]         # record kind -> the events it feeds
 
+    def __post_init__(self) -> None:
+        # looked up for every record (the per-sample path): a dict, not a scan
+        self._by_record = {program.event: program for program in self.programs.values()}
+
     def program_for(self, record_kind: int) -> Optional[EventProgram]:
-        return next((p for p in self.programs.values() if p.event == record_kind), None)
+        return self._by_record.get(record_kind)
 
 
 def plan(events: tuple[str, ...], options: EventOptions) -> EventPlan:

@@ -28,8 +28,7 @@ from pyprof.hotspot.threads import JavaThreads
 from pyprof.model import VIRTUAL_THREAD_LABEL, PhysicalFrame, ProfileData, StackKey
 from pyprof.procfs.process import is_running
 from pyprof.sampling.alloc import DEFAULT_INTERVAL as DEFAULT_ALLOC_INTERVAL
-from pyprof.sampling.alloc import java_part
-from pyprof.sampling.events import EVENT_CPU, EVENT_WALL
+from pyprof.sampling.events import EVENT_CPU, EVENT_WALL, java_part
 from pyprof.sampling.lock import DEFAULT_THRESHOLD_NS
 from pyprof.sampling.programs import EventOptions, EventPlan, plan
 from pyprof.sampling.sampler import (

@@ -136,24 +136,19 @@ class _Bytes:
         return self.data[self.pos - 1]
 
     def uleb(self) -> int:
-        result = shift = 0
-        while True:
-            b = self.u8()
-            result |= (b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                return result
-            if shift > 63:
-                raise CfiError("LEB128 too long")
+        return self._leb128(signed=False)
 
     def sleb(self) -> int:
+        return self._leb128(signed=True)
+
+    def _leb128(self, signed: bool) -> int:
         result = shift = 0
         while True:
             b = self.u8()
             result |= (b & 0x7F) << shift
             shift += 7
             if b < 0x80:
-                return result - (1 << shift) if b & 0x40 else result
+                return result - (1 << shift) if signed and b & 0x40 else result
             if shift > 63:
                 raise CfiError("LEB128 too long")
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from pyprof.model import PhysicalFrame, ProfileData, StackKey
-from pyprof.sampling.alloc import java_part
+from pyprof.sampling.events import java_part
 from pyprof.sampling.sampler import Sampler
 from pyprof.session.session import JvmTarget
 
