@@ -294,7 +294,7 @@ class Unwinder:
             key = cur.pc if not cur.top else (cur.pc, cur.after_trap)
             plan = self._native_plans.get(key)
             if plan is None:
-                lookup_pc = cur.pc - 1 if not cur.top or cur.after_trap else cur.pc
+                lookup_pc = self._native_lookup_pc(cur)
                 plan = self._plan_native(key, lookup_pc, cur.pc)
             if plan is _UNPLANNED:
                 return None
@@ -862,11 +862,7 @@ class Unwinder:
     # ---- native frames ---------------------------------------------------------------------------
     def _native_step(self, cur: _Cursor, reader: _StackReader
                      ) -> tuple[PhysicalFrame, Optional[_Cursor], bool]:
-        # A return address may be the first byte after a call to a noreturn function, i.e. already in
-        # the next function: callers are looked up at pc - 1 (as perf and libunwind do).
-        # So is a top pc just after a breakpoint being handled (a uprobe's int3: pyprof's own on libjvm):
-        # the breakpoint replaced the first byte of an instruction that has not run yet.
-        lookup_pc = cur.pc - 1 if not cur.top or cur.after_trap else cur.pc
+        lookup_pc = self._native_lookup_pc(cur)
         frame, is_root = self._native_frame(lookup_pc, cur.pc)
         if frame.frames[0].kind is FrameKind.UNKNOWN:
             self.stats.unknown_frames[frame.frames[0].system_name] += 1    # per sample, not per pc
@@ -925,6 +921,19 @@ class Unwinder:
             return cur.fp
         return reader.word(slot)
 
+    def _native_lookup_pc(self, cur: _Cursor) -> int:
+        """Where to look up native code's symbol and CFI rule. A return address may be the first byte
+        after a call to a noreturn function, i.e. already in the next function: callers are looked up at
+        pc - 1 (as perf and libunwind do). A top pc while the kernel handles a uprobe's int3 (pyprof's own,
+        at a libjvm function's entry) is the breakpoint's address plus one on entry to the trap, and the
+        breakpoint's address itself while the probe's handlers run (handle_swbp resets it for them): in
+        both the probed instruction has not run yet, so the function's entry is looked up."""
+        if not cur.top:
+            return cur.pc - 1
+        if cur.after_trap and not (self.natives is not None and self.natives.starts_function(cur.pc)):
+            return cur.pc - 1
+        return cur.pc
+
     def _native_frame(self, lookup_pc: int, pc: int) -> tuple[PhysicalFrame, bool]:
         cached = self._native_frames.get(pc)
         if cached is not None:
@@ -942,7 +951,9 @@ class Unwinder:
             why = "native pc outside any mapping"
             result = (PhysicalFrame(pc, (LogicalFrame("[unknown]", FrameKind.UNKNOWN, why),)), False)
         else:
-            name = symbol or f"{library.rsplit('/', 1)[-1]}+0x{pc - (mapping.start if mapping else 0):x}"
+            # unnamed: the file offset, as addr2line and objdump -d take it
+            offset = pc - mapping.start + mapping.offset if mapping else pc
+            name = symbol or f"{library.rsplit('/', 1)[-1]}+0x{offset:x}"
             is_root = name.split("(", 1)[0] in ROOT_SYMBOLS
             logical = LogicalFrame(name, FrameKind.NATIVE, system_name or name, library)
             result = (PhysicalFrame(pc, (logical,), mapping), is_root)

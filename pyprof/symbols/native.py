@@ -107,6 +107,15 @@ class NativeSymbolizer:
             return NativeSymbol(None, "", file.path, file.mapping)
         return NativeSymbol(demangle(sym.name), sym.name, file.path, file.mapping)
 
+    def starts_function(self, pc: int) -> bool:
+        """Is `pc` the first byte of a function (where pyprof puts its uprobes)?"""
+        entry = self._entry(pc)
+        if entry is None:
+            return False
+        file = self._file(entry)
+        sym = file.symbols.function_at(pc - file.base) if file.symbols is not None else None
+        return sym is not None and sym.value == pc - file.base
+
     def unwind_rule(self, pc: int) -> tuple[bool, Optional[Rule]]:
         """The CFI rule of native code at `pc` (a return address already moved into its call): (is the
         pc in a mapped file at all, the rule or None when the file has no CFI there)."""

@@ -199,6 +199,9 @@ def test_native_symbolizer_names_libc_in_a_live_process() -> None:
         assert natives.symbolize(pc).symbol == "__futex_abstimed_wait_common"
         mapped, rule = natives.unwind_rule(pc)
         assert mapped and rule is not None
+        # AND only the function's first byte is its start (where a uprobe's breakpoint sits)
+        entry = file.base + internal.value
+        assert natives.starts_function(entry) and not natives.starts_function(entry + 1)
     finally:
         proc.kill()
         proc.wait()

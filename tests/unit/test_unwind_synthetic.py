@@ -174,6 +174,9 @@ class Natives:
                 return NativeSymbol(name, name, library, Mapping(start & ~0xFFFFFF, end, 0, library))
         return None
 
+    def starts_function(self, pc: int) -> bool:
+        return any(start == pc for start, _end, _library in NATIVE_FUNCTIONS.values())
+
     def unwind_rule(self, pc: int) -> tuple[bool, Optional[cfi.Rule]]:
         """The synthetic libraries have no CFI (frame pointers only), but for functions in CFI_RULES."""
         found = self.symbolize(pc)
@@ -728,6 +731,30 @@ def test_uprobe_single_step_slot_returns_to_the_probed_functions_caller() -> Non
                                                     kernel_ips=(0xFFFF_FFFF_8100_0010,))))
     # THEN the slot is named, not unknown, and its caller is the probed function's: call_helper, at [sp+8]
     assert frames == [(0xFFFF_FFFF_8100_0010, "asm_exc_debug"), (xol, "[uprobe single-step]"),
+                      (native("JavaCalls::call_helper", 0x40), "JavaCalls::call_helper"),
+                      (native("thread_native_entry", 0x30), "thread_native_entry")]
+    assert u.stats.unknown_total == 0 and u.stats.reached_root == 1
+
+
+@pytest.mark.parametrize("past_int3", [0, 1], ids=["while-handlers-run", "on-trap-entry"])
+def test_uprobe_breakpoint_at_a_function_entry_names_the_probed_function(past_int3, monkeypatch) -> None:
+    # GIVEN a sample while the kernel handles the int3 of a uprobe on runtime_work's first byte (pyprof's
+    # own probes on libjvm): the user pc is the breakpoint's address + 1 on entry to the trap, and the
+    # breakpoint's address itself while the probe's handlers (pyprof's BPF) run; the function's entry
+    # has not run, so its CFA is rsp + 8 and rbp is still the caller's
+    monkeypatch.setitem(CFI_RULES, "SharedRuntime::runtime_work", cfi.Rule(cfi.CFA_RSP, 8, 0))
+    stack = Stack()
+    stack.put(SP, native("JavaCalls::call_helper", 0x40))
+    stack.put(HELPER_FP, 0).put(HELPER_FP + WORD, native("thread_native_entry", 0x30))
+    u, _ = unwinder()
+    u.kernel = KernelSymbols([0xFFFF_FFFF_8100_0000], ["asm_exc_int3"])
+    entry = native("SharedRuntime::runtime_work", 0) + past_int3
+    # WHEN unwound
+    frames = described(u.unwind(dataclasses.replace(sample(stack, ip=entry, bp=HELPER_FP),
+                                                    kernel_ips=(0xFFFF_FFFF_8100_0010,))))
+    # THEN the probed function is named (not `libjvm.so+0x...` of the byte before it) and its caller is
+    # the return address at [sp]
+    assert frames == [(0xFFFF_FFFF_8100_0010, "asm_exc_int3"), (entry, "SharedRuntime::runtime_work"),
                       (native("JavaCalls::call_helper", 0x40), "JavaCalls::call_helper"),
                       (native("thread_native_entry", 0x30), "thread_native_entry")]
     assert u.stats.unknown_total == 0 and u.stats.reached_root == 1
