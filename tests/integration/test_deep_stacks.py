@@ -47,16 +47,17 @@ def test_stack_deeper_than_the_copy_is_completed_exactly(jdk, java_workload, tmp
     summary, samples = profile_deep(java_workload, tmp_path, depth, jdk=jdk)
     # THEN the walk read the rest of the stack live ...
     assert summary["unwind"]["live_stack_reads"] > 0, summary["unwind"]
-    # ... and nearly every sample has the whole recursion: exactly depth + 1 frames of it, under run()
-    total = sum(samples.values())
-    exact = sum(n for key, n in samples.items()
+    # ... and every sample taken at the bottom (Deep.work, the leaf) has the whole recursion: exactly
+    # depth + 1 frames of it, under run(). Samples above it were taken while the recursion returned or
+    # descended again (legitimately shallower: a slow, loaded machine spends more time there).
+    at_bottom = {key: n for key, n in samples.items() if java_names(key)[:1] == [f"{D}.work"]}
+    total, bottom = sum(samples.values()), sum(at_bottom.values())
+    assert bottom >= 0.8 * total, (bottom, total)
+    exact = sum(n for key, n in at_bottom.items()
                 if sum(name in RECURSION for name in java_names(key)) == depth + 1
                 and java_names(key)[-1] == "pyproftest.DeepStacks.run")
-    # (alone: >= 99 % on every JDK; inside the full suite, right after the daemon test, 95.1-96.0 % was
-    # seen on 11 and 17, cause not found yet: the bound leaves room for that, a broken completion gives
-    # 0 %)
-    assert exact >= 0.93 * total, (exact, total, summary["unwind"], collections.Counter(
-        sum(name in RECURSION for name in java_names(key)) for key in samples).most_common(8))
+    assert exact >= 0.99 * bottom, (exact, bottom, summary["unwind"], collections.Counter(
+        sum(name in RECURSION for name in java_names(key)) for key in at_bottom).most_common(8))
     # AND no frame has a caller it cannot have
     bad = check_chains(samples)
     assert not bad, bad.most_common(5)
