@@ -12,6 +12,7 @@ import re
 import pytest
 
 from tests.browser.chromium import Chromium, screenshot_dir
+from tests.browser.speedscope_app import errors, open_in_speedscope, press
 from tests.conftest import go_pprof, pyprof
 
 pytestmark = [pytest.mark.jvm, pytest.mark.bpf, pytest.mark.usefixtures("root_and_bpf")]
@@ -67,6 +68,21 @@ def test_several_events_make_one_pprof_that_every_reader_splits_by_type(java_wor
     units = {p["name"].split(": ", 1)[0]: p["unit"] for p in doc["profiles"]}
     assert units.get("samples") == "nanoseconds" and units.get("alloc_space") == "bytes", units
     assert units.get("delay", "nanoseconds") == "nanoseconds" and "cpu" not in units, units
+    # AND the real speedscope app loads it: alloc-main's alloc_space profile has byte[] at 75 % of bytes
+    names = [p["name"] for p in doc["profiles"]]
+    with Chromium(timeout=120) as browser:
+        page = open_in_speedscope(browser, ss, len(names))
+        for _ in range(names.index("alloc_space: alloc-main")):
+            press(page, "n")
+        press(page, "3")   # the sandwich view: a table of functions with totals in the profile's unit
+        page.wait_for("document.body.innerText.includes('byte[]')", timeout=30)
+        text = page.evaluate("document.body.innerText")
+        assert "alloc_space: alloc-main" in text, text[:300]
+        row = re.search(r"([\d.]+ [KMG]B) \(([\d.]+)%\)\s+\S+ \S+ \([\d.<]+%\)\s+byte\[\]", text)
+        assert row is not None, text[:1000]
+        assert abs(float(row.group(2)) - 75) <= 10, row.group(0)
+        page.screenshot(screenshot_dir() / "speedscope-alloc-space.png")
+        assert errors(page) == []
     # AND a type the profile lacks is one line naming those it has (exit 2)
     bad = pyprof("report", str(out), "--type", "inuse_space", "--format", "collapsed", timeout=120)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
