@@ -11,6 +11,7 @@ import re
 
 import pytest
 
+from pyprof.reporters import flamegraph
 from tests.browser.chromium import Chromium, screenshot_dir
 from tests.browser.speedscope_app import errors, open_in_speedscope, press
 from tests.conftest import go_pprof, pyprof
@@ -83,6 +84,14 @@ def test_several_events_make_one_pprof_that_every_reader_splits_by_type(java_wor
         assert abs(float(row.group(2)) - 75) <= 10, row.group(0)
         page.screenshot(screenshot_dir() / "speedscope-alloc-space.png")
         assert errors(page) == []
+    # AND --type picks one type in any format: a page of alloc_space only, top's hottest leaf byte[]
+    page = tmp_path / "space.html"
+    done = pyprof("report", str(out), "--type", "alloc_space", "-o", str(page), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert [t["name"] for t in flamegraph.decode_data(page.read_text())["types"]] == ["alloc_space"]
+    top = pyprof("report", str(out), "--type", "alloc_space", "--json", timeout=120)
+    assert top.returncode == 0, top.stderr
+    assert json.loads(top.stdout)["rows"][0]["function"] == "byte[]", top.stdout[:500]
     # AND a type the profile lacks is one line naming those it has (exit 2)
     bad = pyprof("report", str(out), "--type", "inuse_space", "--format", "collapsed", timeout=120)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
