@@ -45,6 +45,7 @@ struct lock_layout {
     u64 narrow_klass;      // 1: a 32-bit compressed class pointer
     u64 klass_base;        // CompressedKlassPointers base and shift
     u64 klass_shift;
+    u64 mark_klass_shift;  // compact object headers: the narrow klass is mark word >> this (0: not so)
 };
 BPF_HASH(lock_layouts, u32, struct lock_layout, 4096);
 
@@ -70,6 +71,17 @@ static __always_inline u64 monitor_klass(u32 tgid, u64 monitor) {
     if (layout->object_is_handle &&
         (bpf_probe_read_user(&obj, sizeof(obj), (void *)obj) != 0 || !obj))
         return 0;
+    if (layout->mark_klass_shift) {
+        // compact headers (klass_offset is the mark word's): the upper bits hold the narrow klass, and
+        // keep it while the object is locked (the monitor is in a table, not in the header)
+        u64 mark = 0;
+        if (bpf_probe_read_user(&mark, sizeof(mark), (void *)(obj + layout->klass_offset)) != 0)
+            return 0;
+        u64 narrow = mark >> (layout->mark_klass_shift & 63);
+        if (!narrow)
+            return 0;
+        return layout->klass_base + (narrow << (layout->klass_shift & 63));
+    }
     if (layout->narrow_klass) {
         u32 narrow = 0;
         if (bpf_probe_read_user(&narrow, sizeof(narrow), (void *)(obj + layout->klass_offset)) != 0 || !narrow)

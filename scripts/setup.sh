@@ -22,16 +22,25 @@ need_pkgs=()
 # qemu-system-x86, busybox-static and kmod (depmod): virtme-ng boots the kernels of `make test-kernels`
 # libc6-dbg: libc's separate debug symbols (by build-id), which pyprof reads to name libc's internal
 # functions (__futex_abstimed_wait_common); linux-perf: the tests compare pyprof's native names with
-# perf's; binutils + gcc: the tests build libraries with debuglinks and MiniDebugInfo
+# perf's; binutils + gcc: the tests build libraries with debuglinks and MiniDebugInfo; npm: speedscope
 for p in python3-bpfcc linux-headers-amd64 openjdk-17-jdk-headless golang-go python3-venv python3-pip \
          chromium tmux protobuf-compiler qemu-system-x86 busybox-static kmod libc6-dbg linux-perf \
-         binutils gcc; do
+         binutils gcc npm; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   say "installing Debian packages: ${need_pkgs[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+# --- speedscope (npm) -------------------------------------------------------------------------
+# The speedscope files pyprof writes are loaded by the real speedscope app in headless Chromium
+# (tests/integration/test_events_cli.py); its npm package ships the offline app (dist/release).
+SPEEDSCOPE_VERSION=1.25.0
+if [ ! -f "$(npm root -g)/speedscope/dist/release/index.html" ]; then
+  say "installing speedscope $SPEEDSCOPE_VERSION (npm)"
+  $SUDO npm install -g --silent "speedscope@$SPEEDSCOPE_VERSION" >/dev/null
 fi
 
 # --- kernel headers for bcc ------------------------------------------------------------------

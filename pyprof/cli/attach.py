@@ -154,14 +154,15 @@ def summarize(session: ProfileSession, profile: ProfileData, output: str, fmt: s
 def write_and_summarize(session: ProfileSession, output: str, fmt: str, as_json: bool, why: str,
                         verbose: bool = False) -> None:
     profile = session.finish()
-    write_reports(list(session.profiles.values()), output, fmt)
+    written = write_reports(list(session.profiles.values()), output, fmt)
     summary = summarize(session, profile, output, fmt, why, verbose)
+    summary["outputs"] = written   # folded stacks of several events: one file per event
     if as_json:
         emit_json(summary)
         return
     c = session.counters()
     err = click.get_text_stream("stderr")
-    err.write(f"pyprof: wrote {output} ({fmt}); ended by {why}\n")
+    err.write(f"pyprof: wrote {', '.join(written)} ({fmt}); ended by {why}\n")
     err.write(f"  {c.samples} samples in {summary['duration_s']} s, {c.lost} lost, "
               f"{c.truncated} truncated stacks, unknown frames {c.unknown_percent:.2f}% "
               f"({c.unknown_frames}/{c.frames})\n")

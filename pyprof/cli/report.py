@@ -17,6 +17,7 @@ from pyprof.reporters import REPORT_FORMATS
 FORMATS = REPORT_FORMATS
 DIFF_FORMATS = ("top", "flamegraph")
 BINARY_OR_PAGE = ("flamegraph", "speedscope", "pprof")
+ALL_TYPES_FORMATS = ("flamegraph", "speedscope")   # hold every sample type unless --type picks one
 
 
 def _load(path: str, sample_type: Optional[str] = None) -> ProfileData:
@@ -139,6 +140,9 @@ def report(profiles: tuple[str, ...], fmt: Optional[str], output: Optional[str],
 
         loaded = load_merged(store_dir, service, pid, parse_time(since) if since else None,
                              parse_time(until) if until else None)
+    elif fmt in ALL_TYPES_FORMATS and sample_type is None:
+        _report_all_types(profiles[0], fmt, output, thread, focus, tiers, title)
+        return
     else:
         loaded = _load(profiles[0], sample_type)
     profile = _filtered(loaded, thread, focus, tiers)
@@ -166,6 +170,28 @@ def report(profiles: tuple[str, ...], fmt: Optional[str], output: Optional[str],
         what = "CPU" if sample_type is None else sample_type
         label = title or (f"{what} flame graph: {name}" if fmt == "flamegraph" else name)
         _emit(render_file(profile, fmt, tiers, label), output, fmt)
+
+
+def _report_all_types(path: str, fmt: str, output: Optional[str], thread: Optional[str],
+                      focus: Optional[str], tiers: bool, title: Optional[str]) -> None:
+    """A flame graph page or speedscope file of every sample type of a pprof file (`-e cpu,alloc`): a
+    selector between types, a profile per type and thread; the first type is shown first."""
+    from pyprof.output.pprof import read_pprof_types
+    from pyprof.reporters import render_typed
+    from pyprof.reporters.sampletypes import TypedProfile, shown_types
+
+    if not os.path.exists(path):
+        raise UsageError(f"no such profile: {path}")
+    typed = shown_types([TypedProfile(sample_type, _filtered(profile, thread, focus, tiers))
+                         for sample_type, profile in read_pprof_types(path)])
+    if not typed:
+        raise UsageError(f"{path}: the profile has no sample types")
+    name = os.path.basename(path)
+    cpu_only = len(typed) == 1 and typed[0].is_cpu_samples
+    page = f"{'CPU flame' if cpu_only else 'Flame'} graph: {name}"
+    label = title or (page if fmt == "flamegraph" else name)
+    _emit(render_typed(typed, fmt, tiers, label), output, fmt)
+
 
 def _load_range(directory: str, service: Optional[str], pid: Optional[int], text: str) -> ProfileData:
     from pyprof.cli.store import load_merged

@@ -302,11 +302,10 @@ def top(pid: int, rate: int, duration: Optional[float], interval: float, sort: s
             why = _loop(session, live_top, state, stop, duration, interval, limit, sys.stdout.isatty(), shown)
         finally:
             session.finish()
-    if output is not None:
-        write_reports(list(session.profiles.values()), output, out_fmt)
+    written = write_reports(list(session.profiles.values()), output, out_fmt) if output is not None else []
     c = session.counters()
     err = click.get_text_stream("stderr")
-    saved = f", profile written to {output}" if output is not None else ""
+    saved = f", profile written to {', '.join(written)}" if written else ""
     err.write(f"pyprof top: ended by {why}: {c.samples:,} samples, {c.lost:,} lost{saved}\n")
 
 

@@ -68,7 +68,7 @@ class HotSpotJvm:
         jvm = cls(pid, reader, memory, entries[0].path, str(open_path), base, entries, symbols, vm, layout)
         jvm.flags = jvm._read_bool_flags(GC_FLAGS + (
             "SegmentedCodeCache", "UseCompressedOops", "UseCompressedClassPointers",
-            "UseCompactObjectHeaders"))
+            "UseCompactObjectHeaders", "UseObjectMonitorTable"))
         return jvm
 
     def close(self) -> None:

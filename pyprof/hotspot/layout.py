@@ -682,6 +682,18 @@ class Layout:
         return {"return_address": 1, "saved_fp": 0, "sender_sp": sender_sp, "last_sp": last_sp,
                 "method": last_sp - 1, "bcp": last_sp - 6}
 
+    # ---- object headers ---------------------------------------------------------------------------
+    def mark_word_klass_shift(self, compact_headers: bool) -> Optional[int]:
+        """Where an object's narrow klass is in its mark word with compact object headers (25's
+        -XX:+UseCompactObjectHeaders: the upper bits, markWord::klass_shift = 42 there), None without
+        them or when VMStructs does not publish the shift. The mark word keeps those bits while the
+        object is locked or inflated: compact headers turn UseObjectMonitorTable on (a monitor is found
+        through a table, not through a pointer in the header)."""
+        if not compact_headers:
+            return None
+        shift = self.vm.constant("markWord::klass_shift")
+        return shift if shift is not None and 0 < shift < 64 else None
+
     # ---- ConstMethod flags -----------------------------------------------------------------------
     def has_linenumber_table_bit(self) -> int:
         """The ConstMethod flag bit that says a line-number table follows the bytecodes."""

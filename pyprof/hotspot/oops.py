@@ -33,8 +33,11 @@ class JavaObjects:
         # arrayOopDesc: mark word, then a 4-byte (compressed) or 8-byte klass pointer, then the length
         compressed_klass = jvm.flags.get("UseCompressedClassPointers", True)
         compact = jvm.flags.get("UseCompactObjectHeaders", False)
+        # (compact headers: no klass word, the length right after the mark word). The data of the only
+        # arrays read here, byte[] (String.value), follows the length at the next byte: 12 with compact
+        # headers (25, opt-in; 16 there would drop a thread name's first 4 characters), else 16 or 24
         self.array_length_offset = 8 if compact else (12 if compressed_klass else 16)
-        self.array_data_offset = 16 if (compact or compressed_klass) else 24
+        self.array_data_offset = 12 if compact else (16 if compressed_klass else 24)
         lay = jvm.layout
         # JavaThread::_threadObj is an OopHandle (16+: one more indirection) or the oop itself (11)
         self.thread_obj_is_handle = lay.thread_obj_is_handle

@@ -35,6 +35,7 @@ from pyprof.model import (
     Mapping,
     PhysicalFrame,
     ProfileData,
+    SampleType,
     StackKey,
     display_name,
     split_display_name,
@@ -284,21 +285,54 @@ class _Decoder:
         if sample_type not in names:
             raise UsageError(f"no sample type {sample_type!r} in this profile (types: {', '.join(names)})")
         index = names.index(sample_type)
+        weight_index = self._typed_header(profile, index)
+        for sample in self.pb.sample:
+            self._add_typed(profile, sample, index, weight_index, None)
+        return profile
+
+    def decode_types(self) -> list[tuple[SampleType, ProfileData]]:
+        """One ProfileData per sample type (counts = its values), the stacks decoded once for all."""
+        plans: list[tuple[int, Optional[int], ProfileData]] = []
+        out: list[tuple[SampleType, ProfileData]] = []
+        for index, vt in enumerate(self.pb.sample_type):
+            profile = ProfileData()
+            self._header(profile)
+            plans.append((index, self._typed_header(profile, index), profile))
+            out.append((SampleType(self._s(vt.type), self._s(vt.unit)), profile))
+        for sample in self.pb.sample:
+            key: list[StackKey] = []   # made for the first type that has a value
+            for index, weight_index, profile in plans:
+                self._add_typed(profile, sample, index, weight_index, key)
+        return out
+
+    def _typed_header(self, profile: ProfileData, index: int) -> Optional[int]:
+        """Set `counted` and the event of a profile of sample type `index`; the index of the event's
+        weight type (None when the type is no pyprof event's)."""
+        names = self.sample_type_names()
+        sample_type = names[index]
         profile.counted = f"{sample_type}/{self._s(self.pb.sample_type[index].unit)}"
-        weight_index = None
         for event, types in EVENT_SAMPLE_TYPES.items():
             if sample_type in (types[0].type, types[1].type) and types[1].type in names:
                 profile.event = event
-                weight_index = names.index(types[1].type)
-                break
-        for sample in self.pb.sample:
-            values = sample.value
-            value = values[index] if index < len(values) else 0
-            if value > 0:
-                has_weight = weight_index is not None and weight_index < len(values)
-                weight = values[weight_index] if has_weight else 0
-                profile.add(self._key(sample), value, weight if profile.event != "cpu" else 0)
-        return profile
+                if sample_type == types[0].type == "samples":
+                    profile.counted = ""   # CPU samples: views say samples and CPU seconds, as without a type
+                return names.index(types[1].type)
+        return None
+
+    def _add_typed(self, profile: ProfileData, sample: profile_pb2.Sample, index: int,
+                   weight_index: Optional[int], key: Optional[list[StackKey]]) -> None:
+        values = sample.value
+        value = values[index] if index < len(values) else 0
+        if value <= 0:
+            return
+        has_weight = weight_index is not None and weight_index < len(values)
+        weight = values[weight_index] if has_weight and profile.event != "cpu" else 0
+        if key is None:
+            profile.add(self._key(sample), value, weight)
+            return
+        if not key:
+            key.append(self._key(sample))
+        profile.add(key[0], value, weight)
 
     def _header(self, profile: ProfileData) -> None:
         pb = self.pb
@@ -407,6 +441,12 @@ def read_pprof(source: Union[str, os.PathLike, bytes], sample_type: Optional[str
     are the values of `sample_type` (`pyprof report --type wall`), by default the first count type."""
     data, what = _load(source)
     return _Decoder(_parse(data, what)).decode(sample_type)
+
+
+def read_pprof_types(source: Union[str, os.PathLike, bytes]) -> list[tuple[SampleType, ProfileData]]:
+    """Every sample type of a pprof file, each as a ProfileData whose counts are that type's values."""
+    data, what = _load(source)
+    return _Decoder(_parse(data, what)).decode_types()
 
 
 def read_sample_types(source: Union[str, os.PathLike, bytes]) -> list[str]:

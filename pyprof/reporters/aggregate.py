@@ -185,10 +185,27 @@ class ProfileSummary:
         threads = f"{self.threads} thread{'' if self.threads == 1 else 's'}"
         what = f"{self.samples} samples ({self.cpu_seconds:.2f} s CPU)"
         if self.counted:
-            what = f"{self.samples:,} {self.counted}"
+            what = amount(self.samples, self.counted)
         return (f"{what}{duration}, {threads}; "
                 f"lost {self.lost_samples} ({self.lost_percent:.2f}%), "
                 f"unknown frames {self.unknown_percent:.2f}%")
+
+
+def amount(value: int, counted: str) -> str:
+    """A total of sample type `counted` ("alloc_space/bytes") as people read it: 3.00 MiB alloc_space,
+    1.25 s wall, 1,024 contentions."""
+    name, _, unit = counted.partition("/")
+    if unit == "bytes":
+        size, prefix = float(value), 0
+        while size >= 1024 and prefix < len(BYTE_UNITS) - 1:
+            size, prefix = size / 1024, prefix + 1
+        return f"{value:,} bytes {name}" if prefix == 0 else f"{size:.2f} {BYTE_UNITS[prefix]} {name}"
+    if unit == "nanoseconds":
+        return f"{value / 1e9:.2f} s {name}"
+    return f"{value:,} {name}"
+
+
+BYTE_UNITS = ("bytes", "KiB", "MiB", "GiB", "TiB")
 
 
 def summarize(profile: ProfileData, table: Optional[FrameTable] = None) -> ProfileSummary:

@@ -19,7 +19,7 @@ import gzip
 import html
 import json
 from importlib import resources
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from pyprof import __version__
 from pyprof.model import FrameKind, ProfileData
@@ -33,6 +33,7 @@ from pyprof.reporters.aggregate import (
     gc_paused,
     summarize,
 )
+from pyprof.reporters.sampletypes import TypedProfile, as_typed
 
 TEMPLATE = "flamegraph.html"
 DATA_MARKER = "/*__PYPROF_DATA__*/"
@@ -52,13 +53,16 @@ def _frame_table_json(table: FrameTable) -> tuple[list[str], list[int]]:
     return names, kinds
 
 
-def _preorder(tree: CallTree, names: list[str], base: Optional[list[int]] = None) -> dict[str, list[int]]:
+def _preorder(tree: CallTree, names: list[str], base: Optional[list[int]] = None,
+              more: Sequence[list[int]] = ()) -> tuple[dict[str, list[int]], list[list[int]]]:
     """The nodes in pre-order as columns (gzip packs columns better than interleaved triples): frame,
-    value (samples), number of children, and for diffs the value in the base profile."""
+    value (samples), number of children, for diffs the value in the base profile; and each column of
+    `more` (the other sample types' values, by node of `tree`) in the same order."""
     frames: list[int] = []
     values: list[int] = []
     counts: list[int] = []
     base_values: list[int] = []
+    more_values: list[list[int]] = [[] for _ in more]
     # children are emitted by name: rank every frame once instead of comparing strings per node
     order = sorted(range(len(names)), key=names.__getitem__)
     rank = [0] * len(names)
@@ -76,6 +80,8 @@ def _preorder(tree: CallTree, names: list[str], base: Optional[list[int]] = None
             counts.append(len(kids))
             if base is not None:
                 base_values.append(base[node])
+            for column, out in zip(more, more_values):
+                out.append(column[node])
             if len(kids) > 1:
                 kids.sort(key=lambda c: rank[frame_of[c] + 1], reverse=True)
                 stack.extend(kids)
@@ -84,7 +90,7 @@ def _preorder(tree: CallTree, names: list[str], base: Optional[list[int]] = None
     nodes = {"frame": frames, "value": values, "children": counts}
     if base is not None:
         nodes["base"] = base_values
-    return nodes
+    return nodes, more_values
 
 
 def _document(names: list[str], kinds: list[int], nodes: dict[str, list[int]], summary: ProfileSummary,
@@ -102,23 +108,53 @@ def _document(names: list[str], kinds: list[int], nodes: dict[str, list[int]], s
 
 def build(profile: ProfileData, tiers: bool = True, title: str = "CPU flame graph") -> dict[str, Any]:
     """The page's data: frame table and pre-order nodes of the call tree, threads first."""
-    tree = build_tree(profile, tiers=tiers, by_thread=True)
-    tree.freeze()
-    names, kinds = _frame_table_json(tree.frames)
-    nodes = _preorder(tree, names)
-    return _document(names, kinds, nodes, summarize(profile, tree.frames), title, tiers)
+    return build_types([as_typed(profile)], tiers, title)
 
 
-def _merge_for_diff(base: CallTree, new: CallTree) -> list[int]:
-    """Add the base tree's paths missing from the new tree (with no samples there) and return the base
-    value of every node of the merged tree."""
-    new_of = [ROOT_NODE] * len(base)
-    for node in range(1, len(base)):          # a parent is always made before its children
-        new_of[node] = new.child(new_of[base.parent[node]], base.frame_of[node])
-    values = [0] * len(new)
-    for node in range(len(base)):
-        values[new_of[node]] = base.total[node]
-    return values
+def build_types(typed: Sequence[TypedProfile], tiers: bool = True,
+                title: str = "CPU flame graph") -> dict[str, Any]:
+    """The page of several sample types (`-e cpu,alloc`): the union of their call trees, one value
+    column per type, and a selector between them (the first shown first)."""
+    if not typed:
+        raise ValueError("a flame graph needs a profile")
+    table = FrameTable(tiers)
+    trees = [build_tree(t.profile, tiers=tiers, by_thread=True, frames=table) for t in typed]
+    union = trees[0]
+    others = _merged_values(union, trees[1:])
+    union.freeze()
+    names, kinds = _frame_table_json(table)
+    nodes, columns = _preorder(union, names, more=others)
+    types = []
+    for index, t in enumerate(typed):
+        summary = summarize(t.profile, table)
+        entry: dict[str, Any] = {"name": t.name, "unit": t.unit, "subtitle": summary.line(),
+                                 "summary": summary.to_json(),
+                                 "periodNs": t.profile.period_ns if t.is_cpu_samples else 0}
+        if index:
+            entry["values"] = columns[index - 1]
+        types.append(entry)
+    doc = _document(names, kinds, nodes, summarize(typed[0].profile, table), title, tiers, {"types": types})
+    doc["periodNs"] = types[0]["periodNs"]
+    return doc
+
+
+def _merged_values(union: CallTree, trees: Sequence[CallTree]) -> list[list[int]]:
+    """Add every path of `trees` missing from `union` (with no value there) and return each tree's
+    value of every node of the merged union (trees sharing the union's FrameTable)."""
+    maps: list[list[int]] = []
+    for tree in trees:
+        union_of = [ROOT_NODE] * len(tree)
+        parent, frame_of = tree.parent, tree.frame_of
+        for node in range(1, len(tree)):          # a parent is always made before its children
+            union_of[node] = union.child(union_of[parent[node]], frame_of[node])
+        maps.append(union_of)
+    out: list[list[int]] = []
+    for tree, union_of in zip(trees, maps):
+        values = [0] * len(union)
+        for node in range(len(tree)):
+            values[union_of[node]] = tree.total[node]
+        out.append(values)
+    return out
 
 
 def build_diff(base: ProfileData, new: ProfileData, tiers: bool = True,
@@ -127,10 +163,10 @@ def build_diff(base: ProfileData, new: ProfileData, tiers: bool = True,
     table = FrameTable(tiers)
     base_tree = build_tree(base, tiers=tiers, by_thread=True, frames=table)
     new_tree = build_tree(new, tiers=tiers, by_thread=True, frames=table)
-    base_values = _merge_for_diff(base_tree, new_tree)
+    base_values = _merged_values(new_tree, [base_tree])[0]
     new_tree.freeze()
     names, kinds = _frame_table_json(table)
-    nodes = _preorder(new_tree, names, base_values)
+    nodes, _ = _preorder(new_tree, names, base_values)
     base_summary = summarize(base, table)
     return _document(names, kinds, nodes, summarize(new, table), title, tiers, {
         "diff": {"baseSubtitle": base_summary.line(), "baseSummary": base_summary.to_json()},
@@ -165,6 +201,10 @@ def render_html(data: dict[str, Any]) -> str:
 
 def render(profile: ProfileData, tiers: bool = True, title: str = "CPU flame graph") -> str:
     return render_html(build(profile, tiers=tiers, title=title))
+
+
+def render_types(typed: Sequence[TypedProfile], tiers: bool = True, title: str = "CPU flame graph") -> str:
+    return render_html(build_types(typed, tiers=tiers, title=title))
 
 
 def render_diff(base: ProfileData, new: ProfileData, tiers: bool = True,

@@ -30,17 +30,26 @@ LOCK_KINDS = {LOCK_MONITOR: "monitor", LOCK_PARK: "park"}
 LOCK_LABEL = "lock"      # the sample label saying which kind of wait it was
 C_MONITOR_ENTRIES, C_PARKS, C_RECORDS, C_UNMATCHED = 12, 13, 14, 15
 KLASS_WORD_OFFSET = 8    # oopDesc: the mark word, then the klass (when VMStructs does not say)
+MARK_WORD_OFFSET = 0     # oopDesc::_mark, the first word of every object
 
 
 def monitor_class_layout(jvm: HotSpotJvm) -> tuple[int, ...] | None:
     """bpf/lock.h's struct lock_layout for this JVM: where a monitor's object and that object's klass
     are; None when they cannot be read (then monitors carry no class). Read from VMStructs: nothing
     here depends on the JDK version except that ObjectMonitor::_object became a WeakHandle in 16, the
-    release in which JavaThread::_threadObj became an OopHandle (Layout.thread_obj_is_handle)."""
+    release in which JavaThread::_threadObj became an OopHandle (Layout.thread_obj_is_handle), and that
+    compact object headers (25, opt-in) keep the narrow klass in the mark word's upper bits
+    (Layout.mark_word_klass_shift)."""
     lay = jvm.layout
-    if not lay.has("ObjectMonitor._object") or jvm.flags.get("UseCompactObjectHeaders"):
-        return None   # compact headers (25, opt-in) keep the klass in the mark word: not decoded here
-    narrow = jvm.flags.get("UseCompressedClassPointers", True)
+    if not lay.has("ObjectMonitor._object"):
+        return None
+    compact = bool(jvm.flags.get("UseCompactObjectHeaders"))
+    mark_shift = lay.mark_word_klass_shift(compact)
+    # the klass bits survive in the mark word of a locked object only with the monitor table (compact
+    # headers switch it on; a JVM that says otherwise gets no classes rather than wrong ones)
+    if compact and (mark_shift is None or jvm.flags.get("UseObjectMonitorTable") is False):
+        return None
+    narrow = compact or jvm.flags.get("UseCompressedClassPointers", True)
     base = shift = 0
     if narrow:
         if not (lay.has("CompressedKlassPointers._base") and lay.has("CompressedKlassPointers._shift")):
@@ -54,8 +63,10 @@ def monitor_class_layout(jvm: HotSpotJvm) -> tuple[int, ...] | None:
             return None
     key = "oopDesc._compressed_klass" if narrow else "oopDesc._klass"
     klass_offset = lay.offset(key) if lay.has(key) else KLASS_WORD_OFFSET
+    if mark_shift is not None:
+        klass_offset = MARK_WORD_OFFSET
     return (lay.offset("ObjectMonitor._object"), int(lay.thread_obj_is_handle), klass_offset, int(narrow),
-            base, shift)
+            base, shift, mark_shift or 0)
 
 
 class LockProgram:

@@ -236,6 +236,25 @@ def test_lock_monitor_and_park(jdk, java_workload, tmp_path) -> None:
     assert abs(theirs.get("monitor", 0) - ours["monitor"]) <= TOLERANCE, (ours, theirs)
 
 
+def test_lock_monitor_class_with_compact_object_headers(java_workload) -> None:
+    """25's -XX:+UseCompactObjectHeaders: the narrow klass is the mark word's upper bits
+    (markWord::klass_shift), which stay while the monitor is inflated (the monitor table holds it)."""
+    jvm = java_workload(25, "LockSites", jvm_flags=("-XX:+UseCompactObjectHeaders",))
+    program = LockProgram()
+    layout_read: list = []
+    run = run_event(jvm.pid, program, 1.5,
+                    inspect=lambda _sampler: layout_read.append(program.monitor_classes.get(jvm.pid)))
+    assert layout_read == [True]
+    monitors: Counter = Counter()
+    for key, count in run.profile.counts.items():
+        if key.thread_name == "monitor-waiter" and dict(key.labels).get("lock") == "monitor":
+            monitors[frame_names(key)[0]] += count
+    print(f"lock jdk25 compact headers: {dict(monitors)} {run.stats}")
+    assert sum(monitors.values()) >= 5, (monitors, run.stats)
+    assert set(monitors) == {"pyproftest.LockSites$Monitor"}, monitors
+    assert run.stats["lock_unknown_classes"] == 0, run.stats
+
+
 def _duration_s(text: str) -> float:
     """JFR's JSON durations: "PT0.020123S" (ISO 8601)."""
     match = re.fullmatch(r"PT(?:(\d+)M)?([\d.]+)S", text)

@@ -6,11 +6,16 @@ phase's wall time itself (and the spin phase's CPU time: a spinner preempted on 
 waits on the run queue, off CPU). The profile's shares of the thread's wall time (and of its off-CPU
 time) per phase must match those measurements within 5 points, each phase carry its thread state, and
 `go tool pprof` must read the multi-type file and pick types.
+
+JFR records the same window (tests/integration/data/wall-peer.jfc: jdk.ThreadSleep, jdk.JavaMonitorWait
+and jdk.SocketRead, threshold 0, on every JDK here): its durations give each off-CPU place's share of
+the three places' time, which must match pyprof's wall shares of those places within JFR_TOLERANCE.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,10 +25,12 @@ import pytest
 
 from pyprof.model import ProfileData
 from pyprof.output.pprof import read_pprof, read_sample_types
-from tests.conftest import JavaProcess, go_pprof, pyprof
+from tests.conftest import JavaProcess, go_pprof, java_bin, pyprof
+from tests.integration.test_events import _duration_s, in_window, jfr_events
 
 pytestmark = [pytest.mark.jvm, pytest.mark.bpf, pytest.mark.usefixtures("root_and_bpf")]
 THREAD = "offcpu-main"
+DATA = Path(__file__).parent / "data"
 PHASES = ("spin", "sleep", "wait", "read")
 SECONDS = 4
 TOLERANCE_POINTS = 5.0
@@ -32,6 +39,14 @@ TOLERANCE_POINTS = 5.0
 PHASE_FRAMES = {"spin": ("OffCpu.phaseSpin",), "sleep": ("OffCpu.phaseSleep",),
                 "wait": ("OffCpu.phaseWait",),
                 "read": ("OffCpu.phaseRead", "Java_java_net_SocketInputStream_socketRead0")}
+# JFR's event for each off-CPU phase of offcpu-main
+JFR_PHASE = {"jdk.ThreadSleep": "sleep", "jdk.JavaMonitorWait": "wait", "jdk.SocketRead": "read"}
+# Both sides time the same ~20 ms waits (~50 of each in the window). pyprof's wall time is sampled every
+# 10 ms per thread and its sample of a wait is weighted by the wait's measured length, JFR times each call
+# from Java; a wait that straddles an end of the window counts whole in JFR and in part in pyprof
+# (one ~20 ms wait of ~1 s per place: 2 points at most). Measured (shared 2-core machine, two runs on
+# each of 11/17/21/25): at most 1.3 points apart, each side within 1.3 points of the workload's timing.
+JFR_TOLERANCE = 3.0
 # the spin phase is "running" on CPU and "runnable" while preempted (checked against its CPU time)
 EXPECTED_STATE = {"sleep": "sleeping", "wait": "waiting", "read": "native"}
 
@@ -107,10 +122,41 @@ def expected_shares(measured: list[int], off_cpu: bool = False) -> dict[str, flo
     return {phase: 100.0 * times[i] / total for i, phase in enumerate(PHASES)}
 
 
+def jcmd(version: int, pid: int, *args: str) -> str:
+    done = subprocess.run([java_bin(version, "jcmd"), str(pid), *args], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def jfr_off_cpu_shares(version: int, jfr_file: Path, window: tuple[float, float]) -> dict[str, float]:
+    """JFR's share of each off-CPU place in offcpu-main's time in the three places (events ending in
+    `window`, wall-clock seconds)."""
+    seconds: Counter = Counter()
+    events: Counter = Counter()
+    for event_type in JFR_PHASE:
+        for v in jfr_events(version, jfr_file, event_type):
+            if v["eventThread"]["javaName"] == THREAD and in_window(v, window):
+                seconds[JFR_PHASE[event_type]] += _duration_s(v["duration"])
+                events[event_type] += 1
+    assert all(events[t] >= 10 for t in JFR_PHASE), events
+    total = sum(seconds.values())
+    return {phase: 100.0 * seconds[phase] / total for phase in JFR_PHASE.values()}
+
+
+def off_cpu_places(shares: dict[str, float]) -> dict[str, float]:
+    """Wall shares of the three off-CPU places, out of their sum (the spin phase left out)."""
+    total = sum(shares[phase] for phase in JFR_PHASE.values())
+    return {phase: 100.0 * shares[phase] / total for phase in JFR_PHASE.values()}
+
+
 def test_wall_shares_and_states_match_the_workload(jdk, java_workload, tmp_path) -> None:
     jvm = java_workload(jdk, "OffCpu")
     out = tmp_path / "wall.pb.gz"
+    jfr_file = tmp_path / "wall.jfr"
+    jcmd(jdk, jvm.pid, "JFR.start", "name=wall-peer", f"settings={DATA / 'wall-peer.jfc'}")
     summary, measured = attach_measured(jvm, out, "cpu,wall")
+    jcmd(jdk, jvm.pid, "JFR.stop", "name=wall-peer", f"filename={jfr_file}")
     assert read_sample_types(out) == ["samples", "cpu", "wall_samples", "wall"]
     shares, states = phase_shares(read_pprof(out, "wall"))
     expected = expected_shares(measured)
@@ -131,6 +177,14 @@ def test_wall_shares_and_states_match_the_workload(jdk, java_workload, tmp_path)
     counters = summary["event_counters"]
     assert counters["offcpu_sent"] > 0 and counters["offcpu_unmatched"] <= counters["offcpu_sent"], counters
     assert summary["events"]["wall"]["wall"] > 0
+    # JFR over the same window: the off-CPU places' shares of their time agree with pyprof's
+    wall = read_pprof(out, "wall")
+    start = wall.start_time_ns / 1e9
+    theirs = jfr_off_cpu_shares(jdk, jfr_file, (start, start + wall.duration_ns / 1e9))
+    ours = off_cpu_places(shares)
+    print(f"wall vs JFR jdk{jdk}: pyprof {ours} JFR {theirs} truth {off_cpu_places(expected)}")
+    for phase in theirs:
+        assert abs(ours[phase] - theirs[phase]) <= JFR_TOLERANCE, (phase, ours, theirs)
 
 
 def test_offcpu_alone_and_go_pprof_picks_types(java_workload, tmp_path) -> None:
