@@ -165,9 +165,11 @@ def test_wall_shares_and_states_match_the_workload(jdk, java_workload, tmp_path)
     for phase, state in EXPECTED_STATE.items():
         dominant = states[phase].most_common(1)[0][0]
         assert dominant == state, (phase, states[phase])
-    # the spinner: on CPU ("running") for its CPU time, preempted ("runnable") for the rest
+    # the spinner: on CPU ("running") for its CPU time, preempted ("runnable") for the rest; at most
+    # a trace of anything else (a safepoint stops it in "blocked"/"vm": JFR's start and stop, jcmd's)
     spin = states["spin"]
-    assert set(spin) <= {"running", "runnable"}, spin
+    elsewhere = sum(w for state, w in spin.items() if state not in ("running", "runnable"))
+    assert elsewhere <= 0.01 * sum(spin.values()), spin
     on_cpu = 100.0 * spin["running"] / sum(sum(c.values()) for c in states.values())
     on_cpu_expected = expected["spin"] * measured[5] / measured[0]
     assert abs(on_cpu - on_cpu_expected) <= TOLERANCE_POINTS, (on_cpu, on_cpu_expected, measured)
