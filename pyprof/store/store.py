@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Iterator, Optional, Sequence, Union
 
 from pyprof.errors import PermissionDenied, UsageError
 from pyprof.model import ProfileData
@@ -198,16 +198,24 @@ class Store:
         self.close()
 
     # ---- writing ---------------------------------------------------------------------------------
-    def write_window(self, profile: ProfileData, labels: WindowLabels) -> StoredWindow:
-        """Write one window (atomically), index it, then apply retention. Returns its row."""
+    def write_window(self, window: Union[ProfileData, Sequence[ProfileData]],
+                     labels: WindowLabels) -> StoredWindow:
+        """Write one window (atomically), index it, then apply retention. Returns its row.
+
+        A window of several events (one profile each, `daemon -e cpu,alloc`) is one pprof with every
+        event's sample types, the first event's the default (pyprof.output.pprof.encode_events); its
+        row's `samples` are the first event's."""
         from pyprof.output import pprof
 
         if not self.writable:
             raise UsageError(f"{self.directory} is open read-only")
+        profiles = [window] if isinstance(window, ProfileData) else list(window)
+        profile = profiles[0]
         start_ns = profile.start_time_ns or time.time_ns()
         end_ns = start_ns + max(profile.duration_ns, 0)
-        labelled = replace(profile, comments=[*profile.comments, *label_comments(labels)])
-        data = pprof.encode(labelled)
+        # the writer takes the comments of the first profile: the labels go there
+        labelled = [replace(profile, comments=[*profile.comments, *label_comments(labels)]), *profiles[1:]]
+        data = pprof.encode_events(labelled)
         relative = self._new_relative_path(start_ns, labels.pid)
         _write_private_atomically(self.directory / relative, data)
         window = self._index(relative, labels, start_ns, end_ns, profile.total_samples, len(data))
@@ -342,11 +350,12 @@ class Store:
         except OSError as e:
             raise UsageError(f"cannot read window {window.path}: {e.strerror}") from e
 
-    def read(self, window: StoredWindow) -> ProfileData:
-        """The window's profile, without the store's own label comments."""
+    def read(self, window: StoredWindow, sample_type: Optional[str] = None) -> ProfileData:
+        """The window's profile, without the store's own label comments; `sample_type` picks one of a
+        window's several events' types (`alloc_space`, `delay`: pyprof.output.pprof.read_pprof)."""
         from pyprof.output.pprof import read_pprof
 
-        profile = read_pprof(self.read_bytes(window))
+        profile = read_pprof(self.read_bytes(window), sample_type)
         profile.comments = [c for c in profile.comments if not c.startswith(LABEL_COMMENT)]
         return profile
 
