@@ -66,7 +66,7 @@ class Daemon:
     _next_rotation: float = 0.0
 
     # ---- logging: one line per event -------------------------------------------------------------
-    def log(self, event: str, **fields: object) -> None:
+    def log(self, event: str, /, **fields: object) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         rest = " ".join(f"{k}={_quote(v)}" for k, v in fields.items() if v not in (None, ""))
         self.log_stream.write(f"{stamp} {event} {rest}".rstrip() + "\n")
