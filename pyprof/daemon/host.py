@@ -75,6 +75,8 @@ class HostProfiler:
                                cpu=self.plan.cpu_clock, programs=tuple(self.plan.programs.values()))
         self.targets: dict[int, HostTarget] = {}
         self.counters = HostCounters()
+        self.final_event_counters: dict[str, int] = {}   # filled by close()
+        self.final_lost_by_event: dict[str, int] = {}
         self._threads_refreshed = 0.0
 
     def start(self) -> None:
@@ -240,5 +242,8 @@ class HostProfiler:
             window = self.remove(pid)
             if window is not None:
                 windows[pid] = window
+        # read while the BPF maps exist: the summary of the run (the daemon's `stopped` line)
+        self.final_event_counters = self.event_counters()
+        self.final_lost_by_event = self.lost_by_event()
         self.sampler.close()
         return windows

@@ -100,6 +100,7 @@ class Daemon:
             self._next_rotation = now + self.interval_s
             for pid in list(self.host.targets):
                 self._hand_over(pid, self.host.close_window(pid))
+                self.host.step(0)   # encoding and writing a window takes a while: drain between two
         return None
 
     def scan(self) -> None:
@@ -114,6 +115,10 @@ class Daemon:
             self.log("jvm-skipped", pid=skipped.pid, reason=skipped.reason)
         for found in result.found:
             self._found(found.pid, found.labels)
+            # Opening a JVM takes seconds (its symbols, the code-cache walk) and nothing drains the ring
+            # buffer meanwhile: drain it between two opens, or the busiest events' records (alloc) of the
+            # JVMs already profiled are lost for every JVM that a scan finds.
+            self.host.step(0)
 
     def _found(self, pid: int, labels: WindowLabels) -> None:
         try:
@@ -185,7 +190,9 @@ class Daemon:
         """Write every open window (SIGTERM must not lose the last seconds), then release everything."""
         for pid, window in self.host.close().items():
             self._hand_over(pid, window)
-        self.log("stopped", windows=self.counters.windows_written, jvms=self.counters.jvms_found)
+        lost = {f"lost_{event}": count for event, count in self.host.final_lost_by_event.items()}
+        self.log("stopped", windows=self.counters.windows_written, jvms=self.counters.jvms_found, **lost,
+                 **self.host.final_event_counters)
 
 
 def _quote(value: object) -> str:

@@ -421,16 +421,17 @@ def read_events(source: Union[str, os.PathLike, bytes]) -> list[ProfileData]:
     A file without any event's pair (another tool's) is one profile read as read_pprof reads it."""
     data, what = _load(source)
     pb = _parse(data, what)
-    names = _Decoder(pb).sample_type_names()
+    names = [pb.string_table[t.type] if 0 <= t.type < len(pb.string_table) else "" for t in pb.sample_type]
     found = []
     for event, (count_type, weight_type) in EVENT_SAMPLE_TYPES.items():
         if count_type.type in names and weight_type.type in names:
             found.append((names.index(count_type.type), event, count_type.type))
+    decoder = _Decoder(pb)   # one for every event: its frames are decoded once
     if not found:
-        return [_Decoder(pb).decode()]
+        return [decoder.decode()]
     out = []
     for _index, event, count_type_name in sorted(found):
-        profile = _Decoder(pb).decode(count_type_name)
+        profile = decoder.decode(count_type_name)
         profile.event = event
         out.append(profile)
     return out

@@ -131,6 +131,12 @@ def test_daemon_profiles_every_event_of_every_jvm(java_workload, tmp_path: Path)
     # THEN every event served every JVM (their libjvms have the probed functions)
     assert not [line for line in log.lines if " event-unavailable " in line], log.lines
     assert not [line for line in log.lines if " push-unsent " in line or " window-failed " in line], log.lines
+    # AND its last line counts each event's lost records and the programs' own counters
+    stopped = next(line for line in log.lines if " stopped " in line)
+    counters = dict(field.split("=", 1) for field in stopped.split()[2:])
+    assert {"lost_cpu", "lost_alloc", "lost_lock", "lost_wall"} <= counters.keys(), stopped
+    assert int(counters["alloc_samples"]) > 0 and int(counters["lock_records"]) > 0, stopped
+    assert int(counters["lost_alloc"]) <= 0.05 * int(counters["alloc_samples"]), stopped
 
     # AND each window in the store is one pprof with every event's sample types, cpu's the default
     windows = json.loads(pyprof("store", "ls", str(store), "--json", check=True).stdout)["windows"]
