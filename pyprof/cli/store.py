@@ -26,7 +26,8 @@ def store() -> None:
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per window, for scripts")
 def ls(directory: str, service: Optional[str], pid: Optional[int], since: Optional[str], until: Optional[str],
        as_json: bool) -> None:
-    """List the windows in the store DIR: service, pid, container, jdk, from, until, samples, path."""
+    """List the windows in the store DIR: service, pid, container, jdk, from, until, samples (of the
+    first event), events, path."""
     from pyprof.store import Store
     from pyprof.store.timespec import format_time, parse_time
 
@@ -37,10 +38,10 @@ def ls(directory: str, service: Optional[str], pid: Optional[int], since: Option
     if as_json:
         emit_json({"windows": [w.to_json(root) for w in windows]})
         return
-    rows = [("SERVICE", "PID", "CONTAINER", "JDK", "FROM", "UNTIL", "SAMPLES", "PATH")]
+    rows = [("SERVICE", "PID", "CONTAINER", "JDK", "FROM", "UNTIL", "SAMPLES", "EVENTS", "PATH")]
     rows += [(w.labels.service_name, str(w.labels.pid), w.labels.container_id[:12] or "-",
               w.labels.jdk or "-", format_time(w.start_ns), format_time(w.end_ns), str(w.samples),
-              str(root / w.path)) for w in windows]
+              ",".join(w.events), str(root / w.path)) for w in windows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])

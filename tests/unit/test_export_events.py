@@ -4,6 +4,8 @@ Profile per sample type; decoded with the protobuf definitions, values compared 
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from pathlib import Path
 
 from opentelemetry.proto.collector.profiles.v1development import profiles_service_pb2
@@ -57,6 +59,9 @@ def test_store_keeps_every_event_and_report_picks_a_type(tmp_path: Path) -> None
     assert read_sample_types(data) == ["samples", "cpu", "alloc_objects", "alloc_space", "contentions",
                                        "delay"]
     assert first.samples == 40   # the first event's (cpu) samples
+    listing = pyprof("store", "ls", str(tmp_path / "s"), "--json", check=True).stdout
+    assert [w["events"] for w in json.loads(listing)["windows"]] == [["cpu", "alloc", "lock"]] * 2 + [["cpu"]]
+    assert "cpu,alloc,lock" in pyprof("store", "ls", str(tmp_path / "s"), check=True).stdout
     assert [p.event for p in read_events(data)] == ["cpu", "alloc", "lock"]
     # the merged windows that have alloc_space: 1 + 2 rounds of 6 MiB; the cpu-only one is said, not summed
     done = pyprof("report", str(tmp_path / "s"), "--type", "alloc_space", "--format", "pprof", "-o",
@@ -119,3 +124,19 @@ def test_otlp_gets_one_profile_per_sample_type(tmp_path: Path) -> None:
         ("contentions", "count", "", 0, [5, 7]),
         ("delay", "nanoseconds", "", 0, [40_000_000, 90_000_000]),
     ]
+
+
+def test_an_index_from_before_events_is_read_and_upgraded(tmp_path: Path) -> None:
+    # GIVEN a store whose index has no events column (written before windows had events)
+    with Store.open(tmp_path / "s") as store:
+        store.write_window(window(T0), labels())
+    db = sqlite3.connect(tmp_path / "s" / "index.sqlite")
+    db.execute("ALTER TABLE windows DROP COLUMN events")
+    db.commit()
+    db.close()
+    # THEN a reader lists its windows as cpu windows, and a writer adds the column
+    with Store.open_readonly(tmp_path / "s") as reader:
+        assert [w.events for w in reader.query()] == [("cpu",)]
+    with Store.open(tmp_path / "s") as writer:
+        writer.write_window(events_window(T0 + WINDOW_NS), labels())
+        assert [w.events for w in writer.query()] == [("cpu",), ("cpu", "alloc", "lock")]
