@@ -229,3 +229,38 @@ def test_daemon_profiles_every_event_of_every_jvm(java_workload, tmp_path: Path)
     assert Counter(leaf for total, leaf in otlp_space if total).most_common(1)[0][0] == "byte[]", otlp_space
     lock_delay = sum(total for t, _u, total, _leaf in profiles[lock.pid] if t == "delay")
     assert lock_delay / 1e9 >= lock_seconds, (lock_delay, lock_seconds)   # two waiters, each most of it
+
+
+def test_an_event_that_cannot_serve_a_jvm_is_logged_once_and_the_rest_is_profiled(java_workload,
+                                                                                  tmp_path: Path) -> None:
+    from tests.integration.test_privileges import DOCUMENTED, with_caps
+
+    # GIVEN the daemon with the capabilities the systemd unit grants (no CAP_SYS_ADMIN: this kernel's
+    # uprobe PMU refuses alloc's uprobes) and an allocating JVM
+    marker = secrets.token_hex(4)
+    jvm = java_workload(17, "AllocSites", jvm_flags=(f"-Dpyproftest.daemon={marker}",))
+    store = tmp_path / "store"
+    cmd = [sys.executable, "-m", "pyprof.cli.main", "daemon", "--out", str(store), "--interval",
+           str(INTERVAL_S), "--rate", "99", "--match", rf"pyproftest\.daemon={marker}", "-e", "cpu,alloc"]
+    daemon = subprocess.Popen(with_caps(cmd, DOCUMENTED), cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    log = DaemonLog(daemon)
+    try:
+        log.wait_for(rf"jvm-found pid={jvm.pid}\b", 60)
+        wait_windows(log, (jvm.pid,), 2, 10 * INTERVAL_S)
+        daemon.send_signal(signal.SIGTERM)
+        rc = daemon.wait(timeout=60)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    assert rc == 0, "\n".join(log.lines[-30:])
+    # THEN alloc's refusal is one line for that JVM, saying why
+    unavailable = [line for line in log.lines if " event-unavailable " in line]
+    assert len(unavailable) == 1, log.lines
+    assert f"pid={jvm.pid} event=alloc " in unavailable[0] and "CAP_SYS_ADMIN" in unavailable[0], unavailable
+    # AND the JVM is profiled for cpu: windows with samples, saying in a comment that alloc was not served
+    windows = json.loads(pyprof("store", "ls", str(store), "--json", check=True).stdout)["windows"]
+    assert len(windows) >= 2 and all(w["events"] == ["cpu", "alloc"] for w in windows), windows
+    assert sum(w["samples"] for w in windows) >= 50, windows
+    profile = read_pprof(windows[0]["path"])
+    assert any(c.startswith("event alloc unavailable: ") for c in profile.comments), profile.comments
