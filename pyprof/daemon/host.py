@@ -10,7 +10,8 @@ one ProfileData per event (the first is the default sample type), filled by the 
 (pyprof.session.session.route_record). Per-JVM parts (alloc's and lock's uprobes on that JVM's libjvm)
 are attached when the JVM is added and detached when it is removed; wall's tracepoints serve every
 target through the BPF `targets` map. An event that cannot serve one JVM (its libjvm lacks a probed
-function) is reported in HostTarget.unavailable and that JVM is profiled for the other events.
+function, the kernel refuses uprobes) is reported in HostTarget.unavailable and that JVM is profiled
+for the other events.
 """
 
 from __future__ import annotations

@@ -109,9 +109,11 @@ def test_daemon_profiles_every_event_of_every_jvm(java_workload, tmp_path: Path)
     store = tmp_path / "store"
     flags = (f"-Dpyproftest.daemon={marker}",)
     # GIVEN three JVMs, each a known workload of one event
-    alloc = java_workload(17, "AllocSites", jvm_flags=flags)
-    lock = java_workload(21, "LockSites", jvm_flags=flags)
-    offcpu = java_workload(17, "OffCpu", jvm_flags=flags)
+    alloc = java_workload(17, "AllocSites", jvm_flags=flags, wait_ready=False)
+    lock = java_workload(21, "LockSites", jvm_flags=flags, wait_ready=False)
+    offcpu = java_workload(17, "OffCpu", jvm_flags=flags, wait_ready=False)
+    for jvm in (alloc, lock, offcpu):   # started together; their ground truth holds from "ready" on
+        jvm.wait_for("ready")
     with Receiver() as pyroscope, Receiver() as otlp:
         # WHEN one daemon profiles them for cpu, alloc, lock and wall, pushing to both backends
         daemon = start_daemon(store, rf"pyproftest\.daemon={marker}", pyroscope.url, otlp.url)
