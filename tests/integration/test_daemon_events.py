@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import secrets
 import signal
 import subprocess
@@ -104,7 +105,7 @@ def leaf_shares(profile, thread: str) -> Counter:
     return Counter({site: 100.0 * w / total for site, w in weight.items()})
 
 
-def test_daemon_profiles_every_event_of_every_jvm(java_workload, tmp_path: Path) -> None:
+def test_daemon_profiles_every_event_of_every_jvm(java_workload, container_jvm, tmp_path: Path) -> None:
     marker = secrets.token_hex(4)
     store = tmp_path / "store"
     flags = (f"-Dpyproftest.daemon={marker}",)
@@ -114,15 +115,19 @@ def test_daemon_profiles_every_event_of_every_jvm(java_workload, tmp_path: Path)
     offcpu = java_workload(17, "OffCpu", jvm_flags=flags, wait_ready=False)
     for jvm in (alloc, lock, offcpu):   # started together; their ground truth holds from "ready" on
         jvm.wait_for("ready")
+    # AND one in its own mount and pid namespaces, its JDK at a path the host lacks (a container)
+    _unshare, _container_jdk, container_marker = container_jvm
     with Receiver() as pyroscope, Receiver() as otlp:
         # WHEN one daemon profiles them for cpu, alloc, lock and wall, pushing to both backends
-        daemon = start_daemon(store, rf"pyproftest\.daemon={marker}", pyroscope.url, otlp.url)
+        daemon = start_daemon(store, rf"pyproftest\.daemon={marker}|{re.escape(container_marker)}",
+                              pyroscope.url, otlp.url)
         log = DaemonLog(daemon)
         try:
             log.wait_for(r" started .*events=cpu,alloc,lock,wall", 60)
             for jvm in (alloc, lock, offcpu):
                 log.wait_for(rf"jvm-found pid={jvm.pid}\b", 60)
-            wait_windows(log, (alloc.pid, lock.pid, offcpu.pid), 2, 10 * INTERVAL_S)
+            container_pid = pid_of(log.wait_for(r"jvm-found .*jdk=21\..*service=pyproftest\.Phases", 60))
+            wait_windows(log, (alloc.pid, lock.pid, offcpu.pid, container_pid), 2, 10 * INTERVAL_S)
             daemon.send_signal(signal.SIGTERM)
             rc = daemon.wait(timeout=60)
             log.wait_for(r" exit reason=SIGTERM", 5)
@@ -130,7 +135,8 @@ def test_daemon_profiles_every_event_of_every_jvm(java_workload, tmp_path: Path)
             if daemon.poll() is None:
                 daemon.kill()
     assert rc == 0, "\n".join(log.lines[-30:])
-    # THEN every event served every JVM (their libjvms have the probed functions)
+    # THEN every event served every JVM (their libjvms have the probed functions), the container's too
+    # (its uprobes on the libjvm it mapped, through /proc/PID/map_files)
     assert not [line for line in log.lines if " event-unavailable " in line], log.lines
     assert not [line for line in log.lines if " push-unsent " in line or " window-failed " in line], log.lines
     # AND its last line counts each event's lost records and the programs' own counters
@@ -151,8 +157,8 @@ def test_daemon_profiles_every_event_of_every_jvm(java_workload, tmp_path: Path)
     # AND each window in the store is one pprof with every event's sample types, cpu's the default
     windows = json.loads(pyprof("store", "ls", str(store), "--json", check=True).stdout)["windows"]
     by_pid = Counter(w["pid"] for w in windows)
-    for jvm in (alloc, lock, offcpu):
-        assert by_pid[jvm.pid] >= 2, by_pid
+    for pid in (alloc.pid, lock.pid, offcpu.pid, container_pid):
+        assert by_pid[pid] >= 2, by_pid
     for window in windows:
         assert read_sample_types(window["path"]) == STORE_TYPES, window
         pb = profile_pb2.Profile.FromString(gzip.decompress(Path(window["path"]).read_bytes()))
