@@ -29,6 +29,7 @@ from tests.conftest import ROOT, pyprof
 from tests.integration.events_driver import frame_names
 from tests.integration.test_daemon import DaemonLog, pid_of
 from tests.unit.receiver import Receiver
+from tests.unit.test_metrics import scrape
 
 pytestmark = [pytest.mark.jvm, pytest.mark.bpf, pytest.mark.usefixtures("root_and_bpf")]
 INTERVAL_S = 3
@@ -42,7 +43,8 @@ OTLP_TYPES = [("samples", "count"), ("alloc_objects", "count"), ("alloc_space", 
 
 def start_daemon(store: Path, match: str, push: str, otlp: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "pyprof.cli.main", "daemon", "--out", str(store), "--interval",
-           str(INTERVAL_S), "--rate", "99", "--match", match, "-e", EVENTS, "--push", push, "--otlp", otlp]
+           str(INTERVAL_S), "--rate", "99", "--match", match, "-e", EVENTS, "--push", push, "--otlp", otlp,
+           "--metrics", "127.0.0.1:0"]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL)
 
@@ -128,6 +130,8 @@ def test_daemon_profiles_every_event_of_every_jvm(java_workload, container_jvm, 
                 log.wait_for(rf"jvm-found pid={jvm.pid}\b", 60)
             container_pid = pid_of(log.wait_for(r"jvm-found .*jdk=21\..*service=pyproftest\.Phases", 60))
             wait_windows(log, (alloc.pid, lock.pid, offcpu.pid, container_pid), 2, 10 * INTERVAL_S)
+            metrics_url = re.search(r"url=(\S+)", log.wait_for(r" metrics url=", 5)).group(1)
+            metrics = scrape(metrics_url)
             daemon.send_signal(signal.SIGTERM)
             rc = daemon.wait(timeout=60)
             log.wait_for(r" exit reason=SIGTERM", 5)
@@ -144,6 +148,12 @@ def test_daemon_profiles_every_event_of_every_jvm(java_workload, container_jvm, 
     counters = dict(field.split("=", 1) for field in stopped.split()[2:])
     assert {"lost_cpu", "lost_alloc", "lost_lock", "lost_wall"} <= counters.keys(), stopped
     assert int(counters["alloc_samples"]) > 0 and int(counters["lock_records"]) > 0, stopped
+    # AND /metrics has each event's samples and lost records, by event
+    for event in ("cpu", "alloc", "lock", "wall"):
+        assert metrics[("pyprof_event_samples_total", (("event", event),))] > 0, metrics
+    lost_metric = {event: metrics.get(("pyprof_lost_records_total", (("event", event),)), 0)
+                   for event in ("cpu", "alloc", "lock", "wall")}
+    assert sum(lost_metric.values()) == metrics[("pyprof_lost_samples_total", ())], metrics
     # (records are lost while the daemon opens a JVM: seconds without draining on this loaded machine;
     # each `samples-lost` line counts them per event, and the totals include every line's)
     logged: Counter = Counter()
