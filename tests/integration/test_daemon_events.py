@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from opentelemetry.proto.collector.profiles.v1development import profiles_service_pb2
 
+from pyprof.cli.store import load_merged
 from pyprof.export.proto import push_pb2
 from pyprof.output.pprof import read_events, read_pprof, read_sample_types
 from pyprof.output.proto import profile_pb2
@@ -187,10 +188,8 @@ def test_daemon_profiles_every_event_of_every_jvm(java_workload, container_jvm, 
     assert store_alloc_space > 0
 
     # AND `--type delay` the lock JVM's waits: the monitor's class under the waiting method, and parks
-    merged = tmp_path / "lock.pb.gz"
-    pyprof("report", str(store), "--pid", str(lock.pid), "--type", "delay", "--format", "pprof",
-           "-o", str(merged), check=True)
-    delay = read_pprof(str(merged), "delay")
+    # (the same merge as `report DIR --type`, in this process: each CLI run costs seconds here)
+    delay = load_merged(str(store), None, lock.pid, None, None, "delay")
     by_kind: Counter = Counter()
     for key, value in delay.counts.items():
         names = frame_names(key)
@@ -208,10 +207,7 @@ def test_daemon_profiles_every_event_of_every_jvm(java_workload, container_jvm, 
 
     # AND `--type wall`: OffCpu's thread lives through every window, so its wall time is their length,
     # spent on CPU and off it (sleeping, waiting)
-    merged = tmp_path / "wall.pb.gz"
-    pyprof("report", str(store), "--pid", str(offcpu.pid), "--type", "wall", "--format", "pprof",
-           "-o", str(merged), check=True)
-    wall = read_pprof(str(merged), "wall")
+    wall = load_merged(str(store), None, offcpu.pid, None, None, "wall")
     states: Counter = Counter()
     for key, value in wall.counts.items():
         if key.thread_name == "offcpu-main":
