@@ -1,10 +1,10 @@
 """`pyprof daemon -e cpu,alloc,lock,wall` end to end: real JVMs (AllocSites on JDK 17, LockSites on JDK 21,
-OffCpu on JDK 17) found by one daemon that pushes every window to a local Pyroscope and a local OTLP
-receiver. The store's windows hold every event's sample types; `report DIR --type` picks one; the pushed
-bytes, decoded with the protobuf definitions, carry the profile types each backend expects, with the
-same values as the store (ground truth: AllocSites allocates 75 % of its bytes as byte[] in allocLarge;
-LockSites' waiters block on a monitor and on a ReentrantLock; OffCpu's thread is alive all the time, so
-its wall time is the windows' length)."""
+OffCpu on JDK 17, Phases on JDK 21 in its own mount and pid namespaces) found by one daemon that pushes
+every window to a local Pyroscope and a local OTLP receiver. The store's windows hold every event's
+sample types; `report DIR --type` picks one; the pushed bytes, decoded with the protobuf definitions,
+carry the profile types each backend expects, with the same values as the store (ground truth:
+AllocSites allocates 75 % of its bytes as byte[] in allocLarge; LockSites' waiters block on a monitor
+and on a ReentrantLock; OffCpu's thread is alive all the time, so its wall time is the windows' length)."""
 
 from __future__ import annotations
 
