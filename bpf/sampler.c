@@ -40,6 +40,7 @@
 //   1 TRUNCATED   the stack is deeper than the copy (only known for Java threads, whose base is known)
 //   2 NO_USER     no user registers (a kernel thread, or the task is exiting)
 //   3 SEEN        samples of the target (sent or lost)
+//   16..19        LOST of each event (LOST_BY_EVENT + EVENT_*): the daemon reports lost records per event
 //
 // Why the user registers come from bpf_task_pt_regs(): when the timer fires while the thread is in
 // the kernel (a syscall, a page fault), ctx->regs are kernel registers; the user ones are saved at
@@ -83,7 +84,8 @@ struct perf_sample_ctx {
 #define C_NO_USER 2
 #define C_SEEN 3
 // counters 4..15 belong to the other events' programs (wall 4-7, alloc 8-11, lock 12-15)
-#define N_COUNTERS 16
+#define C_LOST_BY_EVENT 16
+#define N_COUNTERS 20
 
 #define EVENT_CPU 0
 #define EVENT_WALL 1
@@ -183,6 +185,7 @@ static __always_inline struct sample *begin_sample(u64 pid_tgid, u32 event) {
     struct sample *s = samples.ringbuf_reserve(sizeof(struct sample));
     if (!s) {
         count(C_LOST);
+        count(C_LOST_BY_EVENT + event);
         return 0;
     }
     s->time_ns = bpf_ktime_get_ns();

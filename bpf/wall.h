@@ -84,6 +84,7 @@ static __always_inline void wall_switch_in(u64 next) {
     struct sample *s = samples.ringbuf_reserve(COMPLETION_BYTES);
     if (!s) {
         count(C_LOST);
+        count(C_LOST_BY_EVENT + EVENT_WALL);
         return;
     }
     s->time_ns = now;

@@ -8,7 +8,13 @@ from typing import Optional
 
 import click
 
-from pyprof.cli.common import allow_unsafe_kernel_option, require_privileges
+from pyprof.cli.common import (
+    allow_unsafe_kernel_option,
+    event_tuning,
+    event_tuning_options,
+    parse_events_option,
+    require_privileges,
+)
 from pyprof.errors import UsageError
 
 DEFAULT_OUT = "/var/lib/pyprof"
@@ -29,6 +35,18 @@ def _queue(kind: str, url: str, credentials_file: Optional[str], ca: Optional[st
     endpoint = Endpoint(url, load_credentials(credentials_file, prefix), ca_file=ca)
     sink = PyroscopeSink(endpoint) if kind == "push" else OtlpSink(endpoint)
     return DeliveryQueue(sink, log=log, on_settled=lambda window_id: store.mark_settled(sink.name, window_id))
+
+
+def daemon_events(text: str) -> tuple[str, ...]:
+    """`-e cpu,alloc` for the daemon: attach's events except offcpu (wall has it, by thread_state)."""
+    from pyprof.daemon.host import DAEMON_EVENTS
+
+    events = parse_events_option(text)
+    for event in events:
+        if event not in DAEMON_EVENTS:
+            raise UsageError(f"-e {event}: the daemon profiles {', '.join(DAEMON_EVENTS)} "
+                             "(off-CPU time is in wall, labelled thread_state)")
+    return events
 
 
 def _log_missing_optional(daemon_loop) -> None:
@@ -67,26 +85,36 @@ def _log_missing_optional(daemon_loop) -> None:
               help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST defaults to 127.0.0.1)")
 @click.option("--stack-bytes", type=click.IntRange(1024, 65536), default=32768, show_default=True,
               help="bytes of user stack copied per sample")
+@click.option("-e", "--event", "events_text", default="cpu", show_default=True, metavar="EVENTS",
+              help="what to profile in every JVM, comma-separated: cpu, wall (on-CPU + off-CPU time per "
+                   "thread), alloc (allocated bytes and objects by class), lock (contended monitors and "
+                   "parking); a window holds every event's sample types (the first is the default)")
+@event_tuning_options
 @allow_unsafe_kernel_option
 def daemon(out: str, interval: float, rate: int, pids: tuple[int, ...], match: Optional[str],
            exclude: Optional[str], services: tuple[str, ...], retention: str, push_url: Optional[str],
            push_credentials: Optional[str], otlp_url: Optional[str], otlp_credentials: Optional[str],
-           ca: Optional[str], metrics_address: Optional[str], stack_bytes: int, force: bool) -> None:
+           ca: Optional[str], metrics_address: Optional[str], stack_bytes: int, events_text: str,
+           wall_interval: Optional[float], alloc_interval: int, lock_threshold: float, force: bool) -> None:
     """Profile every JVM on this host, continuously, one window per JVM every --interval seconds."""
     from pyprof.daemon.host import HostProfiler
     from pyprof.daemon.run import Daemon
     from pyprof.daemon.sinks import StoreSink
     from pyprof.discovery.cmdline import Selection, ServiceRule
     from pyprof.discovery.scanner import JvmScanner
+    from pyprof.sampling.programs import EventOptions
     from pyprof.session.runloop import StopSignals
     from pyprof.store.store import Retention, Store
 
+    events = daemon_events(events_text)
+    event_options = EventOptions(rate_hz=rate, **event_tuning(wall_interval, alloc_interval, lock_threshold))
     rules = tuple(ServiceRule.parse(text) for text in services)
     selection = Selection.parse(pids, match, exclude)
     retention_rule = Retention.parse(retention)
     require_privileges(host_wide=True)
     store = Store.open(out, retention_rule)
-    host = HostProfiler(rate_hz=rate, stack_bytes=stack_bytes, force=force)
+    host = HostProfiler(rate_hz=rate, stack_bytes=stack_bytes, force=force, events=events,
+                        event_options=event_options)
     daemon_loop = Daemon(host, JvmScanner(selection, rules), [], interval_s=interval)
     queues = []
     for kind, url, creds in (("push", push_url, push_credentials), ("otlp", otlp_url, otlp_credentials)):

@@ -118,7 +118,7 @@ def report(profiles: tuple[str, ...], fmt: Optional[str], output: Optional[str],
                              "pyprof report DIR --diff FROM..UNTIL FROM..UNTIL")
         if fmt not in DIFF_FORMATS:
             raise UsageError(f"--diff shows {' or '.join(DIFF_FORMATS)}, not {fmt}")
-        base, new = (_filtered(_load_range(store_dir, service, pid, r), thread, focus, tiers)
+        base, new = (_filtered(_load_range(store_dir, service, pid, r, sample_type), thread, focus, tiers)
                      for r in profiles[1:])
         _report_diff(base, new, fmt, output, tiers, sort, limit, as_json, title)
         return
@@ -139,7 +139,7 @@ def report(profiles: tuple[str, ...], fmt: Optional[str], output: Optional[str],
         from pyprof.store.timespec import parse_time
 
         loaded = load_merged(store_dir, service, pid, parse_time(since) if since else None,
-                             parse_time(until) if until else None)
+                             parse_time(until) if until else None, sample_type)
     elif fmt in ALL_TYPES_FORMATS and sample_type is None:
         _report_all_types(profiles[0], fmt, output, thread, focus, tiers, title)
         return
@@ -193,12 +193,13 @@ def _report_all_types(path: str, fmt: str, output: Optional[str], thread: Option
     _emit(render_typed(typed, fmt, tiers, label), output, fmt)
 
 
-def _load_range(directory: str, service: Optional[str], pid: Optional[int], text: str) -> ProfileData:
+def _load_range(directory: str, service: Optional[str], pid: Optional[int], text: str,
+                sample_type: Optional[str] = None) -> ProfileData:
     from pyprof.cli.store import load_merged
     from pyprof.store.timespec import parse_range
 
     time_range = parse_range(text)
-    return load_merged(directory, service, pid, time_range.start_ns, time_range.end_ns)
+    return load_merged(directory, service, pid, time_range.start_ns, time_range.end_ns, sample_type)
 
 
 def _filtered(profile: ProfileData, thread: Optional[str], focus: Optional[str], tiers: bool) -> ProfileData:

@@ -6,7 +6,12 @@ What it is given (the CLI wires the real parts):
   labels: service, pid, container, jdk, host), gone, and skipped (not HotSpot, not selected, unreadable);
 - `sinks`: where a finished window goes (the store first: it is the bounded queue of last resort).
 A JVM that cannot be opened is logged once and never tried again; a JVM that exits has its window written
-at once; a restarted JVM (a new pid, or a reused pid with a new start time) is a new target.
+at once; a restarted JVM (a new pid, or a reused pid with a new start time) is a new target. An event
+that cannot serve a JVM (`-e alloc` on a libjvm without the probed functions) is logged once for that
+JVM (`event-unavailable`), which is profiled for the other events.
+
+A window is one profile per event (HostProfiler's order, the first the default sample type); it is
+empty, and not handed over, when no event has a sample in it.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Protocol, TextIO
+from typing import Optional, Protocol, Sequence, TextIO
 
 from pyprof.daemon.host import HostProfiler
 from pyprof.discovery.scanner import JvmScanner
@@ -31,7 +36,7 @@ STEP_MS = 100
 class WindowSink(Protocol):
     """Takes a finished window of one JVM (the store writes it; an exporter queues it)."""
 
-    def accept(self, labels: WindowLabels, window: ProfileData) -> Optional[str]:
+    def accept(self, labels: WindowLabels, window: Sequence[ProfileData]) -> Optional[str]:
         """Returns a short note for the log line (e.g. the file written), or None."""
         ...
 
@@ -56,12 +61,12 @@ class Daemon:
     counters: DaemonCounters = field(default_factory=DaemonCounters)
     labels: dict[int, WindowLabels] = field(default_factory=dict)
     metrics: Optional[DaemonMetrics] = None
-    _lost_reported: int = 0
+    _lost_reported: dict[str, int] = field(default_factory=dict)   # event -> lost records logged so far
     _next_scan: float = 0.0
     _next_rotation: float = 0.0
 
     # ---- logging: one line per event -------------------------------------------------------------
-    def log(self, event: str, **fields: object) -> None:
+    def log(self, event: str, /, **fields: object) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         rest = " ".join(f"{k}={_quote(v)}" for k, v in fields.items() if v not in (None, ""))
         self.log_stream.write(f"{stamp} {event} {rest}".rstrip() + "\n")
@@ -71,7 +76,8 @@ class Daemon:
     def run(self, stop: StopSignals) -> str:
         """Until SIGTERM/SIGINT; then every open window is written. Returns why it ended."""
         self.host.start()
-        self.log("started", rate_hz=self.host.rate_hz, interval_s=self.interval_s)
+        self.log("started", rate_hz=self.host.rate_hz, interval_s=self.interval_s,
+                 events=",".join(self.host.plan.events))
         now = time.monotonic()
         self._next_rotation = now + self.interval_s
         try:
@@ -94,6 +100,7 @@ class Daemon:
             self._next_rotation = now + self.interval_s
             for pid in list(self.host.targets):
                 self._hand_over(pid, self.host.close_window(pid))
+                self.host.step(0)   # encoding and writing a window takes a while: drain between two
         return None
 
     def scan(self) -> None:
@@ -108,6 +115,10 @@ class Daemon:
             self.log("jvm-skipped", pid=skipped.pid, reason=skipped.reason)
         for found in result.found:
             self._found(found.pid, found.labels)
+            # Opening a JVM takes seconds (its symbols, the code-cache walk) and nothing drains the ring
+            # buffer meanwhile: drain it between two opens, or the busiest events' records (alloc) of the
+            # JVMs already profiled are lost for every JVM that a scan finds.
+            self.host.step(0)
 
     def _found(self, pid: int, labels: WindowLabels) -> None:
         try:
@@ -121,14 +132,19 @@ class Daemon:
         self.log("jvm-found", pid=pid, jdk=labels.jdk, service=labels.service_name,
                  container=labels.container_id[:12],
                  live_probes="no" if host_target.target.live.degraded else "yes")
+        for event, why in host_target.unavailable.items():
+            self.log("event-unavailable", pid=pid, event=event, reason=why)
 
     def _update_gauges(self) -> None:
-        lost = self.host.sampler_counters().lost
-        if lost > self._lost_reported:
-            self.log("samples-lost", count=lost - self._lost_reported, note="ring buffer full")
-            if self.metrics is not None:
-                self.metrics.lost_samples.inc(lost - self._lost_reported)
-            self._lost_reported = lost
+        """Records lost since the last scan, per event (one line each), and the gauges."""
+        for event, lost in self.host.lost_by_event().items():
+            new = lost - self._lost_reported.get(event, 0)
+            if new > 0:
+                self.log("samples-lost", event=event, count=new, note="ring buffer full")
+                if self.metrics is not None:
+                    self.metrics.lost_samples.inc(new)
+                    self.metrics.lost_records.labels(event=event).inc(new)
+                self._lost_reported[event] = lost
         if self.metrics is not None:
             self.metrics.jvms_tracked.set(len(self.host.targets))
 
@@ -142,11 +158,13 @@ class Daemon:
             self._hand_over(pid, window)
         self.labels.pop(pid, None)
 
-    def _hand_over(self, pid: int, window: ProfileData) -> None:
-        samples = window.total_samples
-        if samples == 0:
+    def _hand_over(self, pid: int, window: Sequence[ProfileData]) -> None:
+        per_event = {profile.event: profile.total_samples for profile in window}
+        if not any(per_event.values()):
             self.counters.windows_empty += 1   # an idle JVM: nothing to store or push
             return
+        first = window[0]
+        samples = per_event[first.event]
         labels = self.labels.get(pid) or WindowLabels(service_name="unknown", pid=pid)
         notes = []
         for sink in self.sinks:
@@ -160,16 +178,21 @@ class Daemon:
                 notes.append(note)
         self.counters.windows_written += 1
         if self.metrics is not None:
-            self.metrics.record_window(samples, 0, window.unknown_frames, window.frames)
-        self.log("window", pid=pid, service=labels.service_name, samples=samples,
-                 seconds=round(window.duration_ns / 1e9, 1), unknown_frames=window.unknown_frames,
+            self.metrics.record_window(samples, 0, first.unknown_frames, first.frames)
+            for event, count in per_event.items():
+                self.metrics.event_samples.labels(event=event).inc(count)
+        others = {event: count for event, count in per_event.items() if event != first.event}
+        self.log("window", pid=pid, service=labels.service_name, samples=samples, **others,
+                 seconds=round(first.duration_ns / 1e9, 1), unknown_frames=first.unknown_frames,
                  to=",".join(notes))
 
     def shutdown(self) -> None:
         """Write every open window (SIGTERM must not lose the last seconds), then release everything."""
         for pid, window in self.host.close().items():
             self._hand_over(pid, window)
-        self.log("stopped", windows=self.counters.windows_written, jvms=self.counters.jvms_found)
+        lost = {f"lost_{event}": count for event, count in self.host.final_lost_by_event.items()}
+        self.log("stopped", windows=self.counters.windows_written, jvms=self.counters.jvms_found, **lost,
+                 **self.host.final_event_counters)
 
 
 def _quote(value: object) -> str:

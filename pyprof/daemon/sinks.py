@@ -3,7 +3,7 @@ window is encoded once), then a bounded delivery queue per backend (Pyroscope, O
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 from pyprof.export.delivery import DeliveryQueue
 from pyprof.model import ProfileData
@@ -19,7 +19,8 @@ class StoreSink:
         self.store = store
         self.queues = queues
 
-    def accept(self, labels: WindowLabels, window: ProfileData) -> Optional[str]:
+    def accept(self, labels: WindowLabels, window: Sequence[ProfileData]) -> Optional[str]:
+        """One pprof per window with every event's sample types (as `attach -e` writes them)."""
         stored = self.store.write_window(window, labels)
         if self.queues:
             data = self.store.read_bytes(stored)

@@ -3,6 +3,9 @@
     pyprof_jvms_tracked                      JVMs being profiled now
     pyprof_samples_total                     samples written into windows
     pyprof_lost_samples_total                samples the kernel dropped (ring buffer full)
+    pyprof_lost_records_total{event}         the same, per event (cpu, wall, alloc, lock)
+    pyprof_event_samples_total{event}        samples of each event written into windows (count values:
+                                             samples, wall_samples, alloc_objects, contentions)
     pyprof_unknown_frame_share               share of frames nobody could name, in the last window (0-1)
     pyprof_windows_written_total             windows written to the store
     pyprof_push_sent_total{backend}          windows a backend accepted
@@ -91,6 +94,10 @@ class DaemonMetrics:
         self.jvms_tracked = Gauge("pyprof_jvms_tracked", "JVMs being profiled now", registry=r)
         self.samples = Counter("pyprof_samples", "samples written into windows", registry=r)
         self.lost_samples = Counter("pyprof_lost_samples", "samples the kernel dropped", registry=r)
+        self.lost_records = Counter("pyprof_lost_records", "records the kernel dropped (ring buffer full), "
+                                    "per event", labelnames=["event"], registry=r)
+        self.event_samples = Counter("pyprof_event_samples", "samples of each event written into windows",
+                                     labelnames=["event"], registry=r)
         self.unknown_frame_share = Gauge("pyprof_unknown_frame_share",
                                          "share of frames nobody could name, in the last window", registry=r)
         self.windows_written = Counter("pyprof_windows_written", "windows written to the store", registry=r)

@@ -2,8 +2,13 @@
 `opentelemetry-proto` 1.45 ships it) over HTTP: `POST {base}/v1development/profiles`.
 
 One request per window: one ResourceProfiles whose resource attributes name the JVM (`service.name`,
-`process.pid`, `container.id`, `process.runtime.version`, `host.name`), one scope `pyprof`, one Profile
-(sample type `samples/count`, period type `cpu/nanoseconds`, period 1e9/rate). Strings, mappings,
+`process.pid`, `container.id`, `process.runtime.version`, `host.name`), one scope `pyprof`, and one
+Profile per sample type, as the profiles data model has it (a Profile holds one sample type): cpu's
+`samples/count` (period type `cpu/nanoseconds`, period 1e9/rate; its cpu time is samples x period), and
+for the other events of a `daemon -e` window both of the event's types: wall `wall_samples/count` and
+`wall/nanoseconds` (period type `wall/nanoseconds`, the same period: what an on-CPU sample is worth),
+alloc `alloc_objects/count` and `alloc_space/bytes`, lock `contentions/count` and `delay/nanoseconds`
+(these two without a period: every record has its own weight). Strings, mappings,
 functions, locations, stacks and attributes live in the request's shared dictionary, each table with the
 zero value at index 0 as the spec asks. A Location's lines are innermost first (the last is the caller
 the others were inlined into), a Stack's locations leaf first, as in pprof. Sample attributes:
@@ -13,16 +18,28 @@ attributes `pyprof.lost_samples` / `pyprof.unknown_frames`.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence, Union
 
 from pyprof import __version__
 from pyprof.errors import UsageError
 from pyprof.export.http import Endpoint, Outcome, PostResult
-from pyprof.model import LogicalFrame, Mapping, PhysicalFrame, ProfileData, StackKey, display_name
+from pyprof.model import (
+    EVENT_SAMPLE_TYPES,
+    LogicalFrame,
+    Mapping,
+    PhysicalFrame,
+    ProfileData,
+    SampleType,
+    StackKey,
+    display_name,
+)
 from pyprof.store.labels import WindowLabels
 
 EXPORT_PATH = "/v1development/profiles"
 CONTENT_TYPE = "application/x-protobuf"
+# The period of an event's Profiles: what one sample of the cpu-clock is worth (cpu, and wall's on-CPU
+# samples); alloc and lock records each carry their own weight, so they have none.
+PERIOD_TYPES = {"cpu": SampleType("cpu", "nanoseconds"), "wall": SampleType("wall", "nanoseconds")}
 
 
 def _modules() -> tuple[Any, Any, Any, Any]:
@@ -131,9 +148,10 @@ def _set_any(target: Any, value: Any) -> None:
         target.string_value = str(value)
 
 
-def to_request(profile: ProfileData, labels: WindowLabels) -> Any:
-    """The window as an ExportProfilesServiceRequest (a protobuf message)."""
+def to_request(window: Union[ProfileData, Sequence[ProfileData]], labels: WindowLabels) -> Any:
+    """The window (one profile per event) as an ExportProfilesServiceRequest (a protobuf message)."""
     service_pb2, profiles_pb2, common_pb2, resource_pb2 = _modules()
+    profiles = [window] if isinstance(window, ProfileData) else list(window)
     dictionary = _Dictionary(profiles_pb2, common_pb2)
     request = service_pb2.ExportProfilesServiceRequest()
     resource_profiles = request.resource_profiles.add()
@@ -142,19 +160,38 @@ def to_request(profile: ProfileData, labels: WindowLabels) -> Any:
     scope = resource_profiles.scope_profiles.add()
     scope.scope.name = "pyprof"
     scope.scope.version = __version__
-    out = scope.profiles.add(time_unix_nano=profile.start_time_ns, duration_nano=profile.duration_ns,
-                             period=profile.period_ns)
-    out.sample_type.type_strindex = dictionary.string("samples")
-    out.sample_type.unit_strindex = dictionary.string("count")
-    out.period_type.type_strindex = dictionary.string("cpu")
-    out.period_type.unit_strindex = dictionary.string("nanoseconds")
+    for profile in profiles:
+        for sample_type, weighted in _exported_types(profile):
+            _add_profile(scope, dictionary, profile, sample_type, weighted)
+    request.dictionary.CopyFrom(dictionary.pb)
+    return request
+
+
+def _exported_types(profile: ProfileData) -> list[tuple[SampleType, bool]]:
+    """(sample type, whether its values are the weights) of the Profiles one event becomes: cpu's count
+    alone (its nanoseconds are count x period), both types of the others."""
+    count_type, weight_type = EVENT_SAMPLE_TYPES[profile.event]
+    if profile.event == "cpu":
+        return [(count_type, False)]
+    return [(count_type, False), (weight_type, True)]
+
+
+def _add_profile(scope: Any, dictionary: _Dictionary, profile: ProfileData, sample_type: SampleType,
+                 weighted: bool) -> None:
+    out = scope.profiles.add(time_unix_nano=profile.start_time_ns, duration_nano=profile.duration_ns)
+    out.sample_type.type_strindex = dictionary.string(sample_type.type)
+    out.sample_type.unit_strindex = dictionary.string(sample_type.unit)
+    period_type = PERIOD_TYPES.get(profile.event)
+    if period_type is not None:
+        out.period_type.type_strindex = dictionary.string(period_type.type)
+        out.period_type.unit_strindex = dictionary.string(period_type.unit)
+        out.period = profile.period_ns
     out.attribute_indices.extend([dictionary.attribute("pyprof.lost_samples", profile.lost_samples),
                                   dictionary.attribute("pyprof.unknown_frames", profile.unknown_frames)])
     for key in sorted(profile.counts, key=_order):
-        out.samples.add(stack_index=dictionary.stack(key.frames), values=[profile.counts[key]],
+        value = profile.weight(key) if weighted else profile.counts[key]
+        out.samples.add(stack_index=dictionary.stack(key.frames), values=[value],
                         attribute_indices=_sample_attributes(dictionary, key))
-    request.dictionary.CopyFrom(dictionary.pb)
-    return request
 
 
 def _sample_attributes(dictionary: _Dictionary, key: StackKey) -> list[int]:
@@ -169,8 +206,8 @@ def _order(key: StackKey) -> tuple:
     return key.thread_name, key.tid, tuple(frame.address for frame in key.frames), key.labels
 
 
-def encode_request(profile: ProfileData, labels: WindowLabels) -> bytes:
-    return to_request(profile, labels).SerializeToString()
+def encode_request(window: Union[ProfileData, Sequence[ProfileData]], labels: WindowLabels) -> bytes:
+    return to_request(window, labels).SerializeToString()
 
 
 class OtlpSink:
@@ -183,9 +220,9 @@ class OtlpSink:
         self.endpoint = endpoint
 
     def send(self, labels: WindowLabels, pprof: bytes) -> PostResult:
-        from pyprof.output.pprof import read_pprof
+        from pyprof.output.pprof import read_events
 
-        result = self.endpoint.post(EXPORT_PATH, encode_request(read_pprof(pprof), labels), CONTENT_TYPE)
+        result = self.endpoint.post(EXPORT_PATH, encode_request(read_events(pprof), labels), CONTENT_TYPE)
         if result.outcome is Outcome.SENT:
             return _partial_success(result)
         return result

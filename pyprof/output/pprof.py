@@ -453,3 +453,25 @@ def read_sample_types(source: Union[str, os.PathLike, bytes]) -> list[str]:
     """The names of a pprof file's sample types, in order ("samples", "cpu", "wall_samples", ...)."""
     data, what = _load(source)
     return _Decoder(_parse(data, what)).sample_type_names()
+
+
+def read_events(source: Union[str, os.PathLike, bytes]) -> list[ProfileData]:
+    """One ProfileData per pyprof event whose two sample types the file has (a `-e cpu,alloc` profile or
+    daemon window: [cpu, alloc]), in the file's order; counts the event's first type, weights its second.
+    A file without any event's pair (another tool's) is one profile read as read_pprof reads it."""
+    data, what = _load(source)
+    pb = _parse(data, what)
+    names = [pb.string_table[t.type] if 0 <= t.type < len(pb.string_table) else "" for t in pb.sample_type]
+    found = []
+    for event, (count_type, weight_type) in EVENT_SAMPLE_TYPES.items():
+        if count_type.type in names and weight_type.type in names:
+            found.append((names.index(count_type.type), event, count_type.type))
+    decoder = _Decoder(pb)   # one for every event: its frames are decoded once
+    if not found:
+        return [decoder.decode()]
+    out = []
+    for _index, event, count_type_name in sorted(found):
+        profile = decoder.decode(count_type_name)
+        profile.event = event
+        out.append(profile)
+    return out

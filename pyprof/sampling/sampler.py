@@ -15,11 +15,11 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
-from pyprof.errors import MissingKernelFeature
+from pyprof.errors import MissingKernelFeature, PyprofError
 from pyprof.kernel import features
 from pyprof.kernel.bpf_loader import close_bpf, load_bpf
 from pyprof.procfs.process import require_running
-from pyprof.sampling.events import EVENT_CPU, EventProgram
+from pyprof.sampling.events import EVENT_CPU, EVENT_NAMES, EventProgram
 
 KSTACK_DEPTH = 64
 MIN_STACK_BYTES, MAX_STACK_BYTES = 1024, 65536
@@ -30,7 +30,8 @@ _KSTACK_OFFSET = _HEADER.size
 _STACK_OFFSET = _KSTACK_OFFSET + 8 * KSTACK_DEPTH
 FLAG_KERNEL_MODE, FLAG_TRUNCATED = 1, 2
 C_LOST, C_TRUNCATED, C_NO_USER, C_SEEN = range(4)
-N_COUNTERS = 16                 # 4..15: the other events' programs (pyprof.sampling.events)
+C_LOST_BY_EVENT = 16            # 16..19: C_LOST of each event (C_LOST_BY_EVENT + EVENT_*)
+N_COUNTERS = 20                 # 4..15: the other events' programs (pyprof.sampling.events)
 RINGBUF_SECONDS = 0.5           # the ring buffer holds this much sampling (we poll every 0.1 s)
 STARTUP_RINGBUF_SECONDS = 4.0   # record: samples wait while the booting JVM's code-cache map is built
 MIN_RINGBUF_PAGES, MAX_RINGBUF_PAGES = 256, 16384
@@ -191,15 +192,26 @@ class Sampler:
         self.pid = pid
         self.add_target(pid)
 
-    def add_target(self, pid: int) -> None:
-        """Sample `pid` too (a daemon: every JVM of the host through one program and one ring buffer)."""
+    def add_target(self, pid: int, tolerate: bool = False) -> dict[str, PyprofError]:
+        """Sample `pid` too (a daemon: every JVM of the host through one program and one ring buffer).
+
+        A program that cannot serve this JVM (its libjvm lacks a probed function, uprobes refused)
+        raises; with `tolerate` (the daemon) its error is returned instead, by program name, and the
+        other programs still serve the JVM."""
+        failures: dict[str, PyprofError] = {}
         if pid <= 0:
-            return
+            return failures
         self.targets.add(pid)
         if self._bpf is not None:
             self._bpf["targets"][ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
             for program in self.programs:
-                program.add_target(self._bpf, pid)
+                try:
+                    program.add_target(self._bpf, pid)
+                except PyprofError as e:
+                    if not tolerate:
+                        raise
+                    failures[program.name] = e
+        return failures
 
     def remove_target(self, pid: int) -> None:
         self.targets.discard(pid)
@@ -254,6 +266,11 @@ class Sampler:
             return [0] * N_COUNTERS
         table = self._bpf["counters"]
         return [sum(table[ctypes.c_int(i)]) for i in range(N_COUNTERS)]
+
+    def lost_by_event(self) -> dict[int, int]:
+        """Records the full ring buffer refused, per EVENT_* (their sum is SamplerCounters.lost)."""
+        raw = self.raw_counters()
+        return {event: raw[C_LOST_BY_EVENT + event] for event in EVENT_NAMES}
 
     def counters(self) -> SamplerCounters:
         if self._bpf is None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from pyprof import __version__
 from pyprof.codemap.live import LiveCodeCache
@@ -336,41 +336,8 @@ class ProfileSession:
     def _route(self, sample: RawSample) -> None:
         """One record into every requested event it feeds (pyprof.sampling.programs.EVENTS)."""
         assert self.target is not None
-        events = self.plan.routes.get(sample.event, ())
-        if not events:
-            return
-        program = self.plan.program_for(sample.event)
-        pair = getattr(program, "pair", None)   # a program whose event spans two records (wall)
-        if pair is not None:
-            paired = pair(sample)
-            if paired is None:
-                return
-            sample = paired
-        key = self.target.stack_key(sample)
-        if sample.event == EVENT_CPU:
-            for event in events:
-                if event == "cpu":
-                    if self.agent is not None:
-                        self.agent.hold(sample.time_ns, key)
-                    else:
-                        self.profiles[event].add(key)
-                else:   # wall: an on-CPU sample is one period of the thread's wall-clock time
-                    labelled = _with_labels(key, ((THREAD_STATE_LABEL, ON_CPU_STATE),))
-                    self.profiles[event].add(labelled, 1, self.profiles[event].period_ns)
-            return
-        if program is None:
-            return
-        count, weight = program.values(sample)
-        leaf = program.leaf_frames(sample, self.target.jvm)
-        frames = java_part(key.frames) if getattr(program, "java_leaf_only", False) else key.frames
-        if leaf or frames is not key.frames:
-            key = StackKey(((PhysicalFrame(0, leaf),) if leaf else ()) + frames, key.thread_name, key.tid,
-                           key.labels)
-        # `state` is the JavaThread's state in wall records; alloc and lock use it for their own values
-        state = self.target.state_label(sample.state, key) if sample.event == EVENT_WALL else ()
-        key = _with_labels(key, (*program.labels(sample), *state))
-        for event in events:
-            self.profiles[event].add(key, count, weight)
+        route_record(self.plan, self.target, self.profiles, sample,
+                     self.agent.hold if self.agent is not None else None)
 
     def _add_labelled(self, now_ns: Optional[int]) -> None:
         assert self.agent is not None
@@ -494,3 +461,45 @@ def _with_labels(key: StackKey, labels: tuple[tuple[str, str], ...]) -> StackKey
     if not labels:
         return key
     return StackKey(key.frames, key.thread_name, key.tid, tuple(sorted((*key.labels, *labels))))
+
+
+def route_record(plan: EventPlan, target: JvmTarget, profiles: dict[str, ProfileData], sample: RawSample,
+                 hold_cpu: Optional[Callable[[int, StackKey], None]] = None) -> None:
+    """One record of `target` into every profile of `profiles` (event -> profile) that it feeds: the
+    session's and the daemon's (a window per JVM) one path. `hold_cpu`: where a cpu sample goes instead
+    of its profile (the Java agent's labeller, which adds it once it knows the thread's labels)."""
+    events = plan.routes.get(sample.event, ())
+    if not events:
+        return
+    program = plan.program_for(sample.event)
+    pair = getattr(program, "pair", None)   # a program whose event spans two records (wall)
+    if pair is not None:
+        paired = pair(sample)
+        if paired is None:
+            return
+        sample = paired
+    key = target.stack_key(sample)
+    if sample.event == EVENT_CPU:
+        for event in events:
+            if event == "cpu":
+                if hold_cpu is not None:
+                    hold_cpu(sample.time_ns, key)
+                else:
+                    profiles[event].add(key)
+            else:   # wall: an on-CPU sample is one period of the thread's wall-clock time
+                labelled = _with_labels(key, ((THREAD_STATE_LABEL, ON_CPU_STATE),))
+                profiles[event].add(labelled, 1, profiles[event].period_ns)
+        return
+    if program is None:
+        return
+    count, weight = program.values(sample)
+    leaf = program.leaf_frames(sample, target.jvm)
+    frames = java_part(key.frames) if getattr(program, "java_leaf_only", False) else key.frames
+    if leaf or frames is not key.frames:
+        key = StackKey(((PhysicalFrame(0, leaf),) if leaf else ()) + frames, key.thread_name, key.tid,
+                       key.labels)
+    # `state` is the JavaThread's state in wall records; alloc and lock use it for their own values
+    state = target.state_label(sample.state, key) if sample.event == EVENT_WALL else ()
+    key = _with_labels(key, (*program.labels(sample), *state))
+    for event in events:
+        profiles[event].add(key, count, weight)

@@ -28,13 +28,16 @@ def merge_windows(windows: Iterable[tuple[WindowLabels, ProfileData]]) -> Profil
         raise UsageError(f"the windows were sampled at different rates (periods {sorted(periods)} ns): "
                          "narrow the selection (--pid, --since/--until) to one rate")
     varying = _varying_labels([labels for labels, _ in items])
-    merged = ProfileData(period_ns=periods.pop())
+    first = items[0][1]
+    # windows read with one sample type (`report DIR --type alloc_space`) keep their event and weights
+    merged = ProfileData(period_ns=periods.pop(), event=first.event, counted=first.counted)
     merged.start_time_ns = min(p.start_time_ns for _, p in items)
     merged.duration_ns = max(p.start_time_ns + p.duration_ns for _, p in items) - merged.start_time_ns
     for labels, profile in items:
         extra = tuple((name, value) for name, value in labels.items() if name in varying)
+        weights = profile.weights
         for key, count in profile.counts.items():
-            merged.add(_with_labels(key, extra) if extra else key, count)
+            merged.add(_with_labels(key, extra) if extra else key, count, weights.get(key, 0))
         merged.lost_samples += profile.lost_samples
         merged.unknown_frames += profile.unknown_frames
     merged.comments.append(f"merged {len(items)} windows")

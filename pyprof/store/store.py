@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Iterator, Optional, Sequence, Union
 
 from pyprof.errors import PermissionDenied, UsageError
 from pyprof.model import ProfileData
@@ -54,7 +54,8 @@ CREATE TABLE IF NOT EXISTS windows (
     start_ns INTEGER NOT NULL,
     end_ns INTEGER NOT NULL,
     samples INTEGER NOT NULL,
-    bytes INTEGER NOT NULL
+    bytes INTEGER NOT NULL,
+    events TEXT NOT NULL DEFAULT 'cpu'  -- the window's events, comma-separated (daemon -e), first the default
 );
 CREATE INDEX IF NOT EXISTS windows_service_time ON windows (service, start_ns);
 CREATE INDEX IF NOT EXISTS windows_end ON windows (end_ns);
@@ -63,7 +64,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
     settled_id INTEGER NOT NULL         -- windows up to this id were sent, rejected or dropped
 );
 """
-_COLUMNS = "id, path, service, pid, container_id, jdk, host, start_ns, end_ns, samples, bytes"
+_COLUMNS = "id, path, service, pid, container_id, jdk, host, start_ns, end_ns, samples, bytes, events"
+# An index written before windows had events lacks the column: a writer adds it (every old row a cpu
+# window), a reader selects the default in its place.
+_EVENTS_COLUMN = "ALTER TABLE windows ADD COLUMN events TEXT NOT NULL DEFAULT 'cpu'"
 
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b", re.IGNORECASE)   # the B is required: 10m is minutes
@@ -115,12 +119,14 @@ class StoredWindow:
     end_ns: int
     samples: int
     bytes: int
+    events: tuple[str, ...] = ("cpu",)   # the window's events (its sample types' pairs), first the default
 
     def to_json(self, directory: Path) -> dict:
         return {"service": self.labels.service_name, "pid": self.labels.pid,
                 "container_id": self.labels.container_id, "jdk": self.labels.jdk, "host": self.labels.host,
                 "from": _iso(self.start_ns), "until": _iso(self.end_ns), "from_ns": self.start_ns,
                 "until_ns": self.end_ns, "samples": self.samples, "bytes": self.bytes,
+                "events": list(self.events),
                 "path": str(directory / self.path)}
 
 
@@ -159,6 +165,7 @@ class Store:
         self._lock_fd = lock_fd
         self._mutex = threading.Lock()
         self.counters = StoreCounters()
+        self._has_events = _has_column(db, "events")
 
     # ---- opening ---------------------------------------------------------------------------------
     @classmethod
@@ -198,19 +205,28 @@ class Store:
         self.close()
 
     # ---- writing ---------------------------------------------------------------------------------
-    def write_window(self, profile: ProfileData, labels: WindowLabels) -> StoredWindow:
-        """Write one window (atomically), index it, then apply retention. Returns its row."""
+    def write_window(self, window: Union[ProfileData, Sequence[ProfileData]],
+                     labels: WindowLabels) -> StoredWindow:
+        """Write one window (atomically), index it, then apply retention. Returns its row.
+
+        A window of several events (one profile each, `daemon -e cpu,alloc`) is one pprof with every
+        event's sample types, the first event's the default (pyprof.output.pprof.encode_events); its
+        row's `samples` are the first event's."""
         from pyprof.output import pprof
 
         if not self.writable:
             raise UsageError(f"{self.directory} is open read-only")
+        profiles = [window] if isinstance(window, ProfileData) else list(window)
+        profile = profiles[0]
         start_ns = profile.start_time_ns or time.time_ns()
         end_ns = start_ns + max(profile.duration_ns, 0)
-        labelled = replace(profile, comments=[*profile.comments, *label_comments(labels)])
-        data = pprof.encode(labelled)
+        # the writer takes the comments of the first profile: the labels go there
+        labelled = [replace(profile, comments=[*profile.comments, *label_comments(labels)]), *profiles[1:]]
+        data = pprof.encode_events(labelled)
         relative = self._new_relative_path(start_ns, labels.pid)
         _write_private_atomically(self.directory / relative, data)
-        window = self._index(relative, labels, start_ns, end_ns, profile.total_samples, len(data))
+        window = self._index(relative, labels, start_ns, end_ns, profile.total_samples, len(data),
+                             tuple(p.event for p in profiles))
         self.counters.windows_written += 1
         self.counters.bytes_written += len(data)
         self.apply_retention()
@@ -224,20 +240,20 @@ class Store:
         return f"{WINDOWS_DIR}/{day}/{start_ns // 1_000_000}-{pid}-{secrets.token_hex(3)}{SUFFIX}"
 
     def _index(self, relative: str, labels: WindowLabels, start_ns: int, end_ns: int, samples: int,
-               size: int) -> StoredWindow:
+               size: int, events: tuple[str, ...] = ("cpu",)) -> StoredWindow:
         with self._mutex, self._db:
             # ON CONFLICT: a reader's repair never runs, but a writer restarted after a crash may find
             # the same file again; the row is then made right rather than duplicated.
             cursor = self._db.execute(
                 "INSERT INTO windows (path, service, pid, container_id, jdk, host, start_ns, end_ns, "
-                "samples, bytes) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(path) DO UPDATE SET "
+                "samples, bytes, events) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(path) DO UPDATE SET "
                 "service=excluded.service, pid=excluded.pid, container_id=excluded.container_id, "
                 "jdk=excluded.jdk, host=excluded.host, start_ns=excluded.start_ns, end_ns=excluded.end_ns, "
-                "samples=excluded.samples, bytes=excluded.bytes RETURNING id",
+                "samples=excluded.samples, bytes=excluded.bytes, events=excluded.events RETURNING id",
                 (relative, labels.service_name, labels.pid, labels.container_id, labels.jdk, labels.host,
-                 start_ns, end_ns, samples, size))
+                 start_ns, end_ns, samples, size, ",".join(events)))
             row_id = cursor.fetchone()[0]
-        return StoredWindow(row_id, relative, labels, start_ns, end_ns, samples, size)
+        return StoredWindow(row_id, relative, labels, start_ns, end_ns, samples, size, events)
 
     # ---- retention -------------------------------------------------------------------------------
     def apply_retention(self, now_ns: Optional[int] = None) -> int:
@@ -342,11 +358,12 @@ class Store:
         except OSError as e:
             raise UsageError(f"cannot read window {window.path}: {e.strerror}") from e
 
-    def read(self, window: StoredWindow) -> ProfileData:
-        """The window's profile, without the store's own label comments."""
+    def read(self, window: StoredWindow, sample_type: Optional[str] = None) -> ProfileData:
+        """The window's profile, without the store's own label comments; `sample_type` picks one of a
+        window's several events' types (`alloc_space`, `delay`: pyprof.output.pprof.read_pprof)."""
         from pyprof.output.pprof import read_pprof
 
-        profile = read_pprof(self.read_bytes(window))
+        profile = read_pprof(self.read_bytes(window), sample_type)
         profile.comments = [c for c in profile.comments if not c.startswith(LABEL_COMMENT)]
         return profile
 
@@ -354,10 +371,11 @@ class Store:
         return list(self._iter_select(clause, args))
 
     def _iter_select(self, clause: str, args: tuple) -> Iterator[StoredWindow]:
-        for row in self._db.execute(f"SELECT {_COLUMNS} FROM windows {clause}", args):
-            row_id, path, service, pid, container, jdk, host, start, end, samples, size = row
+        columns = _COLUMNS if self._has_events else _COLUMNS.replace("events", "'cpu'")
+        for row in self._db.execute(f"SELECT {columns} FROM windows {clause}", args):
+            row_id, path, service, pid, container, jdk, host, start, end, samples, size, events = row
             yield StoredWindow(row_id, path, WindowLabels(service, pid, container, jdk, host), start, end,
-                               samples, size)
+                               samples, size, tuple(events.split(",")) if events else ("cpu",))
 
     # ---- repair ----------------------------------------------------------------------------------
     def _repair(self) -> RepairReport:
@@ -385,18 +403,19 @@ class Store:
 
     def _reindex(self, relative: str) -> bool:
         """Index a window file from its own content; False when it is not a readable pyprof window."""
-        from pyprof.output.pprof import read_pprof
+        from pyprof.output.pprof import read_events, read_pprof
 
         try:
             data = (self.directory / relative).read_bytes()
             profile = read_pprof(data)
+            events = tuple(p.event for p in read_events(data))
         except (OSError, UsageError):
             return False
         labels = labels_from_comments(profile.comments)
         if labels is None:
             return False
         self._index(relative, labels, profile.start_time_ns, profile.start_time_ns + profile.duration_ns,
-                    profile.total_samples, len(data))
+                    profile.total_samples, len(data), events)
         return True
 
 
@@ -473,10 +492,16 @@ def _connect(index: Path, create: bool) -> sqlite3.Connection:
         if create:
             db.execute("PRAGMA journal_mode=WAL")   # readers (`store ls`) never block the daemon
             db.executescript(SCHEMA)
+            if not _has_column(db, "events"):
+                db.execute(_EVENTS_COLUMN)
         db.execute("PRAGMA synchronous=NORMAL")
         return db
     except sqlite3.DatabaseError as e:
         raise UsageError(f"cannot open store index {index}: {e}") from e
+
+
+def _has_column(db: sqlite3.Connection, name: str) -> bool:
+    return any(row[1] == name for row in db.execute("PRAGMA table_info(windows)"))
 
 
 def _write_private_atomically(path: Path, data: bytes) -> None:
