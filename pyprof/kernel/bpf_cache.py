@@ -88,8 +88,8 @@ class CacheEntry:
             "kern_version": self.kern_version,
             "maps": [[m.name, m.map_type, m.key_size, m.value_size, m.max_entries, m.flags, m.key_type,
                       m.leaf_type] for m in self.maps],
-            "functions": [[f.name, f.prog_type, base64.b64encode(f.insns).decode(), list(map(list, f.map_refs))]
-                          for f in self.functions],
+            "functions": [[f.name, f.prog_type, base64.b64encode(f.insns).decode(),
+                           list(map(list, f.map_refs))] for f in self.functions],
         }, separators=(",", ":")).encode()
 
     @classmethod

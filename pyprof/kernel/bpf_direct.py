@@ -48,7 +48,8 @@ class DirectTable:
         if self.percpu:     # the kernel copies value_size rounded up to 8, once per possible CPU
             cpus = len(sys_bpf.cpu_list("/sys/devices/system/cpu/possible"))
             stride = (ctypes.sizeof(self.Leaf) + 7) // 8 * 8
-            self._value_type = self.Leaf * cpus if stride == ctypes.sizeof(self.Leaf) else ctypes.c_char * (stride * cpus)
+            padded = stride != ctypes.sizeof(self.Leaf)
+            self._value_type = ctypes.c_char * (stride * cpus) if padded else self.Leaf * cpus
         else:
             self._value_type = self.Leaf
 
@@ -73,8 +74,8 @@ class DirectTable:
         previous: Optional[Any] = None
         for _ in range(1 << 24):   # bounded: a map changing under us cannot loop forever
             key = self.Key()
-            if not sys_bpf.map_next_key(self.map_fd, ctypes.addressof(previous) if previous is not None else None,
-                                        ctypes.addressof(key)):
+            after = ctypes.addressof(previous) if previous is not None else None
+            if not sys_bpf.map_next_key(self.map_fd, after, ctypes.addressof(key)):
                 return
             yield key
             previous = key
@@ -129,8 +130,8 @@ class DirectBpf:
                 code = bytearray(function.insns)
                 for index, map_index in function.map_refs:
                     code[8 * index + 4:8 * index + 8] = bpf.map_fds[map_index].to_bytes(4, "little")
-                bpf.prog_fds[function.name] = sys_bpf.prog_load(function.prog_type, function.name, bytes(code),
-                                                                entry.license, entry.kern_version)
+                bpf.prog_fds[function.name] = sys_bpf.prog_load(
+                    function.prog_type, function.name, bytes(code), entry.license, entry.kern_version)
         except BaseException:
             bpf.cleanup()
             raise

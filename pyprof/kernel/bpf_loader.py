@@ -92,8 +92,8 @@ def _load_cached(key: str) -> DirectBpf | None:
         bpf = DirectBpf.load(entry)
     except bpf_syscalls.VerifierRejected as e:
         bpf_cache.STATS.rejected += 1
-        print(f"pyprof: the kernel refused the cached BPF program ({e.strerror}: {e.log}); compiling it again",
-              file=sys.stderr)
+        print(f"pyprof: the kernel refused the cached BPF program ({e.strerror}: {e.log}); "
+              "compiling it again", file=sys.stderr)
         return None
     except OSError as e:
         if e.errno in (1, 13):   # EPERM, EACCES: the compile path says what is missing
@@ -108,8 +108,10 @@ def _load_cached(key: str) -> DirectBpf | None:
 # The program type of a function, from its context argument's type (how bcc's callers load them:
 # uprobes as kprobes, the cpu-clock program as a perf-event program, wall's as raw tracepoints).
 _FUNCTION = re.compile(r"^int\s+(\w+)\s*\(\s*struct\s+(\w+)\s*\*", re.MULTILINE)
-_PROG_TYPES = {"pt_regs": bpf_syscalls.PROG_KPROBE, "bpf_raw_tracepoint_args": bpf_syscalls.PROG_RAW_TRACEPOINT,
-               "perf_sample_ctx": bpf_syscalls.PROG_PERF_EVENT, "bpf_perf_event_data": bpf_syscalls.PROG_PERF_EVENT}
+_PROG_TYPES = {"pt_regs": bpf_syscalls.PROG_KPROBE,
+               "bpf_raw_tracepoint_args": bpf_syscalls.PROG_RAW_TRACEPOINT,
+               "perf_sample_ctx": bpf_syscalls.PROG_PERF_EVENT,
+               "bpf_perf_event_data": bpf_syscalls.PROG_PERF_EVENT}
 _BPF_CALL, _PSEUDO_CALL = 0x85, 1
 
 
