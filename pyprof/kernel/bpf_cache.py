@@ -104,7 +104,9 @@ class CacheEntry:
             name, map_type, key_size, value_size, max_entries, flags, key_type, leaf_type = _list(item, 8)
             entry.maps.append(MapDef(_text(name, 64), _int(map_type), _int(key_size), _int(value_size),
                                      _int(max_entries), _int(flags), key_type, leaf_type))
-            build_type(key_type), build_type(leaf_type)     # raises on a bad description
+            sizes = ctypes.sizeof(build_type(key_type)), ctypes.sizeof(build_type(leaf_type))
+            if key_size and value_size and sizes != (key_size, value_size):   # a ring buffer has neither
+                raise ValueError(f"map {name}: its C types do not have its sizes")
         for item in functions:
             name, prog_type, code, refs = _list(item, 4)
             insns = base64.b64decode(_text(code, MAX_ENTRY_BYTES), validate=True)

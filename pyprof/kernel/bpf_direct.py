@@ -17,6 +17,14 @@ from pyprof.kernel.bpf_cache import CacheEntry, MapDef, build_type
 from pyprof.procfs.elf import file_offset_of
 
 UPROBE_PMU = "/sys/bus/event_source/devices/uprobe"
+EINVAL = 22
+# The kernel refuses (EINVAL, "ref_ctr_offset mismatch" in dmesg) a uprobe at an (inode, offset) that
+# already has one with another ref_ctr_offset. bcc 0.26's Python binding calls bpf_attach_uprobe with one
+# argument too few, and the kernel gets 6 (measured: every bcc-made uprobe on this host); so beside a
+# bcc-based tracer (an older pyprof, or this one's bcc fallback) a uprobe is retried with bcc's value.
+# The kernel increments a ref_ctr only in a writable private mapping of the file at that offset, and
+# offset 6 is the ELF header (a read-only mapping): the target is not written either way.
+BCC_REF_CTR_OFFSET = 6
 RINGBUF_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
 _libbpf: Optional[ctypes.CDLL] = None
 
@@ -35,6 +43,15 @@ def libbpf() -> ctypes.CDLL:
     return _libbpf
 
 
+def _open_uprobe(pmu_type: int, path: str, offset: int, pid: int, retprobe: bool, ref_ctr_offset: int) -> int:
+    path_buffer = ctypes.create_string_buffer(os.fsencode(path))
+    attr = sys_bpf.PerfEventAttr(type=pmu_type, flags=sys_bpf.PERF_FLAG_DISABLED, sample_period=1,
+                                 wakeup_events=1, config1=ctypes.addressof(path_buffer), config2=offset,
+                                 # format/retprobe is config:0; the ref_ctr_offset is config:32-63
+                                 config=(1 if retprobe else 0) | ref_ctr_offset << 32)
+    return sys_bpf.perf_event_open(attr, pid if pid > 0 else -1, 0 if pid <= 0 else -1)
+
+
 class DirectTable:
     """One map: bcc's Table interface as pyprof uses it (keys and values are ctypes objects)."""
 
@@ -43,15 +60,14 @@ class DirectTable:
         self.name = definition.name
         self.map_fd = fd
         self.Key = build_type(definition.key_type)
-        self.Leaf = build_type(definition.leaf_type)
-        self.percpu = definition.map_type in sys_bpf.PERCPU_MAP_TYPES
-        if self.percpu:     # the kernel copies value_size rounded up to 8, once per possible CPU
+        self.Leaf = self.sLeaf = build_type(definition.leaf_type)
+        if definition.map_type in sys_bpf.PERCPU_MAP_TYPES:
+            # as bcc: Leaf is one value per possible CPU (the kernel pads each to 8 bytes)
             cpus = len(sys_bpf.cpu_list("/sys/devices/system/cpu/possible"))
-            stride = (ctypes.sizeof(self.Leaf) + 7) // 8 * 8
-            padded = stride != ctypes.sizeof(self.Leaf)
-            self._value_type = ctypes.c_char * (stride * cpus) if padded else self.Leaf * cpus
-        else:
-            self._value_type = self.Leaf
+            stride = (ctypes.sizeof(self.sLeaf) + 7) // 8 * 8
+            padded = stride != ctypes.sizeof(self.sLeaf)
+            self.Leaf = ctypes.c_char * (stride * cpus) if padded else self.sLeaf * cpus
+        self._value_type = self.Leaf
 
     def _key(self, key: Any) -> Any:
         return key if isinstance(key, ctypes._SimpleCData | ctypes.Structure | ctypes.Union | ctypes.Array) \
@@ -188,11 +204,12 @@ class DirectBpf:
             raise Exception(f"could not determine address of symbol 0x{addr:x} in {path}")
         with open(f"{UPROBE_PMU}/type") as f:
             pmu_type = int(f.read(32))
-        path_buffer = ctypes.create_string_buffer(os.fsencode(path))
-        attr = sys_bpf.PerfEventAttr(type=pmu_type, config=1 if retprobe else 0,   # format/retprobe: config:0
-                                     flags=sys_bpf.PERF_FLAG_DISABLED, sample_period=1, wakeup_events=1,
-                                     config1=ctypes.addressof(path_buffer), config2=offset)
-        fd = sys_bpf.perf_event_open(attr, pid if pid > 0 else -1, 0 if pid <= 0 else -1)
+        try:
+            fd = _open_uprobe(pmu_type, path, offset, pid, retprobe, 0)
+        except OSError as e:
+            if e.errno != EINVAL:
+                raise
+            fd = _open_uprobe(pmu_type, path, offset, pid, retprobe, BCC_REF_CTR_OFFSET)
         try:
             sys_bpf.attach_to_perf_event(fd, prog_fd)
         except OSError:

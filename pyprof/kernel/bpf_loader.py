@@ -73,9 +73,20 @@ def load_bpf_text(text: str, cflags: Sequence[str] = ()) -> Any:
         return cached
     bpf = _compile(text=text, cflags=flags)
     entry = _entry_of(bpf, text, key)
-    if entry is not None:
-        bpf_cache.store(entry)
-    return bpf
+    if entry is None:
+        return bpf
+    # bcc only compiles: what runs is the entry, loaded as a cached start loads it (one way to attach
+    # for both; bcc's own attach_uprobe passes the kernel a stray ref_ctr_offset, and uprobes of two
+    # processes at one address must agree on it)
+    try:
+        direct = DirectBpf.load(entry)
+    except OSError as e:
+        bpf_cache.STATS.rejected += 1
+        print(f"pyprof: BPF loaded through bcc ({getattr(e, 'log', '') or e})", file=sys.stderr)
+        return bpf
+    close_bpf(bpf)
+    bpf_cache.store(entry)
+    return direct
 
 
 def _load_cached(key: str) -> DirectBpf | None:
@@ -136,7 +147,8 @@ def _entry_of(bpf: Any, text: str, key: str) -> bpf_cache.CacheEntry | None:
             entry.maps.append(bpf_cache.MapDef(name.decode(), info.type, info.key_size, info.value_size,
                                                info.max_entries, info.map_flags,
                                                bpf_cache.describe_type(table.Key),
-                                               bpf_cache.describe_type(table.Leaf)))
+                                               # a per-CPU table's Leaf is bcc's array of its sLeaf
+                                               bpf_cache.describe_type(getattr(table, "sLeaf", table.Leaf))))
         for i in range(lib.bpf_num_functions(bpf.module)):
             name = lib.bpf_function_name(bpf.module, i)
             prog_type = types.get(name.decode())
