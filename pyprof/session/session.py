@@ -14,6 +14,7 @@ meanwhile is still in the live map's graveyard).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
@@ -94,6 +95,7 @@ class Timings:
     first_sample_s: Optional[float] = None   # from the start to the first sample
     startup_s: float = 0.0        # wall time from the start to sampling with the code-cache map live
     startup_cpu_s: float = 0.0    # pyprof's CPU for that (BPF compilation, the code-cache walk)
+    startup_rss_mib: float = 0.0  # pyprof's resident memory then
     sampling_cpu_s: float = 0.0   # pyprof's CPU from then to the end (unwinding, aggregation)
 
 
@@ -181,6 +183,15 @@ class JvmTarget:
             except Exception:  # noqa: BLE001 - closing must not lose the profile
                 pass
 
+
+
+def _resident_mib() -> float:
+    """This process's resident set now (/proc/self/statm), in MiB; 0 when unreadable."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read(256).split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 class ProfileSession:
     def __init__(self, pid: int, options: Optional[ProfileOptions] = None) -> None:
@@ -276,6 +287,7 @@ class ProfileSession:
         """Start-up is over: the sampler runs and the code-cache map is live."""
         self.timings.startup_s = time.monotonic() - self._started_monotonic
         self.timings.startup_cpu_s = time.process_time() - self._started_cpu
+        self.timings.startup_rss_mib = _resident_mib()
 
     # ---- the step --------------------------------------------------------------------------------
     def step(self, timeout_ms: int = 100) -> int:
