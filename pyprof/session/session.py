@@ -96,6 +96,7 @@ class Timings:
     startup_s: float = 0.0        # wall time from the start to sampling with the code-cache map live
     startup_cpu_s: float = 0.0    # pyprof's CPU for that (BPF compilation, the code-cache walk)
     startup_rss_mib: float = 0.0  # pyprof's resident memory then
+    before_session_s: float = 0.0  # from the process's exec to the session (interpreter, imports, CLI)
     sampling_cpu_s: float = 0.0   # pyprof's CPU from then to the end (unwinding, aggregation)
 
 
@@ -185,6 +186,16 @@ class JvmTarget:
 
 
 
+def _process_age_s() -> float:
+    """Seconds since this process was started (/proc/self/stat's start time against CLOCK_BOOTTIME)."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read(4096).rsplit(")", 1)[1].split()
+        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _resident_mib() -> float:
     """This process's resident set now (/proc/self/statm), in MiB; 0 when unreadable."""
     try:
@@ -211,6 +222,7 @@ class ProfileSession:
         self._agent_client = None
         self._started_monotonic = time.monotonic()
         self._started_cpu = time.process_time()
+        self.timings.before_session_s = _process_age_s()
         self._sampling_since = 0.0
         self._threads_refreshed = 0.0
         self._pushed_changes = -1        # the JavaThreads.changes last pushed to the BPF map
