@@ -29,7 +29,7 @@ STB_LOCAL, STB_GLOBAL, STB_WEAK = 0, 1, 2
 MAX_SECTION = 256 * 1024 * 1024    # refuse absurd symbol tables (the file may be hostile)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)   # slots: libjvm has ~70k of them (a __dict__ each cost 6 MiB)
 class Symbol:
     name: str
     value: int     # link-time virtual address
