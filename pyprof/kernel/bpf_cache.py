@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import stat
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -241,38 +240,50 @@ def cache_dir() -> Optional[Path]:
     return Path(base) / "pyprof" / "bpf"
 
 
-def _usable_dir(create: bool) -> Optional[Path]:
+def _open_dir(create: bool) -> Optional[int]:
+    """An fd of the cache directory, or None: it must be ours, 0700 and not a symlink, checked on the fd
+    itself (a directory swapped after a check on its path cannot slip in); entries are opened relative
+    to it. Whoever else could write there could have the kernel load their BPF code as root."""
     d = cache_dir()
     if d is None:
         return None
     try:
         if create:
             d.mkdir(parents=True, mode=0o700, exist_ok=True)
-        st = os.lstat(d)
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
-        return None        # not ours, a symlink, or open to others: do not trust or write it
-    return d
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        os.close(fd)
+        return None        # not ours, or open to others: do not trust or write it
+    return fd
 
 
 def entry_path(d: Path, key: str) -> Path:
-    return d / f"{key}.v{FORMAT_VERSION}.bpf"
+    return d / entry_name(key)
+
+
+def entry_name(key: str) -> str:
+    return f"{key}.v{FORMAT_VERSION}.bpf"
 
 
 def load(key: str) -> Optional[CacheEntry]:
     """The entry of `key`, or None (none, or unusable: counted in STATS.corrupt)."""
-    d = _usable_dir(create=False)
-    if d is None:
+    dir_fd = _open_dir(create=False)
+    if dir_fd is None:
         return None
     try:
-        fd = os.open(entry_path(d, key), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(entry_name(key), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:
         return None
+    finally:
+        os.close(dir_fd)
     try:
         with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode) or os.fstat(f.fileno()).st_uid != os.geteuid():
-                raise ValueError("not a regular file of ours")
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+                raise ValueError("not a private regular file of ours")
             data = f.read(MAX_ENTRY_BYTES + 1)
         if len(data) > MAX_ENTRY_BYTES:
             raise ValueError("too large")
@@ -284,15 +295,24 @@ def load(key: str) -> Optional[CacheEntry]:
 
 
 def store(entry: CacheEntry) -> bool:
-    d = _usable_dir(create=True)
-    if d is None:
+    """Write the entry under a temporary name and rename it (a reader never sees half an entry)."""
+    dir_fd = _open_dir(create=True)
+    if dir_fd is None:
         return False
+    temporary = f".tmp-{os.getpid()}-{os.urandom(6).hex()}"
     try:
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".bpf")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=dir_fd)
         with os.fdopen(fd, "wb") as f:
             f.write(entry.to_bytes())
-        os.replace(tmp, entry_path(d, entry.key))
+        os.replace(temporary, entry_name(entry.key), src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except OSError:
+        try:
+            os.unlink(temporary, dir_fd=dir_fd)
+        except OSError:
+            pass
         return False
+    finally:
+        os.close(dir_fd)
     STATS.stored += 1
     return True

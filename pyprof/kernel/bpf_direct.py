@@ -136,6 +136,8 @@ class DirectBpf:
     def load(cls, entry: CacheEntry) -> DirectBpf:
         """Create the maps, patch their fds into the code and load every program (OSError, or
         sys_bpf.VerifierRejected when the kernel refuses one; nothing stays loaded then)."""
+        if any(m.map_type == sys_bpf.MAP_RINGBUF for m in entry.maps):
+            libbpf()   # its ring-buffer reader: OSError before anything is created when it is missing
         bpf = cls(entry)
         try:
             for definition in entry.maps:

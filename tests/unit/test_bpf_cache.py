@@ -103,6 +103,12 @@ def test_a_planted_symlink_or_a_shared_directory_is_not_used(cache_dir: Path, tm
     os.chmod(cache_dir, 0o777)                          # open to others: neither read nor written
     assert bpf_cache.load(e.key) is None
     assert not bpf_cache.store(e)
+    os.chmod(cache_dir, 0o700)
+    assert bpf_cache.load(e.key) == e
+    moved = tmp_path / "moved"
+    cache_dir.rename(moved)
+    cache_dir.symlink_to(moved)                         # the directory itself a symlink: not followed
+    assert bpf_cache.load(e.key) is None
 
 
 def test_off_disables_the_cache(monkeypatch) -> None:
