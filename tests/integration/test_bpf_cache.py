@@ -29,7 +29,7 @@ def cache_dir(tmp_path: Path, monkeypatch) -> Path:
 
 
 def attach(pid: int, out: Path) -> tuple[dict, str]:
-    done = pyprof("attach", str(pid), "-d", "5", "-r", "199", "-o", str(out), "--json", timeout=120)
+    done = pyprof("attach", str(pid), "-d", "4", "-r", "199", "-o", str(out), "--json", timeout=120)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout), done.stderr
 
