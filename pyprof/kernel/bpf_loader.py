@@ -81,6 +81,9 @@ def load_bpf_text(text: str, cflags: Sequence[str] = ()) -> Any:
     try:
         direct = DirectBpf.load(entry)
     except OSError as e:
+        if e.errno in (1, 13):   # EPERM, EACCES
+            close_bpf(bpf)
+            raise capabilities.denied("loading BPF", "CAP_BPF", "CAP_PERFMON") from e
         bpf_cache.STATS.rejected += 1
         print(f"pyprof: BPF loaded through bcc ({getattr(e, 'log', '') or e})", file=sys.stderr)
         return bpf
