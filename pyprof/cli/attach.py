@@ -27,6 +27,7 @@ from pyprof.cli.common import (
     resolve_output,
 )
 from pyprof.errors import MemoryReadError, PyprofError, UsageError
+from pyprof.kernel import bpf_cache
 from pyprof.lru import cache_stats
 from pyprof.model import ProfileData
 from pyprof.output import FILE_FORMAT_NAMES
@@ -136,6 +137,10 @@ def summarize(session: ProfileSession, profile: ProfileData, output: str, fmt: s
         "sampling_cpu_s": round(t.sampling_cpu_s, 3),
         "cpu_us_per_sample": round(1e6 * t.sampling_cpu_s / c.samples, 1) if c.samples else None,
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "startup_rss_mib": round(t.startup_rss_mib, 1),
+        # the process's own start (interpreter, imports) before the session's start-up
+        "before_startup_s": round(t.before_session_s, 3),
+        "bpf_cache": bpf_cache.STATS.as_dict(),   # compiled (misses) or loaded from the cache (hits)
     }
     if session.plan.events != ("cpu",):
         summary["events"] = {event: {"samples": p.total_samples,

@@ -178,7 +178,9 @@ def require_sampling(allow_unsafe_kernel: bool = False) -> safety.SafetyDecision
     """Raise the one error that explains why sampling cannot run here (before compiling anything);
     else return the kernel-safety decision (unsafe only when the user allowed it)."""
     require_minimum_kernel()
-    for check in (check_arch, check_privileges, check_bcc, check_headers):
+    # bcc and the kernel headers are checked when a program must be compiled (pyprof.kernel.bpf_loader):
+    # a start from the BPF cache needs neither, and importing bcc alone costs 65 MiB of RSS
+    for check in (check_arch, check_privileges):
         result = check()
         if not result.ok:
             error = PermissionDenied if check is check_privileges else MissingKernelFeature

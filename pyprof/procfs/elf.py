@@ -29,7 +29,7 @@ STB_LOCAL, STB_GLOBAL, STB_WEAK = 0, 1, 2
 MAX_SECTION = 256 * 1024 * 1024    # refuse absurd symbol tables (the file may be hostile)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)   # slots: libjvm has ~70k of them (a __dict__ each cost 6 MiB)
 class Symbol:
     name: str
     value: int     # link-time virtual address
@@ -272,3 +272,21 @@ def load_symbols_cached(path: str) -> ElfSymbols:
     st = os.stat(path)
     key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     return _symbols_cache.get_or_compute(key, lambda: ElfSymbols.load(path))
+
+
+PF_X = 1
+
+
+def file_offset_of(path: str, vaddr: int) -> Optional[int]:
+    """The file offset of link-time address `vaddr` of the ELF file `path`: through the executable PT_LOAD
+    segment holding it, as a uprobe needs it (bcc_resolve_symname does the same). None: in none."""
+    try:
+        with open(path, "rb") as f:
+            for segment in ELFFile(f).iter_segments():
+                h = segment.header
+                if h["p_type"] == "PT_LOAD" and h["p_flags"] & PF_X and \
+                        h["p_vaddr"] <= vaddr < h["p_vaddr"] + h["p_memsz"]:
+                    return vaddr - h["p_vaddr"] + h["p_offset"]
+    except (OSError, ELFError, struct.error, ValueError):
+        return None
+    return None

@@ -35,6 +35,7 @@ N_COUNTERS = 20                 # 4..15: the other events' programs (pyprof.samp
 RINGBUF_SECONDS = 0.5           # the ring buffer holds this much sampling (we poll every 0.1 s)
 STARTUP_RINGBUF_SECONDS = 4.0   # record: samples wait while the booting JVM's code-cache map is built
 MIN_RINGBUF_PAGES, MAX_RINGBUF_PAGES = 256, 16384
+PERF_TYPE_SOFTWARE, PERF_COUNT_SW_CPU_CLOCK = 1, 0   # bcc's PerfType.SOFTWARE, PerfSWConfig.CPU_CLOCK
 
 
 @dataclass(frozen=True)
@@ -155,8 +156,6 @@ class Sampler:
         self.kernel_safety = features.require_sampling(allow_unsafe_kernel=self.allow_unsafe_kernel)
         if self.pid:
             require_running(self.pid)
-        from bcc import PerfSWConfig, PerfType
-
         record = _STACK_OFFSET + self.stack_bytes
         cpus = os.cpu_count() or 1
         cflags = [f"-DSTACK_BYTES={self.stack_bytes}",
@@ -169,7 +168,7 @@ class Sampler:
             # keep a reference: bcc holds the ctypes callback only weakly through the C library
             self._callback = bpf["samples"].open_ring_buffer(self._on_sample) or self._on_sample
             if self.cpu:
-                bpf.attach_perf_event(ev_type=PerfType.SOFTWARE, ev_config=PerfSWConfig.CPU_CLOCK,
+                bpf.attach_perf_event(ev_type=PERF_TYPE_SOFTWARE, ev_config=PERF_COUNT_SW_CPU_CLOCK,
                                       fn_name="on_sample", sample_freq=self.rate_hz, cpu=-1)
         except Exception as e:  # bcc raises plain Exception
             close_bpf(bpf)

@@ -14,6 +14,7 @@ meanwhile is still in the live map's graveyard).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Optional
@@ -94,6 +95,8 @@ class Timings:
     first_sample_s: Optional[float] = None   # from the start to the first sample
     startup_s: float = 0.0        # wall time from the start to sampling with the code-cache map live
     startup_cpu_s: float = 0.0    # pyprof's CPU for that (BPF compilation, the code-cache walk)
+    startup_rss_mib: float = 0.0  # pyprof's resident memory then
+    before_session_s: float = 0.0  # from the process's exec to the session (interpreter, imports, CLI)
     sampling_cpu_s: float = 0.0   # pyprof's CPU from then to the end (unwinding, aggregation)
 
 
@@ -182,6 +185,30 @@ class JvmTarget:
                 pass
 
 
+
+# Until the first sample arrives (at most this long after sampling began), the ring buffer is polled
+# every FIRST_SAMPLE_POLL_MS instead of every step's 0.1 s: a busy target's first samples are in it
+# within milliseconds, and an idle one costs 100 wake-ups once.
+FIRST_SAMPLE_POLL_MS, FIRST_SAMPLE_WAIT_S = 10, 1.0
+
+def _process_age_s() -> float:
+    """Seconds since this process was started (/proc/self/stat's start time against CLOCK_BOOTTIME)."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read(4096).rsplit(")", 1)[1].split()
+        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _resident_mib() -> float:
+    """This process's resident set now (/proc/self/statm), in MiB; 0 when unreadable."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read(256).split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
 class ProfileSession:
     def __init__(self, pid: int, options: Optional[ProfileOptions] = None) -> None:
         self.pid = pid
@@ -200,6 +227,7 @@ class ProfileSession:
         self._agent_client = None
         self._started_monotonic = time.monotonic()
         self._started_cpu = time.process_time()
+        self.timings.before_session_s = _process_age_s()
         self._sampling_since = 0.0
         self._threads_refreshed = 0.0
         self._pushed_changes = -1        # the JavaThreads.changes last pushed to the BPF map
@@ -276,11 +304,15 @@ class ProfileSession:
         """Start-up is over: the sampler runs and the code-cache map is live."""
         self.timings.startup_s = time.monotonic() - self._started_monotonic
         self.timings.startup_cpu_s = time.process_time() - self._started_cpu
+        self.timings.startup_rss_mib = _resident_mib()
 
     # ---- the step --------------------------------------------------------------------------------
     def step(self, timeout_ms: int = 100) -> int:
         """Take what the ring buffer has (waiting up to timeout_ms); returns samples taken."""
         assert self.sampler is not None
+        if self.timings.first_sample_s is None and \
+                time.monotonic() - self._sampling_since < FIRST_SAMPLE_WAIT_S:
+            timeout_ms = min(timeout_ms, FIRST_SAMPLE_POLL_MS)   # the first one out without a 0.1-s wait
         raw = self.sampler.poll(timeout_ms)
         if raw and self.timings.first_sample_s is None:
             self.timings.first_sample_s = time.monotonic() - self._started_monotonic
