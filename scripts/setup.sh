@@ -22,12 +22,15 @@ need_pkgs=()
 # qemu-system-x86, busybox-static and kmod (depmod): virtme-ng boots the kernels of `make test-kernels`
 # libc6-dbg: libc's separate debug symbols (by build-id), which pyprof reads to name libc's internal
 # functions (__futex_abstimed_wait_common); linux-perf: the tests compare pyprof's native names with
-# perf's; binutils + gcc: the tests build libraries with debuglinks and MiniDebugInfo; npm: speedscope
+# perf's; binutils + gcc: the tests build libraries with debuglinks and MiniDebugInfo. npm comes with the
+# machine's Node.js (NodeSource's nodejs, which Debian's npm package conflicts with): only when no npm
+# is on the PATH is Debian's asked for
 for p in python3-bpfcc linux-headers-amd64 openjdk-17-jdk-headless golang-go python3-venv python3-pip \
          chromium tmux protobuf-compiler qemu-system-x86 busybox-static kmod libc6-dbg linux-perf \
-         binutils gcc npm; do
+         binutils gcc; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
+command -v npm >/dev/null 2>&1 || need_pkgs+=(npm)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   say "installing Debian packages: ${need_pkgs[*]}"
   $SUDO apt-get update -qq
