@@ -223,12 +223,7 @@ class HostProfiler:
             raw = self.sampler.raw_counters()
         except Exception:  # noqa: BLE001 - the BPF maps may already be gone
             return {}
-        out: dict[str, int] = {}
-        for program in self.plan.programs.values():
-            counters = getattr(program, "counters", None)
-            if counters is not None:
-                out.update(counters(raw))
-        return out
+        return self.plan.program_counters(raw)
 
     def sampler_counters(self) -> SamplerCounters:
         try:

@@ -106,6 +106,16 @@ class EventPlan:
     def program_for(self, record_kind: int) -> Optional[EventProgram]:
         return self._by_record.get(record_kind)
 
+    def program_counters(self, raw: list[int]) -> dict[str, int]:
+        """The event programs' own counters (wall: intervals sent, skipped, unmatched; preemptions) out of
+        the sampler's raw counter array."""
+        out: dict[str, int] = {}
+        for program in self.programs.values():
+            counters = getattr(program, "counters", None)   # optional in the EventProgram protocol
+            if counters is not None:
+                out.update(counters(raw))
+        return out
+
 
 def plan(events: tuple[str, ...], options: EventOptions) -> EventPlan:
     programs: dict[str, EventProgram] = {}

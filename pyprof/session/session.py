@@ -422,12 +422,7 @@ class ProfileSession:
             raw = self.sampler.raw_counters()
         except Exception:  # noqa: BLE001 - the BPF maps may already be gone
             return {}
-        out: dict[str, int] = {}
-        for program in self.plan.programs.values():
-            counters = getattr(program, "counters", None)   # optional in the EventProgram protocol
-            if counters is not None:
-                out.update(counters(raw))
-        return out
+        return self.plan.program_counters(raw)
 
     def code_events(self) -> tuple[int, int]:
         """(code-cache events applied, events lost)."""
