@@ -132,6 +132,10 @@ FIELD_SPECS: dict[str, tuple[tuple[str, str], ...]] = {
     # GC count: metaspace (Method*, ConstantPool*, Symbol*) is only freed and reused after a GC
     "Universe._collectedHeap": _in("Universe", "_collectedHeap"),
     "CollectedHeap._total_collections": _in("CollectedHeap", "_total_collections"),
+    # ... and exactly when classes are unloaded: the unloaded-classes counter in the perf data region
+    # (pyprof.hotspot.perfdata), unless an agent may redefine classes (which frees metadata too)
+    "PerfMemory._prologue": _in("PerfMemory", "_prologue"),
+    "JvmtiExport._can_hotswap_or_post_breakpoint": _in("JvmtiExport", "_can_hotswap_or_post_breakpoint"),
     # VM identity
     "Abstract_VM_Version._s_vm_release": _in("Abstract_VM_Version", "_s_vm_release"),
     "Abstract_VM_Version._vm_major_version": _in("Abstract_VM_Version", "_vm_major_version"),

@@ -15,6 +15,7 @@ from typing import Optional, Union
 
 from pyprof.errors import MemoryReadError
 from pyprof.hotspot.layout import Layout
+from pyprof.hotspot.perfdata import UNLOADED_CLASSES, counter_addresses
 from pyprof.lru import LRUCache
 from pyprof.procfs.memory import MemoryReader, Reader, check_range
 
@@ -23,7 +24,8 @@ SYMBOL_PREFETCH = 96         # most names fit in one read
 MAX_CACHE = 500_000
 PAGE = 4096                  # PagedMemory: metaspace is read a page at a time during a walk
 MAX_PAGES = 16_384           # 64 MiB of cached metaspace at most
-GC_CHECK_INTERVAL = 0.02     # s: how often resolve() looks at the GC count (one 4-byte read)
+GC_CHECK_INTERVAL = 0.02     # s: how often resolve() looks at the counters (one process_vm_readv)
+SETTLE_S = 1.0               # s: after classes were unloaded, the caches are dropped once more (see below)
 _U16 = struct.Struct("<H")
 _I32 = struct.Struct("<i")
 _U64 = struct.Struct("<Q")
@@ -155,9 +157,14 @@ class MethodResolver:
 
     The caches are keyed by addresses in metaspace, which class unloading frees and a class loaded later
     reuses: a class of the same shape gets its Method, ConstMethod and ConstantPool at the very addresses
-    of the unloaded one. Classes are only unloaded by a GC, so the caches are dropped whenever the GC count
-    (CollectedHeap::_total_collections) has moved; `generation` counts those drops for callers that cache
-    what they derived from a MethodInfo (DebugInfo's line tables).
+    of the unloaded one (and a Symbol whose last class went may be freed and its memory reused). So the
+    caches are dropped when metadata may have been freed (_check_metadata): when the JVM's count of
+    unloaded classes moved, or, where that count cannot be read or a JVMTI agent may redefine classes
+    (redefinition frees the old versions' metadata too), whenever the GC count moved (the conservative
+    rule). A GC that unloads nothing no longer costs every cached name: on a busy server that was ~20 full
+    re-reads of every method, constant pool and symbol in use in 20 s. `generation` counts the drops for
+    callers that cache what they derived from a MethodInfo (DebugInfo's line tables, the unwinder's
+    interpreted frames).
     """
 
     def __init__(self, reader: Reader, layout: Layout) -> None:
@@ -191,17 +198,7 @@ class MethodResolver:
         self._klass_name_off = layout.offset("Klass._name")
         self.failures = 0
         self.generation = 0
-        self._gc_count_address: Optional[int] = None
-        self._gc_count: Optional[int] = None
-        self._gc_checked = 0.0
-        if layout.has("Universe._collectedHeap") and layout.has("CollectedHeap._total_collections"):
-            counter = layout["CollectedHeap._total_collections"]
-            self._gc_count_size = counter.size
-            try:
-                heap = reader.ptr(layout["Universe._collectedHeap"].address)
-            except MemoryReadError:
-                heap = 0
-            self._gc_count_address = heap + counter.offset if heap else None
+        self.watch = MetadataWatch(reader, layout)
 
     def clear(self) -> None:
         """Forget every cached Method, ConstantPool and Symbol."""
@@ -211,26 +208,24 @@ class MethodResolver:
         self._klasses.clear()
         self.generation += 1
 
-    def _check_gc(self) -> None:
-        """Drop the caches if a GC ran (and so may have unloaded classes) since the last look."""
-        now = time.monotonic()
-        if self._gc_count_address is None or now - self._gc_checked < GC_CHECK_INTERVAL:
-            return
-        self._gc_checked = now
-        try:
-            count = self.r.uint(self._gc_count_address, self._gc_count_size)
-        except MemoryReadError:
-            return
-        if count != self._gc_count:
-            if self._gc_count is not None:
-                self.clear()
-            self._gc_count = count
+    def _check_metadata(self) -> None:
+        """Drop the caches if metadata may have been freed since the last look (MetadataWatch)."""
+        if self.watch.may_have_freed():
+            self.clear()
+
+    def settled_at(self) -> int:
+        """A CLOCK_MONOTONIC time in ns (sample times' clock) up to which nothing cached can have been
+        freed: what the resolver knew before then still holds for a sample taken before then, without a
+        read of its own (the exact rule of MetadataWatch, after a look that may drop the caches, bumping
+        `generation`). 0 where only the conservative rule applies."""
+        self._check_metadata()
+        return self.watch.settled_ns
 
     def resolve(self, method: int, reader: Optional[Reads] = None) -> MethodInfo:
-        """The method behind a Method*; re-validated against its ConstMethod*, and against the GC count.
+        """The method behind a Method*; re-validated against its ConstMethod*, and against class unloading.
 
         `reader`: read through this one instead of direct reads (a PagedMemory during a walk)."""
-        self._check_gc()
+        self._check_metadata()
         r = reader or self.r
         const_method = r.ptr(method + self._const_method_off)
         cached = self._methods.get(method)
@@ -246,9 +241,9 @@ class MethodResolver:
 
     def class_name(self, klass: int) -> str:
         """The Java name of a Klass* (an allocated object's class, a monitor's): java.lang.String,
-        byte[], int[][]. Cached per Klass* until the next GC (which may unload the class); a
+        byte[], int[][]. Cached per Klass* until classes are unloaded; a
         MemoryReadError when the Klass or its name cannot be read or is not a class name."""
-        self._check_gc()
+        self._check_metadata()
         cached = self._klasses.get(klass)
         if cached is not None:
             return cached
@@ -344,3 +339,101 @@ class MethodResolver:
         text = body.decode("utf-8", "replace")
         self._symbols.put(address, text)
         return text
+
+
+class MetadataWatch:
+    """Says when metadata the resolver cached may have been freed: one batched read of three words, at
+    most every GC_CHECK_INTERVAL.
+
+    - Exact, when the JVM publishes its count of unloaded classes (the perf data counter
+      java.cls.unloadedClasses) and no JVMTI agent can redefine classes
+      (JvmtiExport::_can_hotswap_or_post_breakpoint is false): metaspace is freed only when classes are
+      unloaded, and the count moves before their memory is (ClassLoaderData::unload comes before the
+      purge). As the purge may come after the look that saw the count move (ZGC unloads concurrently) and
+      a name read in between could be one of the dying classes', the caches are dropped once more at the
+      next GC or SETTLE_S later, whichever comes first. GCs that unload nothing keep the caches.
+    - Conservative otherwise (no perf data: -XX:-UsePerfData; an agent that may redefine classes, whose
+      old versions are freed at a later safepoint): whenever the GC count moved, as before. Seeing the
+      redefinition capability appear drops the caches at once.
+    """
+
+    def __init__(self, reader: Reader, layout: Layout) -> None:
+        self.r = reader
+        self.checked_at = 0.0
+        self.gcs_kept = 0                   # GCs after which the caches were kept (nothing unloaded)
+        self.drops: dict[str, int] = {}     # why the caches were dropped -> how often
+        gc_address = 0
+        if layout.has("Universe._collectedHeap") and layout.has("CollectedHeap._total_collections"):
+            counter = layout["CollectedHeap._total_collections"]
+            self._gc_mask = (1 << (8 * min(counter.size, 8))) - 1
+            try:
+                heap = reader.ptr(layout["Universe._collectedHeap"].address)
+            except MemoryReadError:
+                heap = 0
+            gc_address = heap + counter.offset if heap else 0
+        unloaded = counter_addresses(reader, layout, (UNLOADED_CLASSES,)).get(UNLOADED_CLASSES, 0)
+        hotswap = (layout["JvmtiExport._can_hotswap_or_post_breakpoint"].address
+                   if layout.has("JvmtiExport._can_hotswap_or_post_breakpoint") else 0)
+        # the words read at each look; a missing one is never read (0 stands for "not published")
+        self._addresses = [a for a in (gc_address, unloaded, hotswap) if a]
+        self._gc_address, self._unloaded_address, self._hotswap_address = gc_address, unloaded, hotswap
+        self._last: Optional[tuple[Optional[int], Optional[int], bool]] = None
+        self._settle: Optional[tuple[Optional[int], float]] = None   # (GC count, deadline) of a re-drop
+        # the last look, by the exact rule, that found nothing freed since the one before (0: none yet, or
+        # the conservative rule applies): see MethodResolver.settled_at
+        self.settled_ns = 0
+
+    @property
+    def exact(self) -> bool:
+        """Whether the unloaded-classes count is published (the exact rule can apply)."""
+        return bool(self._unloaded_address and self._hotswap_address)
+
+    def _read(self) -> Optional[tuple[Optional[int], Optional[int], bool]]:
+        """(GC count, unloaded classes, redefinition possible); None when nothing could be read."""
+        try:
+            values = dict(zip(self._addresses, self.r.many(self._addresses, 8)))
+        except MemoryReadError:
+            return None
+        gc = values.get(self._gc_address) if self._gc_address else None
+        unloaded = values.get(self._unloaded_address) if self._unloaded_address else None
+        flag = values.get(self._hotswap_address) if self._hotswap_address else None
+        if gc is None and unloaded is None:
+            return None
+        # a bool (one byte) and an unsigned int (four) read as words: their own bytes only
+        return (gc & self._gc_mask if gc is not None else None, unloaded,
+                flag is None or bool(flag & 0xFF))
+
+    def may_have_freed(self) -> bool:
+        """Has metadata possibly been freed since the last look? (False between looks.)"""
+        now = time.monotonic()
+        if not self._addresses or now - self.checked_at < GC_CHECK_INTERVAL:
+            return False
+        self.checked_at = now
+        looked_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)   # before the read: samples up to now
+        seen = self._read()
+        if seen is None:
+            return False
+        last, self._last = self._last, seen
+        if last is None:
+            return False
+        gc, unloaded, redefinable = seen
+        self.settled_ns = 0     # until this look has shown that nothing was freed
+        gc_moved = gc != last[0]
+        if redefinable or unloaded is None:
+            if redefinable and not last[2] and unloaded is not None:
+                return self._drop("redefinition possible")
+            return self._drop("GC") if gc_moved else False
+        if unloaded != last[1]:
+            self._settle = (gc, now + SETTLE_S)
+            return self._drop("classes unloaded")
+        if self._settle is not None and (gc != self._settle[0] or now >= self._settle[1]):
+            self._settle = None
+            return self._drop("classes unloaded (settled)")
+        self.gcs_kept += gc_moved
+        if self._settle is None:
+            self.settled_ns = looked_ns
+        return False
+
+    def _drop(self, why: str) -> bool:
+        self.drops[why] = self.drops.get(why, 0) + 1
+        return True
