@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 import time
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 from pyprof.errors import MemoryReadError
 from pyprof.hotspot.layout import Layout
@@ -341,20 +341,28 @@ class MethodResolver:
         return text
 
 
+# JvmtiExport::_redefinition_count (a .bss symbol of libjvm, JDK 17+; not in VMStructs): incremented by
+# VM_RedefineClasses for every class redefined or retransformed, before the old versions' metadata is freed
+REDEFINITION_COUNT = "_ZN11JvmtiExport19_redefinition_countE"
+
+
 class MetadataWatch:
-    """Says when metadata the resolver cached may have been freed: one batched read of three words, at
+    """Says when metadata the resolver cached may have been freed: one batched read of a few words, at
     most every GC_CHECK_INTERVAL.
 
     - Exact, when the JVM publishes its count of unloaded classes (the perf data counter
-      java.cls.unloadedClasses) and no JVMTI agent can redefine classes
-      (JvmtiExport::_can_hotswap_or_post_breakpoint is false): metaspace is freed only when classes are
-      unloaded, and the count moves before their memory is (ClassLoaderData::unload comes before the
-      purge). As the purge may come after the look that saw the count move (ZGC unloads concurrently) and
-      a name read in between could be one of the dying classes', the caches are dropped once more at the
-      next GC or SETTLE_S later, whichever comes first. GCs that unload nothing keep the caches.
-    - Conservative otherwise (no perf data: -XX:-UsePerfData; an agent that may redefine classes, whose
-      old versions are freed at a later safepoint): whenever the GC count moved, as before. Seeing the
-      redefinition capability appear drops the caches at once.
+      java.cls.unloadedClasses) and says when classes are redefined (JvmtiExport::_redefinition_count,
+      from libjvm's symbols; where it lacks that symbol, JDK 11: JvmtiExport::_can_hotswap_or_post_breakpoint
+      is false, i.e. no agent can redefine classes): metaspace is freed only when classes are unloaded
+      or old versions of redefined classes go, and both counts move before that memory is freed
+      (ClassLoaderData::unload comes before the purge; VM_RedefineClasses before the deallocation of the
+      old versions). As the free may come after the look that saw a count move (ZGC unloads
+      concurrently; old versions go once no frame runs them) and a name read in between could be a dying
+      class's, the caches are dropped once more at the next GC or SETTLE_S later, whichever comes first.
+      GCs that unload nothing keep the caches.
+    - Conservative otherwise (no perf data: -XX:-UsePerfData; JDK 11 with an agent that may redefine
+      classes): whenever the GC count moved, as before. Seeing the redefinition capability appear drops
+      the caches at once.
     """
 
     def __init__(self, reader: Reader, layout: Layout) -> None:
@@ -363,6 +371,7 @@ class MetadataWatch:
         self.gcs_kept = 0                   # GCs after which the caches were kept (nothing unloaded)
         self.drops: dict[str, int] = {}     # why the caches were dropped -> how often
         gc_address = 0
+        self._gc_mask = (1 << 64) - 1
         if layout.has("Universe._collectedHeap") and layout.has("CollectedHeap._total_collections"):
             counter = layout["CollectedHeap._total_collections"]
             self._gc_mask = (1 << (8 * min(counter.size, 8))) - 1
@@ -372,12 +381,15 @@ class MetadataWatch:
                 heap = 0
             gc_address = heap + counter.offset if heap else 0
         unloaded = counter_addresses(reader, layout, (UNLOADED_CLASSES,)).get(UNLOADED_CLASSES, 0)
+        symbol = layout.symbols.lookup(REDEFINITION_COUNT) if layout.symbols is not None else None
+        redefined = layout.libjvm_base + symbol.value if symbol is not None and symbol.value else 0
         hotswap = (layout["JvmtiExport._can_hotswap_or_post_breakpoint"].address
-                   if layout.has("JvmtiExport._can_hotswap_or_post_breakpoint") else 0)
+                   if not redefined and layout.has("JvmtiExport._can_hotswap_or_post_breakpoint") else 0)
         # the words read at each look; a missing one is never read (0 stands for "not published")
-        self._addresses = [a for a in (gc_address, unloaded, hotswap) if a]
-        self._gc_address, self._unloaded_address, self._hotswap_address = gc_address, unloaded, hotswap
-        self._last: Optional[tuple[Optional[int], Optional[int], bool]] = None
+        self._addresses = [a for a in (gc_address, unloaded, redefined, hotswap) if a]
+        self._gc_address, self._unloaded_address = gc_address, unloaded
+        self._redefined_address, self._hotswap_address = redefined, hotswap
+        self._last: Optional[Look] = None
         self._settle: Optional[tuple[Optional[int], float]] = None   # (GC count, deadline) of a re-drop
         # the last look, by the exact rule, that found nothing freed since the one before (0: none yet, or
         # the conservative rule applies): see MethodResolver.settled_at
@@ -385,23 +397,30 @@ class MetadataWatch:
 
     @property
     def exact(self) -> bool:
-        """Whether the unloaded-classes count is published (the exact rule can apply)."""
-        return bool(self._unloaded_address and self._hotswap_address)
+        """Whether the counts the exact rule needs are published (it applies while no JDK 11 agent may
+        redefine classes)."""
+        return bool(self._unloaded_address and (self._redefined_address or self._hotswap_address))
 
-    def _read(self) -> Optional[tuple[Optional[int], Optional[int], bool]]:
-        """(GC count, unloaded classes, redefinition possible); None when nothing could be read."""
+    def _read(self) -> Optional[Look]:
+        """What a look sees; None when nothing could be read."""
         try:
             values = dict(zip(self._addresses, self.r.many(self._addresses, 8)))
         except MemoryReadError:
             return None
         gc = values.get(self._gc_address) if self._gc_address else None
         unloaded = values.get(self._unloaded_address) if self._unloaded_address else None
+        redefined = values.get(self._redefined_address) if self._redefined_address else None
         flag = values.get(self._hotswap_address) if self._hotswap_address else None
         if gc is None and unloaded is None:
             return None
-        # a bool (one byte) and an unsigned int (four) read as words: their own bytes only
-        return (gc & self._gc_mask if gc is not None else None, unloaded,
-                flag is None or bool(flag & 0xFF))
+        # a bool (one byte), an unsigned int (four) and a uint64 read as words: their own bytes only
+        # the metadata counts: exact while both are known (no agent can redefine: a constant 0 count)
+        counts = None
+        if unloaded is not None and redefined is not None:
+            counts = (unloaded, redefined)
+        elif unloaded is not None and not self._redefined_address and flag is not None and not flag & 0xFF:
+            counts = (unloaded, 0)
+        return Look(gc & self._gc_mask if gc is not None else None, counts)
 
     def may_have_freed(self) -> bool:
         """Has metadata possibly been freed since the last look? (False between looks.)"""
@@ -416,19 +435,21 @@ class MetadataWatch:
         last, self._last = self._last, seen
         if last is None:
             return False
-        gc, unloaded, redefinable = seen
         self.settled_ns = 0     # until this look has shown that nothing was freed
-        gc_moved = gc != last[0]
-        if redefinable or unloaded is None:
-            if redefinable and not last[2] and unloaded is not None:
+        gc_moved = seen.gc != last.gc
+        if seen.counts is None:
+            if last.counts is not None:
                 return self._drop("redefinition possible")
             return self._drop("GC") if gc_moved else False
-        if unloaded != last[1]:
-            self._settle = (gc, now + SETTLE_S)
-            return self._drop("classes unloaded")
-        if self._settle is not None and (gc != self._settle[0] or now >= self._settle[1]):
+        if last.counts is None:
+            # the exact rule applies from now on: dropping once more makes it hold from here
+            return self._drop("exact rule from now")
+        if seen.counts != last.counts:
+            self._settle = (seen.gc, now + SETTLE_S)
+            return self._drop("classes unloaded" if seen.counts[0] != last.counts[0] else "classes redefined")
+        if self._settle is not None and (seen.gc != self._settle[0] or now >= self._settle[1]):
             self._settle = None
-            return self._drop("classes unloaded (settled)")
+            return self._drop("settled")
         self.gcs_kept += gc_moved
         if self._settle is None:
             self.settled_ns = looked_ns
@@ -437,3 +458,11 @@ class MetadataWatch:
     def _drop(self, why: str) -> bool:
         self.drops[why] = self.drops.get(why, 0) + 1
         return True
+
+
+class Look(NamedTuple):
+    """One look of MetadataWatch: the GC count, and the (unloaded classes, redefined classes) counts where
+    the exact rule applies (None where it does not)."""
+
+    gc: Optional[int]
+    counts: Optional[tuple[int, int]]
