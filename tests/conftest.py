@@ -112,12 +112,13 @@ class JavaProcess:
 
 
 def start_java(version: int, main_class: str, *args: str, jvm_flags: tuple[str, ...] = (),
-               wait_ready: bool = True) -> JavaProcess:
+               wait_ready: bool = True, stdin: bool = False) -> JavaProcess:
+    """A tests/java workload; `stdin`: a pipe the test writes commands to (else /dev/null)."""
     require(CLASSES.is_dir(), f"Java workloads not built ({CLASSES})")
     cmd = [java_bin(version), *jvm_flags, "-cp", str(CLASSES), f"-Djava.library.path={NATIVE_LIBS}",
            f"pyproftest.{main_class}", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL)
     jp = JavaProcess(proc, version)
     if wait_ready:
         try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import subprocess
 import time
 
 import pytest
@@ -20,7 +19,7 @@ import pytest
 from pyprof.hotspot.codecache import CodeCache
 from pyprof.hotspot.jvm import HotSpotJvm
 from pyprof.hotspot.method import GC_CHECK_INTERVAL, MethodInfo, MethodResolver
-from tests.conftest import CLASSES, NATIVE_LIBS, JavaProcess, java_bin
+from tests.conftest import CLASSES, JavaProcess, start_java
 
 pytestmark = [pytest.mark.jvm]
 
@@ -30,17 +29,7 @@ JDWP = "-agentlib:jdwp=transport=dt_socket,server=y,suspend=n,address=127.0.0.1:
 
 
 def start_churn(version: int, *flags: str) -> JavaProcess:
-    cmd = [java_bin(version), *flags, "-cp", str(CLASSES), f"-Djava.library.path={NATIVE_LIBS}",
-           "pyproftest.CodeCacheChurn", "4", "8"]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    jp = JavaProcess(proc, version)
-    try:
-        jp.wait_for("ready")
-    except BaseException:
-        jp.stop()
-        raise
-    return jp
+    return start_java(version, "CodeCacheChurn", "4", "8", jvm_flags=flags, stdin=True)
 
 
 def command(jp: JavaProcess, line: str, answer: str) -> str:
