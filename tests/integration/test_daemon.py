@@ -50,6 +50,13 @@ class DaemonLog:
                 self.lines.append(line.rstrip("\n"))
                 self._cond.notify_all()
 
+    def terminate(self, daemon: subprocess.Popen) -> int:
+        """SIGTERM, as systemd stops it: its exit code, once it has logged its exit line."""
+        daemon.send_signal(signal.SIGTERM)
+        rc = daemon.wait(timeout=60)
+        self.wait_for(r" exit reason=SIGTERM", 5)
+        return rc
+
     def wait_for(self, pattern: str, timeout_s: float) -> str:
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout_s
@@ -96,9 +103,7 @@ def test_daemon_profiles_every_jvm_into_the_store(java_workload, container_jvm, 
         time.sleep(4 * INTERVAL_S)
         stopped_at = time.time()
         lines_before_stop = len(log.lines)
-        daemon.send_signal(signal.SIGTERM)
-        rc = daemon.wait(timeout=60)
-        log.wait_for(r" exit reason=SIGTERM", 5)
+        rc = log.terminate(daemon)
     finally:
         if daemon.poll() is None:
             daemon.kill()

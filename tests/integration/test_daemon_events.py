@@ -133,9 +133,7 @@ def test_daemon_profiles_every_event_of_every_jvm(java_workload, container_jvm, 
             wait_windows(log, (alloc.pid, lock.pid, offcpu.pid, container_pid), 2, 10 * INTERVAL_S)
             metrics_url = re.search(r"url=(\S+)", log.wait_for(r" metrics url=", 5)).group(1)
             metrics = scrape(metrics_url)
-            daemon.send_signal(signal.SIGTERM)
-            rc = daemon.wait(timeout=60)
-            log.wait_for(r" exit reason=SIGTERM", 5)
+            rc = log.terminate(daemon)
         finally:
             if daemon.poll() is None:
                 daemon.kill()

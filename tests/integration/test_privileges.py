@@ -15,7 +15,6 @@ import re
 import resource
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -212,9 +211,7 @@ def test_daemon_as_its_own_user_with_the_documented_capabilities(nobody_jvm: Nob
         log.wait_for(rf"jvm-found pid={nobody_jvm.pid}\b", 120)
         container_pid = pid_of(log.wait_for(r"jvm-found .*jdk=21\.", 60))
         wait_for_samples(log, (nobody_jvm.pid, container_pid), MIN_SAMPLES, timeout_s=180)
-        daemon.send_signal(signal.SIGTERM)
-        rc = daemon.wait(timeout=60)
-        log.wait_for(r" exit reason=SIGTERM", 5)
+        rc = log.terminate(daemon)
     finally:
         if daemon.poll() is None:
             daemon.kill()
