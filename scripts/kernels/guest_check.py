@@ -108,9 +108,16 @@ def expose_headers(headers: str) -> None:
     log(f"headers: linked {build} -> {headers}")
 
 
+ERROR_DIR = Path("/tmp/pyprof-kernel-check/hs_err")
+# The lines of a JVM's fatal-error report that say what crashed where
+CRASH_MARKERS = ("#  SIG", "# Problematic frame:", "# J ", "# j ", "# V ", "# C ", "# v ", "# JRE version",
+                 "Current thread", "siginfo:", "Stack: [", "Instructions: (pc=", "CPU:", "Host:")
+
+
 def start_jvm(main_class: str, *args: str, stdin: bool = False) -> JavaProcess:
-    cmd = [java_bin(JDK), "-cp", str(CLASSES), f"-Djava.library.path={NATIVE_LIBS}",
-           f"pyproftest.{main_class}", *args]
+    ERROR_DIR.mkdir(parents=True, exist_ok=True)
+    cmd = [java_bin(JDK), f"-XX:ErrorFile={ERROR_DIR}/hs_err_pid%p.log", "-cp", str(CLASSES),
+           f"-Djava.library.path={NATIVE_LIBS}", f"pyproftest.{main_class}", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL)
     jvm = JavaProcess(proc, JDK)
@@ -118,8 +125,23 @@ def start_jvm(main_class: str, *args: str, stdin: bool = False) -> JavaProcess:
         jvm.wait_for("ready", JVM_READY_SECONDS)
     except BaseException:
         jvm.stop()
+        log_crash_report(jvm.pid)
         raise
     return jvm
+
+
+def log_crash_report(pid: int) -> None:
+    """A JVM that crashed (in TCG, before pyprof touched it) leaves a report: its key lines go to the log."""
+    report = ERROR_DIR / f"hs_err_pid{pid}.log"
+    if not report.is_file():
+        return
+    lines = report.read_text(errors="replace").splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(CRASH_MARKERS):
+            log(f"hs_err {pid}: {line[:200]}")
+            if line.startswith(("Instructions: (pc=", "Stack: [")):
+                for follow in lines[i + 1:i + 6]:
+                    log(f"hs_err {pid}:   {follow[:200]}")
 
 
 def doctor(run: Run, expect_supported: bool) -> None:
@@ -298,6 +320,9 @@ def main() -> int:
     parser.add_argument("--headers", help="this release's kernel headers (linux-headers-REL-amd64)")
     parser.add_argument("--expect", choices=("supported", "below-minimum"), default="supported")
     parser.add_argument("--tmp", default="/tmp/pyprof-kernel-check")
+    parser.add_argument("--steps", default="doctor,safety,attach,wall,record,codecache",
+                        help="the steps to run, comma-separated (to iterate on one of them)")
+    parser.add_argument("--repeat", type=int, default=1, help="run the steps this many times")
     args = parser.parse_args()
     os.environ.setdefault("CI", "true")
     tmp = Path(args.tmp)
@@ -307,15 +332,21 @@ def main() -> int:
     if args.headers:
         expose_headers(args.headers)
     supported = args.expect == "supported"
-    run.step("doctor", lambda: doctor(run, supported))
-    if supported:
-        run.step("safety", lambda: kernel_safety(run))
-        run.step("attach", lambda: attach(run, tmp))
-        run.step("wall", lambda: wall(run, tmp))
-        run.step("record", lambda: record(run, tmp))
-        run.step("codecache", lambda: codecache_and_uprobes(run))
-    else:
-        run.step("record", lambda: sampling_refused(run))
+    steps: dict[str, Callable[[], None]] = {
+        "doctor": lambda: doctor(run, supported),
+        "safety": lambda: kernel_safety(run),
+        "attach": lambda: attach(run, tmp),
+        "wall": lambda: wall(run, tmp),
+        "record": lambda: record(run, tmp),
+        "codecache": lambda: codecache_and_uprobes(run),
+    }
+    if not supported:
+        steps = {"doctor": steps["doctor"], "record": lambda: sampling_refused(run)}
+    wanted = args.steps.split(",") if supported else list(steps)
+    for _ in range(args.repeat):
+        for name, fn in steps.items():
+            if name in wanted:
+                run.step(name, fn)
     run.figures["check_s"] = round(time.monotonic() - run.started)
     print("PYPROF-KERNEL-RESULT " + json.dumps({"figures": run.figures, "failed": run.failed}), flush=True)
     return 0 if not run.failed else 1
