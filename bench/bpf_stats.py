@@ -58,3 +58,12 @@ def run_stats(prog_fd: int) -> tuple[int, int]:
 
 def close(fd: int) -> None:
     os.close(fd)
+
+
+def program_fd(bpf, function: str, prog_type: int) -> int:
+    """The fd of a loaded program of the sampler's module: from the BPF cache's loader (DirectBpf), or
+    from bcc when the module was compiled (bcc's load_func returns the loaded one)."""
+    fds = getattr(bpf, "prog_fds", None)
+    if fds is not None:
+        return fds[function]
+    return bpf.load_func(function, prog_type).fd

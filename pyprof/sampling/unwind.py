@@ -73,6 +73,7 @@ class UnwindStats:
     unknown_frames: Counter = field(default_factory=Counter)
     live_reads: int = 0
     anchor_used: int = 0
+    anchor_starts: int = 0        # java_only walks begun at the anchor (VM frames below it not walked)
     deoptimized_frames: int = 0
     cfi_steps: int = 0            # native frames unwound with DWARF CFI
     fp_steps: int = 0             # native frames unwound with frame pointers (no CFI there)
@@ -86,7 +87,8 @@ class UnwindStats:
         """The counters for a summary (JSON)."""
         return {"samples": self.samples, "java_samples": self.java_samples,
                 "java_reached_root": self.java_reached_root, "anchor_used": self.anchor_used,
-                "deoptimized_frames": self.deoptimized_frames, "live_stack_reads": self.live_reads,
+                "anchor_starts": self.anchor_starts, "deoptimized_frames": self.deoptimized_frames,
+                "live_stack_reads": self.live_reads,
                 "cfi_steps": self.cfi_steps, "fp_steps": self.fp_steps, "stub_steps": self.stub_steps,
                 "rejected_callers": self.rejected_callers, "truncated_stacks": self.truncated_stacks,
                 "live_completed": self.live_completed, "live_refused": self.live_refused,
@@ -219,22 +221,37 @@ class Unwinder:
             return 0
 
     # ---- entry point -----------------------------------------------------------------------------
-    def unwind(self, sample: StackSample) -> tuple[PhysicalFrame, ...]:
-        """Frames of one sample, leaf first (kernel frames, then user frames)."""
+    def unwind(self, sample: StackSample, java_only: bool = False) -> tuple[PhysicalFrame, ...]:
+        """Frames of one sample, leaf first (kernel frames, then user frames).
+
+        java_only: the caller keeps only the stack from its innermost Java frame on (events.java_part:
+        alloc). A sample taken in the VM (a uprobe in libjvm) then starts at the JavaThread's anchor,
+        HotSpot's own record of its last Java frame, instead of walking the kernel and VM frames below
+        it by CFI only to drop them: the same Java frames at a fraction of the cost."""
         self.stats.samples += 1
-        known = self._kernel_frames.peek
-        frames: list[PhysicalFrame] = [known(ip) or self._kernel_frame(ip) for ip in sample.kernel_ips]
         if sample.sp == 0:
+            known = self._kernel_frames.peek
+            frames = [known(ip) or self._kernel_frame(ip) for ip in sample.kernel_ips]
             frames.append(self.unknown_frame("no user registers"))
             self.stats.frames += len(frames)
             return tuple(frames)
         reader = _StackReader(sample, self.r, self.stats)
         walk = _Walk(sample)
-        kernel_ips = sample.kernel_ips
-        trap = bool(self._trap_ips) and not self._trap_ips.isdisjoint(kernel_ips)
-        step = bool(self._single_step_ips) and not self._single_step_ips.isdisjoint(kernel_ips)
-        cursor: Optional[_Cursor] = _Cursor(sample.ip, sample.sp, sample.bp, after_trap=trap,
-                                            single_step=step)
+        cursor: Optional[_Cursor]
+        if java_only and walk.anchor is not None:
+            frames: list[PhysicalFrame] = []
+            cursor, walk.anchor = walk.anchor, None
+            if cursor.pc == 0:    # HotSpot left last_Java_pc unset: the return address below its sp
+                cursor.pc = reader.word(cursor.sp - WORD) or 0
+            self.stats.anchor_starts += 1
+            walk.saw_java = True
+        else:
+            known = self._kernel_frames.peek
+            frames = [known(ip) or self._kernel_frame(ip) for ip in sample.kernel_ips]
+            kernel_ips = sample.kernel_ips
+            trap = bool(self._trap_ips) and not self._trap_ips.isdisjoint(kernel_ips)
+            step = bool(self._single_step_ips) and not self._single_step_ips.isdisjoint(kernel_ips)
+            cursor = _Cursor(sample.ip, sample.sp, sample.bp, after_trap=trap, single_step=step)
         for _ in range(MAX_DEPTH):
             if cursor is None:
                 break

@@ -167,9 +167,9 @@ class JvmTarget:
         name = self.threads.state_name(state, (lf.name for f in key.frames for lf in f.frames))
         return ((THREAD_STATE_LABEL, name),) if name else ()
 
-    def stack_key(self, sample: RawSample) -> StackKey:
+    def stack_key(self, sample: RawSample, java_only: bool = False) -> StackKey:
         try:
-            frames = self.unwinder.unwind(sample)
+            frames = self.unwinder.unwind(sample, java_only)
         except MemoryReadError:
             frames = (self.unwinder.unknown_frame("unwind failed"),)
         labels: tuple[tuple[str, str], ...] = ()
@@ -505,7 +505,8 @@ def route_record(plan: EventPlan, target: JvmTarget, profiles: dict[str, Profile
         if paired is None:
             return
         sample = paired
-    key = target.stack_key(sample)
+    java_only = getattr(program, "java_leaf_only", False)
+    key = target.stack_key(sample, java_only)
     if sample.event == EVENT_CPU:
         for event in events:
             if event == "cpu":
@@ -521,7 +522,7 @@ def route_record(plan: EventPlan, target: JvmTarget, profiles: dict[str, Profile
         return
     count, weight = program.values(sample)
     leaf = program.leaf_frames(sample, target.jvm)
-    frames = java_part(key.frames) if getattr(program, "java_leaf_only", False) else key.frames
+    frames = java_part(key.frames) if java_only else key.frames
     if leaf or frames is not key.frames:
         key = StackKey(((PhysicalFrame(0, leaf),) if leaf else ()) + frames, key.thread_name, key.tid,
                        key.labels)

@@ -1,8 +1,9 @@
-"""A test-side driver for the event programs (alloc, lock) until the session runs them (`-e alloc`).
+"""A test-side driver for one event program (alloc, lock) alone, with hooks the CLI has not.
 
-It does what ProfileSession does for CPU samples: the sampler module with the event's program compiled
-in (no cpu-clock event), a JvmTarget for the unwinder, the JavaThread anchors pushed to BPF, every
-record unwound and aggregated with the program's values and leaf frames.
+It runs what `pyprof attach -e alloc` runs: the sampler module with the event's program compiled in (no
+cpu-clock event), a JvmTarget for the unwinder, the JavaThread anchors pushed to BPF, every record
+through the session's own route_record(); and lets a test or bench act at the window's start and end
+(start JFR, read the ground truth) and read the sampler's raw counters and BPF statistics.
 """
 
 from __future__ import annotations
@@ -12,16 +13,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from pyprof.model import PhysicalFrame, ProfileData, StackKey
-from pyprof.sampling.events import java_part
+from pyprof.model import ProfileData, StackKey
+from pyprof.sampling.programs import EventPlan
 from pyprof.sampling.sampler import Sampler
-from pyprof.session.session import JvmTarget
+from pyprof.session.session import JvmTarget, route_record
 
 
 @dataclass
 class EventRun:
     profile: ProfileData
     records: int = 0
+    keep: int = 0
+    kept: list = field(default_factory=list)     # the first `keep` records (RawSample), for a replay
     raw_counters: list[int] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
     window_s: float = 0.0
@@ -29,15 +32,19 @@ class EventRun:
     error: Optional[BaseException] = None   # what on_started raised
 
 
-def run_event(pid: int, program, seconds: float, on_started=None, on_stopped=None, inspect=None) -> EventRun:
+def run_event(pid: int, program, seconds: float, on_started=None, on_stopped=None, inspect=None,
+              keep: int = 0, replay=None) -> EventRun:
     """Sample `program`'s event of JVM `pid` for `seconds`; `on_started()` is called once sampling runs
     and `on_stopped()` when the window ends (the test reads its ground truth then); `inspect(sampler)`
-    before the sampler closes (a bench reads the programs' run-time statistics)."""
+    before the sampler closes (a bench reads the programs' run-time statistics); the first `keep`
+    records are kept in the result, and `replay(target, records)` is called with them while the target
+    is still open (a bench times their unwinding again)."""
     target = JvmTarget.open(pid)
     # rate_hz sizes the ring buffer only here (no cpu-clock event)
     sampler = Sampler(pid, rate_hz=program.records_per_second, cpu=False, programs=[program])
     profile = ProfileData(event=program.name)
-    run = EventRun(profile)
+    run = EventRun(profile, keep=keep)
+    plan = EventPlan((program.name,), False, {program.name: program}, {program.event: (program.name,)})
     try:
         sampler.start()
         target.threads.refresh()
@@ -55,18 +62,21 @@ def run_event(pid: int, program, seconds: float, on_started=None, on_stopped=Non
         started_wall = time.time()
         deadline = started + seconds
         while time.monotonic() < deadline:
-            for sample in sampler.poll(100):
-                target.live.poll(0)
-                _add(run, target, program, sample)
+            batch = sampler.poll(100)
+            target.live.poll(0)      # once per batch, as the session does
+            for sample in batch:
+                _add(run, target, plan, sample)
         run.window_s = time.monotonic() - started
         run.window_wall = (started_wall, time.time())
         if on_stopped is not None:
             on_stopped()
         for sample in sampler.poll(0):
-            _add(run, target, program, sample)
+            _add(run, target, plan, sample)
         run.raw_counters = sampler.raw_counters()
         if inspect is not None:
             inspect(sampler)
+        if replay is not None:
+            replay(target, run.kept)
         run.stats = program.counters(run.raw_counters)
     finally:
         sampler.close()
@@ -83,16 +93,11 @@ def _catching(function, run: EventRun):
     return call
 
 
-def _add(run: EventRun, target: JvmTarget, program, sample) -> None:
-    key = target.stack_key(sample)
-    frames = java_part(key.frames) if getattr(program, "java_leaf_only", False) else key.frames
-    leaf = program.leaf_frames(sample, target.jvm)
-    if leaf:
-        frames = (PhysicalFrame(0, leaf),) + frames
-    count, weight = program.values(sample)
-    labels = tuple(sorted(key.labels + program.labels(sample)))
-    run.profile.add(StackKey(frames, key.thread_name, key.tid, labels), count, weight)
+def _add(run: EventRun, target: JvmTarget, plan: EventPlan, sample) -> None:
+    route_record(plan, target, {run.profile.event: run.profile}, sample)
     run.records += 1
+    if len(run.kept) < run.keep:
+        run.kept.append(sample)
 
 
 def frame_names(key: StackKey) -> list[str]:

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from pyprof.model import FrameKind, PhysicalFrame, display_name
-from pyprof.sampling.unwind import UnwindStats
+from pyprof.sampling.events import java_part
+from pyprof.sampling.unwind import UnwindStats, _Walk
 from tests.integration.test_recursion import ALLOWED_CALLERS as RECURSION_CALLERS
 from tests.integration.test_workloads import java_source, marker_line
 from tests.unit.data.unwind_fixture import (
@@ -432,3 +433,36 @@ def test_top_frame_laid_out_by_its_code_reaches_the_root_with_its_callers(jdk: i
             assert caller in RECURSION_CALLERS.get(callee, {caller}), (feature, callee, caller, names(frames))
         if feature != "code:native-popped-rbp":
             assert names(frames)[0].endswith("[C2]") or names(frames)[0].endswith("[C1]"), names(frames)
+
+
+# ---- java_only: the walk begun at the anchor ----------------------------------------------------------
+# samples whose anchor the unwinder uses (set, and above the sample's sp within the stack's span)
+ANCHORED = [pytest.param(rec, i, id=f"{key}-{i}") for key, rec in RECORDINGS.items()
+            for i, s in enumerate(rec.samples)
+            if _Walk(s.raw).anchor is not None and (key, i) not in KNOWN_WRONG]
+
+
+def test_recordings_have_anchored_samples_in_the_vm_and_in_native_code() -> None:
+    tops = [user_frames(rec.samples[i].frames)[0] for rec, i in (p.values for p in ANCHORED)]
+    in_libjvm = [f for f in tops if f.mapping is not None and "libjvm" in f.mapping.filename]
+    assert len(ANCHORED) >= 40 and len(in_libjvm) >= 5, (len(ANCHORED), len(in_libjvm))
+
+
+@pytest.mark.parametrize("rec, index", ANCHORED)
+def test_walk_from_the_anchor_gives_the_java_part_of_the_full_walk(rec: Recording, index: int) -> None:
+    # GIVEN a sample taken while the thread was in the VM or in native code (its anchor set)
+    s = rec.samples[index]
+    full = java_part(replay_unwinder(rec).unwind(s.raw))
+    # WHEN it is unwound for an event that keeps only the Java part (alloc), on a fresh unwinder
+    u = replay_unwinder(rec)
+    anchored = u.unwind(s.raw, java_only=True)
+    # THEN the walk began at the anchor (no kernel or VM frame walked) and gives the same Java part: the
+    # same logical frames, at the same addresses but for the top interpreted frame, whose anchor pc is
+    # the interpreter's own (where it left Java) rather than the return address below the VM's frame
+    assert u.stats.anchor_starts == 1
+    assert all(f.frames[0].kind is not FrameKind.KERNEL for f in anchored)
+    assert java_part(anchored) == anchored
+    assert [f.frames for f in anchored] == [f.frames for f in full]
+    assert [f.address for f in anchored[1:]] == [f.address for f in full[1:]]
+    if full[0].frames[0].kind is not FrameKind.INTERPRETED:
+        assert anchored[0].address == full[0].address

@@ -11,6 +11,8 @@ import java.util.concurrent.locks.LockSupport;
  *   alloc  allocation-heavy: each unit builds a small object graph (an ArrayList of 32 Strings of
  *          ~24 chars, ~3 KB) and keeps the last 4096 units alive (GB/s on one core: TLAB refills and some
  *          promotion, as a busy service allocates)
+ *   young  the same units, only the last 16 kept: everything dies young (no promotion, no old-gen work),
+ *          so the throughput is steadier on a shared machine than `alloc`'s
  *   park   each unit unparks its own thread and parks: Parker::park returns at once (the permit is there),
  *          so a unit is one entry and one return probe of `-e lock` plus a few hundred ns of work
  *
@@ -19,6 +21,7 @@ import java.util.concurrent.locks.LockSupport;
 public final class EventThroughput {
     static final Object[] KEEP = new Object[4096];
     static int next;
+    static int keepMask = KEEP.length - 1;
 
     static void allocUnit(int seed) {
         ArrayList<String> list = new ArrayList<>();
@@ -26,7 +29,7 @@ public final class EventThroughput {
             list.add("value-" + seed + "-" + i + "-abcdefghij");
         }
         KEEP[next] = list;
-        next = (next + 1) & (KEEP.length - 1);
+        next = (next + 1) & keepMask;
     }
 
     static void parkUnit() {
@@ -36,6 +39,9 @@ public final class EventThroughput {
 
     public static void main(String[] args) {
         boolean park = args.length > 0 && args[0].equals("park");
+        if (args.length > 0 && args[0].equals("young")) {
+            keepMask = 15;
+        }
         for (int i = 0; i < 50_000; i++) {   // warm-up: compiled before "ready"
             if (park) {
                 parkUnit();
