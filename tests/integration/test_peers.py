@@ -18,7 +18,7 @@ import pytest
 
 from pyprof.model import FrameKind, ProfileData
 from pyprof.output.pprof import read_pprof
-from tests.conftest import java_bin, pyprof
+from tests.conftest import JDK_VERSIONS, java_bin, pyprof, start_java
 
 pytestmark = [pytest.mark.jvm, pytest.mark.bpf, pytest.mark.usefixtures("root_and_bpf")]
 
@@ -106,10 +106,15 @@ def record_both(version: int, pid: int, tmp_path: Path) -> tuple[Counter, Counte
     return pyprof_stacks(read_pprof(str(out))), jfr_stacks(jfr_file, version)
 
 
-@pytest.fixture
-def recordings(jdk, java_workload, tmp_path):
-    jvm = java_workload(jdk, "Mix")
-    return record_both(jdk, jvm.pid, tmp_path)
+@pytest.fixture(scope="module", params=JDK_VERSIONS, ids=[f"jdk{v}" for v in JDK_VERSIONS])
+def recordings(request, root_and_bpf, tmp_path_factory):
+    """One JFR + pyprof recording per JDK, compared two ways by the tests below (~22 s each)."""
+    jdk = request.param
+    jvm = start_java(jdk, "Mix")
+    try:
+        return record_both(jdk, jvm.pid, tmp_path_factory.mktemp(f"peers-jdk{jdk}"))
+    finally:
+        jvm.stop()
 
 
 def test_top10_self_methods_agree_with_jfr(recordings) -> None:
