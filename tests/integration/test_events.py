@@ -8,7 +8,8 @@ JFR (jcmd JFR.start, tests/integration/data/events-peer*.jfc) records jdk.Object
 11 has only the TLAB events: jdk.ObjectAllocationInNewTLAB / OutsideTLAB), jdk.JavaMonitorEnter and
 jdk.ThreadPark meanwhile.
 
-The events run through tests/integration/events_driver.py until the session runs them (`-e alloc`).
+Each event runs alone through tests/integration/events_driver.py (the session's route_record, with hooks
+to start JFR at the window's start); test_events_cli.py runs them through `pyprof attach -e ...`.
 """
 
 from __future__ import annotations
