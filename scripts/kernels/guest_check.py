@@ -62,6 +62,7 @@ SHARE_TOLERANCE = 3.0
 MIN_SAMPLES = 300
 MIN_AGREEMENT = 0.99
 WATCH_SECONDS = 60
+WALL_ATTEMPTS = 2
 
 
 class Run:
@@ -221,28 +222,58 @@ def attach(run: Run, tmp: Path) -> None:
 
 def wall(run: Run, tmp: Path) -> None:
     """`attach -e cpu,wall` on OffCpu: the sched_switch/sys_exit programs load and attach on this kernel,
-    and each off-CPU phase is found with its thread state (shares are the suite's check, test_wall.py)."""
+    and each off-CPU phase is found with its thread state (shares are the suite's check, test_wall.py).
+
+    A profile without any of the phases' frames is retried once with a fresh JVM (figure wall_retried),
+    its heaviest stacks and unwind counters logged: it happened in slow guests only (6.1 and 6.12, once
+    each, right after the attach step or on one TCG thread; 4 of 4 passed alone on 6.1), never on the
+    host, where tests/integration/test_wall.py holds shares and states to the ground truth."""
     from tests.integration.test_wall import EXPECTED_STATE, phase_shares
 
-    jvm = start_jvm("OffCpu")
-    try:
-        out = tmp / "wall.pb.gz"
-        done = pyprof("attach", str(jvm.pid), "-d", str(ATTACH_SECONDS), "-e", "cpu,wall", "--wall-interval",
-                      "10", "-o", str(out), "--json", timeout=ATTACH_SECONDS + 600)
-        run.check(done.returncode == 0, f"attach -e cpu,wall exit {done.returncode}: {done.stderr[-300:]}")
-        if done.returncode != 0:
+    for attempt in range(WALL_ATTEMPTS):
+        summary = attach_wall(run, tmp / "wall.pb.gz")
+        if summary is None:
             return
-        summary = json.loads(done.stdout)
-    finally:
-        jvm.stop()
-    run.figures["wall_counters"] = summary.get("event_counters", {})
+        run.figures["wall_counters"] = summary.get("event_counters", {})
+        # by the phases' frames, not the thread's name (a slow guest may name threads late: tid-N)
+        profile = read_pprof(str(tmp / "wall.pb.gz"), "wall")
+        try:
+            shares, states = phase_shares(profile, thread=None)
+            break
+        except AssertionError:
+            log_top_stacks(profile, "wall")
+            counts = {k: summary.get(k) for k in ("samples", "lost", "unwind")}
+            log(f"wall summary: {json.dumps(counts)[:1500]}")
+            if attempt + 1 == WALL_ATTEMPTS:
+                raise
+            run.figures["wall_retried"] = "no phase frames in the first profile"
     run.check(summary.get("event_counters", {}).get("offcpu_sent", 0) > 0, "no off-CPU interval sent")
-    # by the phases' frames, not the thread's name (a slow guest may name threads late: tid-N)
-    shares, states = phase_shares(read_pprof(str(out), "wall"), thread=None)
     run.figures["wall_shares"] = "/".join(f"{shares[p]:.1f}" for p in shares)
     for phase, state in EXPECTED_STATE.items():
         found = states[phase].most_common(1)[0][0] if states[phase] else "none"
         run.check(found == state, f"wall: {phase} is {found}, not {state}")
+
+
+def attach_wall(run: Run, out: Path) -> dict | None:
+    """`attach -e cpu,wall` on a fresh OffCpu JVM into `out`: its JSON summary, or None (a failed check)."""
+    jvm = start_jvm("OffCpu")
+    try:
+        done = pyprof("attach", str(jvm.pid), "-d", str(ATTACH_SECONDS), "-e", "cpu,wall", "--wall-interval",
+                      "10", "-o", str(out), "--json", timeout=ATTACH_SECONDS + 600)
+        run.check(done.returncode == 0, f"attach -e cpu,wall exit {done.returncode}: {done.stderr[-300:]}")
+        return json.loads(done.stdout) if done.returncode == 0 else None
+    finally:
+        jvm.stop()
+
+
+def log_top_stacks(profile, what: str, count: int = 8) -> None:
+    """The heaviest stacks of a profile (thread, value, leaf-first frames), for a check that found none
+    of the frames it looked for."""
+    heaviest = sorted(profile.counts.items(), key=lambda kv: -kv[1])[:count]
+    log(f"{what}: {len(profile.counts)} stacks; the heaviest:")
+    for key, value in heaviest:
+        names = [lf.name for frame in key.frames for lf in frame.frames]
+        log(f"  {key.thread_name} {value}: {' <- '.join(names[:12])[:400]}")
 
 
 def sampling_refused(run: Run) -> None:
