@@ -289,7 +289,7 @@ def summary_line(release: str, result: dict | None, problem: str, seconds: float
     ok = not result["failed"]
     keys = ("upstream", "doctor", "safety", "code", "safety_by_release_name", "shares", "samples",
             "java_complete_pct", "rooted_pct", "unknown_frames_pct", "lost", "record_exit", "record_samples",
-            "codelist", "ls_in_codelist", "uprobe_compiles", "record")
+            "codelist", "ls_in_codelist", "uprobe_compiles", "record", "wall_retried")
     figures = "  ".join(f"{k}={f[k]}" for k in keys if k in f)
     failed = "" if ok else "  FAILED: " + "; ".join(result["failed"])
     status = "PASS" if ok else "FAIL"
