@@ -55,9 +55,8 @@ GUEST_CPU_MODEL = "Westmere"
 # another vCPU executes it, and that vCPU runs a torn translation. Measured on 6.12: CodeCacheChurn, which
 # makes methods not entrant all the time, died before pyprof touched it in 4 of 4 runs (SIGSEGV at a
 # not-entrant nmethod's patched entry, garbage in rax/rbp); with one TCG thread for both vCPUs, 3 of 3
-# passed. One TCG thread makes everything else slower and the sampling steps flaky (the wall step found
-# no samples of its thread), so the code-cache step gets a boot of its own on one TCG thread, the
-# others keep one thread per vCPU.
+# passed. One TCG thread makes the other steps take 1.2-1.9x as long, so only the code-cache step gets
+# a boot of its own on one TCG thread; the others keep one thread per vCPU.
 GUEST_BOOTS = (
     # (steps, QEMU accelerator options)
     ("doctor,safety,attach,wall,record", "tcg"),
@@ -259,9 +258,8 @@ def run_in_vm(kernel: Kernel, prepared: Prepared, tools: Path | None,
     boots = GUEST_BOOTS if kernel.expect == "supported" else ((None, "tcg"),)
     deadline = time.monotonic() + timeout
     merged: dict = {"figures": {}, "failed": []}
-    for steps, accel in boots:
-        log = CACHE / "logs" / (f"{prepared.release}.log" if steps in (None, boots[0][0])
-                                else f"{prepared.release}-{steps}.log")
+    for i, (steps, accel) in enumerate(boots):
+        log = CACHE / "logs" / (f"{prepared.release}.log" if i == 0 else f"{prepared.release}-{steps}.log")
         result, problem = boot_and_check(prepared, guest_command(prepared.headers, kernel.expect, steps),
                                          accel, tools, log, deadline - time.monotonic())
         if result is None:

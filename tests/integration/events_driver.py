@@ -23,8 +23,6 @@ from pyprof.session.session import JvmTarget, route_record
 class EventRun:
     profile: ProfileData
     records: int = 0
-    keep: int = 0
-    kept: list = field(default_factory=list)     # the first `keep` records (RawSample), for a replay
     raw_counters: list[int] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
     window_s: float = 0.0
@@ -32,18 +30,15 @@ class EventRun:
     error: Optional[BaseException] = None   # what on_started raised
 
 
-def run_event(pid: int, program, seconds: float, on_started=None, on_stopped=None, inspect=None,
-              keep: int = 0, replay=None) -> EventRun:
+def run_event(pid: int, program, seconds: float, on_started=None, on_stopped=None, inspect=None) -> EventRun:
     """Sample `program`'s event of JVM `pid` for `seconds`; `on_started()` is called once sampling runs
     and `on_stopped()` when the window ends (the test reads its ground truth then); `inspect(sampler)`
-    before the sampler closes (a bench reads the programs' run-time statistics); the first `keep`
-    records are kept in the result, and `replay(target, records)` is called with them while the target
-    is still open (a bench times their unwinding again)."""
+    before the sampler closes (a test reads what the programs wrote to their maps)."""
     target = JvmTarget.open(pid)
     # rate_hz sizes the ring buffer only here (no cpu-clock event)
     sampler = Sampler(pid, rate_hz=program.records_per_second, cpu=False, programs=[program])
     profile = ProfileData(event=program.name)
-    run = EventRun(profile, keep=keep)
+    run = EventRun(profile)
     plan = EventPlan((program.name,), False, {program.name: program}, {program.event: (program.name,)})
     try:
         sampler.start()
@@ -75,8 +70,6 @@ def run_event(pid: int, program, seconds: float, on_started=None, on_stopped=Non
         run.raw_counters = sampler.raw_counters()
         if inspect is not None:
             inspect(sampler)
-        if replay is not None:
-            replay(target, run.kept)
         run.stats = program.counters(run.raw_counters)
     finally:
         sampler.close()
@@ -96,8 +89,6 @@ def _catching(function, run: EventRun):
 def _add(run: EventRun, target: JvmTarget, plan: EventPlan, sample) -> None:
     route_record(plan, target, {run.profile.event: run.profile}, sample)
     run.records += 1
-    if len(run.kept) < run.keep:
-        run.kept.append(sample)
 
 
 def frame_names(key: StackKey) -> list[str]:
