@@ -43,11 +43,14 @@ class CacheStats:
     corrupt: int = 0        # entries that did not parse or did not match their key: ignored
     rejected: int = 0       # entries the kernel refused to load (verifier): compiled instead
     uncacheable: int = 0    # compiled modules pyprof cannot replay (unknown program type, pseudo calls)
+    compiled_apart: int = 0  # misses compiled in a child process (bcc never mapped here)
+    apart_failed: int = 0    # ... whose child failed: compiled in this process instead
     last_reason: str = ""
 
     def as_dict(self) -> dict[str, int]:
         return {"hits": self.hits, "misses": self.misses, "stored": self.stored, "corrupt": self.corrupt,
-                "rejected": self.rejected, "uncacheable": self.uncacheable}
+                "rejected": self.rejected, "uncacheable": self.uncacheable,
+                "compiled_apart": self.compiled_apart, "apart_failed": self.apart_failed}
 
 
 STATS = CacheStats()

@@ -22,10 +22,12 @@ from typing import Any, Sequence
 
 from pyprof.errors import MissingKernelFeature
 from pyprof.kernel import bpf_cache, bpf_syscalls, kheaders
+from pyprof.kernel.bpf_compiler import compile_in_child
 from pyprof.kernel.bpf_direct import DirectBpf
 from pyprof.procfs import capabilities
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+COMPILE_APART_ENV = "PYPROF_BPF_COMPILE"   # "off": compile in this process (bcc stays mapped)
 
 
 def _bcc():
@@ -71,6 +73,9 @@ def load_bpf_text(text: str, cflags: Sequence[str] = ()) -> Any:
     cached = _load_cached(key)
     if cached is not None:
         return cached
+    apart = _load_compiled_apart(text, flags, key)
+    if apart is not None:
+        return apart
     bpf = _compile(text=text, cflags=flags)
     entry = _entry_of(bpf, text, key)
     if entry is None:
@@ -89,6 +94,29 @@ def load_bpf_text(text: str, cflags: Sequence[str] = ()) -> Any:
         return bpf
     close_bpf(bpf)
     bpf_cache.store(entry)
+    return direct
+
+
+def _load_compiled_apart(text: str, flags: list[str], key: str) -> DirectBpf | None:
+    """Compiled in a child process (pyprof.kernel.bpf_compiler: bcc's LLVM never enters this one),
+    loaded as a cache entry and stored; None when that did not work out: the caller compiles here, which
+    also gives the failure its one line."""
+    if os.environ.get(COMPILE_APART_ENV) == "off" or not kheaders.status().ok:
+        return None
+    apart = compile_in_child(text, flags, key, kheaders.bcc_environment())
+    if apart.entry is None:
+        if apart.reason != "uncacheable":
+            bpf_cache.STATS.apart_failed += 1
+        return None
+    try:
+        direct = DirectBpf.load(apart.entry)
+    except OSError as e:
+        if e.errno in (1, 13):   # EPERM, EACCES
+            raise capabilities.denied("loading BPF", "CAP_BPF", "CAP_PERFMON") from e
+        return None              # the in-process compile says it (and falls back to bcc's own load)
+    sys.stderr.write(apart.stderr)   # what clang printed, as an in-process compile would
+    bpf_cache.STATS.compiled_apart += 1
+    bpf_cache.store(apart.entry)
     return direct
 
 

@@ -201,6 +201,12 @@ def _process_age_s() -> float:
         return 0.0
 
 
+def _cpu_seconds() -> float:
+    """pyprof's CPU: this process's and its finished children's (the BPF compiler on a cache miss)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def _resident_mib() -> float:
     """This process's resident set now (/proc/self/statm), in MiB; 0 when unreadable."""
     try:
@@ -226,7 +232,7 @@ class ProfileSession:
         self.samples = 0
         self._agent_client = None
         self._started_monotonic = time.monotonic()
-        self._started_cpu = time.process_time()
+        self._started_cpu = _cpu_seconds()
         self.timings.before_session_s = _process_age_s()
         self._sampling_since = 0.0
         self._threads_refreshed = 0.0
@@ -303,7 +309,7 @@ class ProfileSession:
     def _mark_ready(self) -> None:
         """Start-up is over: the sampler runs and the code-cache map is live."""
         self.timings.startup_s = time.monotonic() - self._started_monotonic
-        self.timings.startup_cpu_s = time.process_time() - self._started_cpu
+        self.timings.startup_cpu_s = _cpu_seconds() - self._started_cpu
         self.timings.startup_rss_mib = _resident_mib()
 
     # ---- the step --------------------------------------------------------------------------------
@@ -457,7 +463,7 @@ class ProfileSession:
         code_events = self.code_events()
         event_counters = self.event_counters()
         if self.timings.startup_s:
-            self.timings.sampling_cpu_s = (time.process_time() - self._started_cpu
+            self.timings.sampling_cpu_s = (_cpu_seconds() - self._started_cpu
                                            - self.timings.startup_cpu_s)
         for closer in (self.sampler, self.target, self._agent_client):
             if closer is not None:
